@@ -1,0 +1,476 @@
+"""experiments.toml → validated, expanded experiment specs, each with a fingerprint.
+
+The file has a shared `[base]` (like the seed's YAML `base:`), then one table per suite:
+
+    [suites."core-1.5b"]
+    name = "{method}_r{rank}_s{seed}"          # how experiments are named
+    [suites."core-1.5b".base.training]          # the suite's own settings over [base]
+    per_device_train_batch_size = 4
+    [suites."core-1.5b".matrix]                 # every combination is one experiment
+    method = ["lora", "dora", "vera"]
+    seed = [42, 123, 456]
+    [[suites."core-1.5b".when]]                 # conditional overrides
+    if = { method = "vera" }
+    set = { "training.learning_rate" = 1e-4 }
+    [[suites."core-1.5b".experiments]]          # explicit extra experiments
+    name = "custom_lora_r32_s42"
+    peft = { type = "lora", r = 32, lora_alpha = 64 }
+
+Settings resolve in this order: schema defaults ← [base] ← suite base ← matrix values
+(or an extra experiment's own settings) ← matching `when` rules ← `--set` overrides.
+Everything that is wrong is reported as a ConfigError naming the file, the key or line,
+and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from perl_cli import schema
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+DEFAULT_NAME_TEMPLATE = "{method}_r{rank}_s{seed}"
+PACKAGED_CONFIG = Path(__file__).with_name("experiments.toml")
+SUITE_KEYS = {"description", "name", "base", "matrix", "when", "experiments"}
+TOP_KEYS = {"base", "suites"}
+# Keys of the resolved config that are identity, not settings: kept out of the fingerprint.
+IDENTITY_KEYS = ("name", "suite", "fingerprint")
+
+
+class ConfigError(Exception):
+    """A problem in the user's config or command line; the message says how to fix it."""
+
+
+@dataclass
+class Experiment:
+    """One fully resolved experiment: what a worker needs, and nothing else."""
+
+    name: str
+    suite: str
+    config: dict[str, Any]
+    fingerprint: str
+
+    @property
+    def method(self) -> str:
+        return self.config["peft"]["type"]
+
+    @property
+    def rank(self) -> int:
+        return self.config["peft"]["r"]
+
+    @property
+    def alpha(self) -> float:
+        return self.config["peft"]["lora_alpha"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["common"]["seed"]
+
+    @property
+    def data_size(self) -> int | None:
+        return self.config["dataset"]["data_size"]
+
+    @property
+    def learning_rate(self) -> float:
+        return self.config["training"]["learning_rate"]
+
+    @property
+    def max_steps(self) -> int:
+        return self.config["training"]["max_steps"]
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]["model_name_or_path"]
+
+    def resolved(self) -> dict[str, Any]:
+        """The content of config.json: identity, fingerprint and every setting."""
+        return {"name": self.name, "suite": self.suite, "fingerprint": self.fingerprint, **self.config}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method": self.method,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "seed": self.seed,
+            "data_size": self.data_size,
+            "learning_rate": self.learning_rate,
+            "max_steps": self.max_steps,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+        }
+
+
+@dataclass
+class ConfigFile:
+    path: Path
+    text: str
+    data: dict[str, Any]
+    suites: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def suite_names(self) -> list[str]:
+        return list(self.suites)
+
+
+# --- loading --------------------------------------------------------------------
+
+
+def default_config_path() -> Path:
+    """./experiments.toml when there is one, else the copy shipped with PeRL."""
+    local = Path("experiments.toml")
+    return local if local.exists() else PACKAGED_CONFIG
+
+
+def load(path: Path | str | None = None) -> ConfigFile:
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such config file. Pass --config FILE, or run from a directory "
+            "that has an experiments.toml."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc}).") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}. Fix the file at that line.") from None
+    cfg = ConfigFile(path=path, text=text, data=data)
+    _check_keys(cfg, data, TOP_KEYS, "top level")
+    suites = data.get("suites", {})
+    if not isinstance(suites, dict) or not suites:
+        raise ConfigError(f"{path}: no suites defined. Add a [suites.<name>] table.")
+    for name, suite in suites.items():
+        if not isinstance(suite, dict):
+            raise ConfigError(f"{path}: suites.{name} must be a table.")
+        _check_keys(cfg, suite, SUITE_KEYS, f"suites.{name}")
+    cfg.suites = suites
+    base = data.get("base", {})
+    _check_settings(cfg, base, "base")
+    return cfg
+
+
+# --- expansion ------------------------------------------------------------------
+
+
+def expand(
+    cfg: ConfigFile,
+    suite: str,
+    *,
+    only: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    sets: Iterable[str] = (),
+) -> list[Experiment]:
+    """The suite's experiments, filtered by --only/--exclude and overridden by --set."""
+    if suite not in cfg.suites:
+        raise ConfigError(
+            f"{cfg.path}: unknown suite '{suite}'{_did_you_mean(suite, cfg.suites)}. "
+            f"Valid suites: {', '.join(cfg.suites)}."
+        )
+    raw = cfg.suites[suite]
+    where = f"suites.{suite}"
+    suite_base = raw.get("base", {})
+    _check_settings(cfg, suite_base, f"{where}.base")
+    base = _merge(schema.defaults(), _as_paths(cfg, cfg.data.get("base", {}), "base"))
+    base = _merge(base, _as_paths(cfg, suite_base, f"{where}.base"))
+    rules = _parse_when(cfg, raw.get("when", []), where)
+    template = raw.get("name", DEFAULT_NAME_TEMPLATE)
+    if not isinstance(template, str):
+        raise ConfigError(f"{cfg.path}: {where}.name must be a string template like '{DEFAULT_NAME_TEMPLATE}'.")
+
+    candidates: list[tuple[str, dict]] = []  # (name, config) before --set
+    for values in _matrix_points(cfg, raw.get("matrix", {}), where):
+        config = _merge(base, values)
+        config = _apply_when(config, rules)
+        candidates.append((_render_name(cfg, template, config, where), config))
+    for i, extra in enumerate(raw.get("experiments", [])):
+        ewhere = f"{where}.experiments[{i}]"
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{cfg.path}: {ewhere} must be a table.")
+        extra = dict(extra)
+        name = extra.pop("name", None)
+        _check_settings(cfg, extra, ewhere)
+        own = _as_paths(cfg, extra, ewhere)
+        config = _merge(_apply_when(_merge(base, own), rules), own)
+        if name is None:
+            name = _render_name(cfg, template, config, ewhere)
+        candidates.append((name, config))
+    if not candidates:
+        raise ConfigError(f"{cfg.path}: suite '{suite}' has no experiments. Give it a [{where}.matrix] or [[{where}.experiments]].")
+
+    seen: set[str] = set()
+    for name, _ in candidates:
+        _check_name(cfg, name, where)
+        if name in seen:
+            raise ConfigError(
+                f"{cfg.path}: suite '{suite}' has two experiments named '{name}'. "
+                f"Put every varying axis in the name template ({where}.name = '{template}') "
+                "or give the extra experiment another name."
+            )
+        seen.add(name)
+
+    selected = _select(cfg, suite, [n for n, _ in candidates], only, exclude)
+    overrides = parse_sets(sets)
+    experiments = []
+    for name, config in candidates:
+        if name not in selected:
+            continue
+        config = _merge(config, overrides)
+        _validate_resolved(cfg, config, f"experiment '{name}' of suite '{suite}'")
+        experiments.append(Experiment(name, suite, config, fingerprint(config)))
+    return experiments
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """Hash of the resolved settings: any change that could change results changes it."""
+    settings = {k: v for k, v in config.items() if k not in IDENTITY_KEYS}
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def parse_sets(sets: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """`--set section.key=value` (value in TOML syntax; bare words are strings)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.learning_rate=1e-4.")
+        key, text = (s.strip() for s in item.split("=", 1))
+        path = schema.ALIASES.get(key, key)
+        _check_path(path, f"--set {item!r}", None)
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        value, problem = schema.coerce(path, value)
+        if problem:
+            raise ConfigError(f"--set {item!r}: {path} {problem}.")
+        section, k = path.split(".", 1)
+        out.setdefault(section, {})[k] = value
+    return out
+
+
+def split_names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _select(cfg: ConfigFile, suite: str, names: list[str], only: Iterable[str], exclude: Iterable[str]) -> set[str]:
+    only, exclude = list(only), list(exclude)
+    for flag, wanted in (("--only", only), ("--exclude", exclude)):
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            hint = _did_you_mean(unknown[0], names)
+            raise ConfigError(
+                f"{flag}: {', '.join(unknown)} matches no experiment of suite '{suite}'{hint}. "
+                f"See the names with `perl plan {suite}`."
+            )
+    chosen = set(only) if only else set(names)
+    return chosen - set(exclude)
+
+
+def _matrix_points(cfg: ConfigFile, matrix: Any, where: str) -> list[dict[str, dict[str, Any]]]:
+    if not matrix:
+        return []
+    if not isinstance(matrix, dict):
+        raise ConfigError(f"{cfg.path}: {where}.matrix must be a table of axis = [values].")
+    axes: list[tuple[str, list]] = []
+    for axis, values in matrix.items():
+        path = schema.ALIASES.get(axis, axis)
+        _check_path(path, f"{cfg.path}: {where}.matrix", cfg, key=axis)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(
+                f"{cfg.path}{_line(cfg, axis)}: {where}.matrix.{axis} must be a non-empty list, "
+                f"e.g. {axis} = [{values!r}]."
+            )
+        for v in values:
+            _coerce_or_raise(cfg, path, v, f"{where}.matrix.{axis}", axis)
+        axes.append((path, values))
+    points = []
+    for combo in itertools.product(*(values for _, values in axes)):
+        point: dict[str, dict[str, Any]] = {}
+        for (path, _), value in zip(axes, combo):
+            section, key = path.split(".", 1)
+            point.setdefault(section, {})[key] = schema.coerce(path, value)[0]
+        points.append(point)
+    return points
+
+
+def _parse_when(cfg: ConfigFile, rules: Any, where: str) -> list[tuple[dict[str, Any], dict]]:
+    if not isinstance(rules, list):
+        raise ConfigError(f"{cfg.path}: {where}.when must be an array of tables ([[{where}.when]]).")
+    parsed = []
+    for i, rule in enumerate(rules):
+        rwhere = f"{where}.when[{i}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{cfg.path}: {rwhere} must be a table with `if` and `set`.")
+        _check_keys(cfg, rule, {"if", "set"}, rwhere)
+        cond, settings = rule.get("if"), rule.get("set")
+        if not isinstance(cond, dict) or not cond or not isinstance(settings, dict) or not settings:
+            raise ConfigError(
+                f"{cfg.path}: {rwhere} needs both `if` and `set` tables, e.g. "
+                'if = { method = "vera" }, set = { "training.learning_rate" = 1e-4 }.'
+            )
+        conditions = {}
+        for key, value in cond.items():
+            path = schema.ALIASES.get(key, key)
+            _check_path(path, f"{cfg.path}: {rwhere}.if", cfg, key=key)
+            values = value if isinstance(value, list) else [value]
+            conditions[path] = [_coerce_or_raise(cfg, path, v, f"{rwhere}.if", key) for v in values]
+        parsed.append((conditions, _as_paths(cfg, settings, f"{rwhere}.set")))
+    return parsed
+
+
+def _apply_when(config: dict, rules: list[tuple[dict[str, Any], dict]]) -> dict:
+    for conditions, settings in rules:
+        if all(_get(config, path) in values for path, values in conditions.items()):
+            config = _merge(config, settings)
+    return config
+
+
+def _as_paths(cfg: ConfigFile, table: Any, where: str) -> dict[str, dict[str, Any]]:
+    """Settings given as nested tables and/or dotted keys → {section: {key: value}}."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{cfg.path}: {where} must be a table.")
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in table.items():
+        if key in schema.SCHEMA and (isinstance(value, dict) or key not in schema.ALIASES):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{cfg.path}{_line(cfg, key)}: {where}.{key} must be a table of settings.")
+            items = [(f"{key}.{k}", v, k) for k, v in value.items()]
+        elif "." in key or key in schema.ALIASES:
+            items = [(schema.ALIASES.get(key, key), value, key)]
+        else:
+            raise ConfigError(
+                f"{cfg.path}{_line(cfg, key)}: unknown section '{key}' in {where}"
+                f"{_did_you_mean(key, list(schema.SCHEMA))}. Sections: {', '.join(schema.SCHEMA)}."
+            )
+        for path, v, shown in items:
+            _check_path(path, f"{cfg.path}: {where}", cfg, key=shown)
+            section, k = path.split(".", 1)
+            out.setdefault(section, {})[k] = _coerce_or_raise(cfg, path, v, where, shown)
+    return out
+
+
+def _check_settings(cfg: ConfigFile, table: Any, where: str) -> None:
+    _as_paths(cfg, table, where)
+
+
+def _check_path(path: str, where: str, cfg: ConfigFile | None, *, key: str | None = None) -> None:
+    section, _, k = path.partition(".")
+    if section in schema.SCHEMA and k in schema.SCHEMA[section]:
+        return
+    line = _line(cfg, key or k) if cfg is not None else ""
+    if where.startswith(str(cfg.path) if cfg else "\0") and line:
+        where = where.replace(f"{cfg.path}:", f"{cfg.path}{line}:", 1)
+    raise ConfigError(
+        f"{where}: unknown key '{key or path}'{_did_you_mean(path, schema.all_paths())}. "
+        "Every key must be one of PeRL's settings (see `perl plan --keys`); fix or remove it."
+    )
+
+
+def _coerce_or_raise(cfg: ConfigFile, path: str, value: Any, where: str, shown: str) -> Any:
+    value, problem = schema.coerce(path, value)
+    if problem:
+        hint = _did_you_mean(str(value), schema.SCHEMA[path.split(".")[0]][path.split(".", 1)[1]].choices or ())
+        raise ConfigError(f"{cfg.path}{_line(cfg, shown)}: {where}: {path} = {value!r} {problem}{hint}.")
+    return value
+
+
+def _check_keys(cfg: ConfigFile, table: dict, allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"{cfg.path}{_line(cfg, key)}: unknown key '{key}' at {where}"
+                f"{_did_you_mean(key, allowed)}. Allowed here: {', '.join(sorted(allowed))}."
+            )
+
+
+def _validate_resolved(cfg: ConfigFile, config: dict, what: str) -> None:
+    from perl_cli.methods import validate_method_settings
+
+    problems = list(validate_method_settings(config["peft"]["type"], config["peft"]))
+    t, d = config["training"], config["dataset"]
+    if (t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]) % t["num_generations"]:
+        problems.append(
+            "training.per_device_train_batch_size x gradient_accumulation_steps "
+            f"({t['per_device_train_batch_size']} x {t['gradient_accumulation_steps']}) must be a multiple of "
+            f"training.num_generations ({t['num_generations']})"
+        )
+    if d["min_number"] > d["max_number"]:
+        problems.append("dataset.min_number must be <= dataset.max_number")
+    if not d["operators"] or set(d["operators"]) - set("+-*/"):
+        problems.append("dataset.operators must be a non-empty subset of '+-*/'")
+    if problems:
+        raise ConfigError(f"{cfg.path}: {what}: " + "; ".join(problems) + ".")
+
+
+def _render_name(cfg: ConfigFile, template: str, config: dict, where: str) -> str:
+    fields = {alias: _get(config, path) for alias, path in schema.ALIASES.items()}
+    for section, values in config.items():
+        for key, value in values.items():
+            fields.setdefault(key, value)
+    fields["alpha"] = _num(fields["alpha"])
+    fields["lr"] = f"{fields['lr']:g}"
+    try:
+        return template.format_map(fields)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"{cfg.path}{_line(cfg, 'name')}: {where}.name = {template!r}: cannot fill it in ({exc}). "
+            f"Use placeholders such as {{{'}, {'.join(schema.ALIASES)}}}."
+        ) from None
+
+
+def _check_name(cfg: ConfigFile, name: Any, where: str) -> None:
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise ConfigError(
+            f"{cfg.path}: experiment name {name!r} in {where} is not allowed: names become "
+            "directory names, so use only letters, digits, '_', '.', '-' and never '..'."
+        )
+
+
+def _num(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _get(config: dict, path: str) -> Any:
+    section, key = path.split(".", 1)
+    return config.get(section, {}).get(key)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = {section: dict(values) for section, values in base.items()}
+    for section, values in over.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def _did_you_mean(word: str, options: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _line(cfg: ConfigFile | None, key: str | None) -> str:
+    """':N' for the first line of the file that assigns or opens `key`; '' if none."""
+    if cfg is None or not key:
+        return ""
+    pattern = re.compile(r'^\s*(?:"?' + re.escape(key) + r'"?\s*=|\[.*\b' + re.escape(key) + r'\b.*\])')
+    for number, text in enumerate(cfg.text.splitlines(), 1):
+        if pattern.search(text):
+            return f":{number}"
+    return ""

@@ -1,0 +1,1 @@
+"""Task data: problem generators, dataset loaders and prompt formats."""

@@ -1,0 +1,87 @@
+"""`perl plan`: show what a suite expands to, as a Rich table or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from rich.table import Table
+
+from perl_cli import config as configlib
+from perl_cli import schema
+from perl_cli.ui import console as make_console
+from perl_cli.config import ConfigFile, Experiment
+
+
+def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, json_out: bool) -> None:
+    if json_out:
+        print(json.dumps([e.summary() for e in experiments], indent=2))
+        return
+    table = Table(title=f"suite {suite}: {len(experiments)} experiments → {suite_dir}/", title_justify="left")
+    for column in ("name", "method", "rank", "alpha", "seed", "data size", "lr", "steps", "model"):
+        table.add_column(column, justify="right" if column in ("rank", "alpha", "seed", "data size", "lr", "steps") else "left")
+    for e in experiments:
+        table.add_row(
+            e.name,
+            e.method,
+            str(e.rank),
+            f"{e.alpha:g}",
+            str(e.seed),
+            "all" if e.data_size is None else str(e.data_size),
+            f"{e.learning_rate:g}",
+            str(e.max_steps),
+            e.model,
+        )
+    console = make_console()
+    console.print(table)
+    methods = Counter(e.method for e in experiments)
+    steps = sum(e.max_steps for e in experiments)
+    console.print(
+        f"[bold]{len(experiments)}[/] experiments, {len(methods)} methods "
+        f"({', '.join(f'{m} {n}' for m, n in methods.items())}), {steps:,} optimizer steps in all."
+    )
+
+
+def print_suites(cfg: ConfigFile, *, json_out: bool) -> None:
+    rows = []
+    for name in cfg.suite_names():
+        experiments = configlib.expand(cfg, name)
+        rows.append({
+            "suite": name,
+            "experiments": len(experiments),
+            "description": cfg.suites[name].get("description", ""),
+        })
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"suites in {cfg.path}", title_justify="left")
+    table.add_column("suite")
+    table.add_column("experiments", justify="right")
+    table.add_column("description")
+    for row in rows:
+        table.add_row(row["suite"], str(row["experiments"]), row["description"])
+    console = make_console()
+    console.print(table)
+    console.print(f"[bold]{sum(r['experiments'] for r in rows)}[/] experiments in {len(rows)} suites. Show one with `perl plan SUITE`.")
+
+
+def print_keys(*, json_out: bool) -> None:
+    if json_out:
+        print(json.dumps({
+            f"{section}.{key}": {"default": f.default, "help": f.help, "choices": f.choices}
+            for section, fields in schema.SCHEMA.items()
+            for key, f in fields.items()
+        }, indent=2))
+        return
+    table = Table(title="settings accepted in experiments.toml (and by --set)", title_justify="left")
+    table.add_column("key")
+    table.add_column("default")
+    table.add_column("meaning")
+    for section, fields in schema.SCHEMA.items():
+        for key, f in fields.items():
+            meaning = f.help + (f" ({', '.join(f.choices)})" if f.choices else "")
+            table.add_row(f"{section}.{key}", repr(f.default) if f.default is not None else "unset", meaning)
+    make_console().print(table)
+    aliases = ", ".join(f"{a} = {p}" for a, p in schema.ALIASES.items())
+    make_console().print(f"Short names for matrix axes, `when` conditions and name templates: {aliases}.")

@@ -1,0 +1,192 @@
+"""Files that describe an experiment's state, and the rules for writing them.
+
+The experiment directory is the unit of truth (DESIGN.md). Every file here is written
+by exactly one process at a time, through a temporary file in the same directory that
+is fsynced and renamed over the target, so a reader never sees half a file and a kill
+never corrupts what was already written.
+
+`status.json` has one writer at a time: the scheduler writes it before it launches a
+worker and after it has reaped one; the worker writes it while it is alive.
+All times are unix epoch seconds (floats).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+# Experiment states (contract).
+PENDING = "pending"
+RUNNING = "running"
+COMPLETED = "completed"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+STALE = "stale"
+STATES = (PENDING, RUNNING, COMPLETED, FAILED, INTERRUPTED, STALE)
+
+# File names inside an experiment directory (contract).
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+LOG_FILE = "train.log"
+CHECKPOINT_DIR = "checkpoints"
+# Inside the suite directory.
+RUN_STATUS_FILE = "run_status.json"
+RUN_LOCK_FILE = ".run.lock"
+
+
+def now() -> float:
+    return time.time()
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write `text` to `path` so that readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path | str) -> Any | None:
+    """The parsed file, or None when it is missing, unreadable or not valid JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_jsonl(path: Path | str) -> list[dict]:
+    """Every complete JSON object line of `path`; a torn last line is skipped."""
+    rows: list[dict] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except OSError:
+        pass
+    return rows
+
+
+def append_jsonl(path: Path | str, obj: dict) -> None:
+    """Append one line; a single write() of a short line is atomic enough for a log."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --- processes -------------------------------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), or None if it does not exist.
+
+    Stored next to a pid so that a pid reused by an unrelated process after a reboot
+    or a wrap-around is not mistaken for our worker.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+        # The command name may contain spaces and parentheses: split after the last ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        start_ticks = int(fields[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return btime + start_ticks / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def process_alive(pid: int | None, start_time: float | None = None) -> bool:
+    """True if `pid` runs on this host and (when given) started at `start_time`."""
+    if not pid or pid <= 0:
+        return False
+    actual = process_start_time(pid)
+    if actual is None:
+        return False
+    if _is_zombie(pid):
+        return False
+    # Start times derive from clock ticks: allow a little slack for rounding.
+    return start_time is None or abs(actual - start_time) < 2.0
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+        return stat[stat.rindex(")") + 2 :].split()[0] == "Z"
+    except (OSError, ValueError, IndexError):
+        return True
+
+
+# --- status.json -----------------------------------------------------------------
+
+
+def read_status(exp_dir: Path | str) -> dict | None:
+    status = read_json(Path(exp_dir) / STATUS_FILE)
+    return status if isinstance(status, dict) else None
+
+
+def write_status(exp_dir: Path | str, status: dict) -> dict:
+    """Write the whole status object (callers own the file while they write it)."""
+    atomic_write_json(Path(exp_dir) / STATUS_FILE, status)
+    return status
+
+
+def update_status(exp_dir: Path | str, **fields: Any) -> dict:
+    """Read-modify-write of status.json by its current (single) writer."""
+    status = read_status(exp_dir) or {}
+    status.update(fields)
+    return write_status(exp_dir, status)
+
+
+def is_stalled(status: dict, *, stall_after_s: float = 600.0, at: float | None = None) -> bool:
+    """A `running` experiment whose worker stopped beating or vanished from this host.
+
+    A flag on top of `running`, decided from the status file, never from log text.
+    """
+    if status.get("state") != RUNNING:
+        return False
+    at = now() if at is None else at
+    beat = status.get("heartbeat") or status.get("started")
+    if isinstance(beat, (int, float)) and at - beat > stall_after_s:
+        return True
+    if status.get("host") == hostname() and status.get("pid"):
+        return not process_alive(status.get("pid"), status.get("pid_start_time"))
+    return False
