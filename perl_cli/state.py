@@ -190,3 +190,40 @@ def is_stalled(status: dict, *, stall_after_s: float = 600.0, at: float | None =
     if status.get("host") == hostname() and status.get("pid"):
         return not process_alive(status.get("pid"), status.get("pid_start_time"))
     return False
+
+
+# --- a suite's experiments, derived from their directories --------------------------
+
+OLD_DIR_MARK = ".old-"  # `--fresh` keeps a previous attempt as <name>.old-<timestamp>
+
+
+def experiment_dirs(suite_dir: Path | str) -> dict[str, Path]:
+    """Experiment directories of a suite by name (those with a config or status file)."""
+    suite_dir = Path(suite_dir)
+    found: dict[str, Path] = {}
+    try:
+        entries = sorted(suite_dir.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if OLD_DIR_MARK in entry.name or entry.name.startswith("."):
+            continue
+        if (entry / STATUS_FILE).exists() or (entry / CONFIG_FILE).exists():
+            found[entry.name] = entry
+    return found
+
+
+def effective_state(status: dict | None, expected_fingerprint: str | None = None) -> str:
+    """The state shown to users: `stale` when a finished result no longer matches the config."""
+    if not status:
+        return PENDING
+    state = status.get("state")
+    if state not in STATES:
+        return PENDING
+    if (
+        state == COMPLETED
+        and expected_fingerprint is not None
+        and status.get("fingerprint") not in (None, expected_fingerprint)
+    ):
+        return STALE
+    return state

@@ -1,0 +1,309 @@
+"""Loading policy models: local paths, hub names, and the built-in tiny models.
+
+The built-in models need no download. ``builtin:tiny-countdown`` is a ~1M-parameter
+Qwen2 with a character-level tokenizer, warm-started by a short supervised run on
+Countdown solutions so that GRPO has reward to work with (STACK-NOTES: RL needs about
+30% accuracy to start from). ``builtin:tiny-random`` is a smaller random model for
+fast tests. Both are built once per machine under
+``${PERL_CACHE_DIR:-~/.cache/perl}/models/<name>-<recipe hash>/``; a file lock makes
+parallel workers wait for one builder, and the model is built in a temporary
+directory that is renamed into place, so a killed build leaves nothing half-written.
+
+torch and transformers are imported inside functions: ``perl plan`` never pays for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+BUILTIN_PREFIX = "builtin:"
+PAD, EOS = "<pad>", "<eos>"
+# Every character a compact Countdown prompt or completion can contain.
+CHARSET = "0123456789 \n+-*/()=:<>abcdefghijklmnopqrstuvwxyz"
+
+
+class ModelError(Exception):
+    """A model that cannot be loaded; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Everything that determines a built-in model; its hash names the cache entry."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    ffn_size: int
+    seed: int = 0
+    # Supervised warm start (0 steps = random weights).
+    sft_steps: int = 0
+    sft_lr: float = 3e-3
+    sft_batch_size: int = 64
+    # The Countdown problems it is warm-started on: the built-in generator's default,
+    # minus the default held-out set (split_seed 0, eval_size 200), which it never sees.
+    num_count: int = 3
+    min_number: int = 1
+    max_number: int = 10
+    operators: str = "+-*"
+    split_seed: int = 0
+    eval_size: int = 200
+    max_positions: int = 128
+    version: int = 1  # bump when the build code changes what it produces
+
+    def digest(self) -> str:
+        blob = json.dumps({**asdict(self), "charset": CHARSET}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+BUILTIN_MODELS: dict[str, TinyRecipe] = {
+    "tiny-countdown": TinyRecipe(
+        hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, ffn_size=512, sft_steps=600
+    ),
+    "tiny-random": TinyRecipe(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_size=256),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PERL_CACHE_DIR") or Path.home() / ".cache" / "perl").expanduser()
+
+
+def is_builtin(name: str) -> bool:
+    return name.startswith(BUILTIN_PREFIX)
+
+
+# --- the character-level tokenizer ---------------------------------------------------
+
+
+def build_char_tokenizer() -> Any:
+    """A fast tokenizer with one token per character and no normalisation.
+
+    Loaded through PreTrainedTokenizerFast (not AutoTokenizer, which would pick
+    Qwen2's class from the model config and replace the pre-tokenizer, losing spaces
+    and newlines — STACK-NOTES).
+    """
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {PAD: 0, EOS: 1}
+    for ch in CHARSET:
+        vocab[ch] = len(vocab)
+    # A BPE with no merges splits text into single characters; Fuse joins them back
+    # without inserting spaces on decode.
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, ignore_merges=True))
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, padding_side="left")
+
+
+# --- building a built-in model -------------------------------------------------------
+
+
+def _tiny_config(recipe: TinyRecipe, vocab_size: int, pad_id: int, eos_id: int) -> Any:
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.ffn_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads,
+        max_position_embeddings=recipe.max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=eos_id,
+    )
+
+
+def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe) -> None:
+    """Supervised training on (prompt, solution) pairs, loss on the completion only."""
+    import torch
+
+    from perl_cli.data import countdown
+
+    splits = countdown.split_problems(
+        countdown.generate_problems(
+            recipe.num_count, recipe.min_number, recipe.max_number, recipe.operators, seed=recipe.split_seed, wanted=None
+        ),
+        eval_size=recipe.eval_size,
+        data_size=None,
+        seed=recipe.split_seed,
+    )
+    prompts = [tokenizer.encode(countdown.compact_prompt(p)) for p in splits.train]
+    answers = [tokenizer.encode(countdown.compact_completion(p)) + [tokenizer.eos_token_id] for p in splits.train]
+    width = max(len(a) + len(b) for a, b in zip(prompts, answers, strict=True))
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        seq = p + a
+        ids[i, : len(seq)] = torch.tensor(seq)
+        labels[i, len(p) : len(seq)] = torch.tensor(a)
+        mask[i, : len(seq)] = 1
+
+    gen = torch.Generator().manual_seed(recipe.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.sft_lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / recipe.sft_steps))
+    )
+    model.train()
+    started = time.time()
+    for step in range(recipe.sft_steps):
+        batch = torch.randint(0, len(prompts), (recipe.sft_batch_size,), generator=gen)
+        out = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch])
+        out.loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0:
+            print(
+                f"[perl] warm start {step + 1}/{recipe.sft_steps} loss {out.loss.item():.3f} "
+                f"({time.time() - started:.0f}s)",
+                flush=True,
+            )
+    model.eval()
+
+
+def _build(recipe: TinyRecipe, out_dir: Path) -> None:
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(recipe.seed)
+    config = _tiny_config(recipe, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if recipe.sft_steps:
+        _warm_start(model, tokenizer, recipe)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "perl_recipe.json").write_text(json.dumps(asdict(recipe), indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def builtin_model_path(name: str) -> Path:
+    """The directory of built-in model `name` (``builtin:...``), building it if needed."""
+    short = name.removeprefix(BUILTIN_PREFIX)
+    if short not in BUILTIN_MODELS:
+        known = ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)
+        raise ModelError(f"unknown built-in model {name!r}; known: {known}")
+    recipe = BUILTIN_MODELS[short]
+    final = cache_dir() / "models" / f"{short}-{recipe.digest()}"
+    if (final / "perl_recipe.json").exists():
+        return final
+    with _file_lock(final.parent / f".{final.name}.lock"):
+        if (final / "perl_recipe.json").exists():  # another worker built it while we waited
+            return final
+        print(f"[perl] building {name} into {final} (once per machine)", flush=True)
+        started = time.time()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            import torch
+
+            # The build is part of the model's identity: make it independent of the
+            # caller's thread count and RNG state.
+            threads = torch.get_num_threads()
+            with torch.random.fork_rng(devices=[]):
+                _build(recipe, tmp)
+            torch.set_num_threads(threads)
+            if final.exists():  # a leftover without a recipe file is an aborted build
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        print(f"[perl] built {name} in {time.time() - started:.0f}s", flush=True)
+    return final
+
+
+# --- loading any model ---------------------------------------------------------------
+
+_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def _torch_dtype(requested: str, on_gpu: bool) -> Any:
+    import torch
+
+    if not on_gpu:
+        return torch.float32  # CPU kernels for half precision are slow or missing
+    if requested == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if requested not in _DTYPES:
+        raise ModelError(f"model.dtype must be auto, bfloat16, float16 or float32, got {requested!r}")
+    return getattr(torch, _DTYPES[requested])
+
+
+def _hub_error(name: str, exc: Exception) -> ModelError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelError(
+        f"could not load model {name!r}: it is not a local directory and the Hugging Face Hub "
+        f"could not provide it ({type(exc).__name__}: {first}). Offline machine? Set "
+        "HF_HUB_OFFLINE=1 and use a local path, or pre-download the model "
+        "(huggingface-cli download NAME) and point model_name_or_path at the directory."
+    )
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory for built-in names; other names are passed to from_pretrained."""
+    return str(builtin_model_path(name)) if is_builtin(name) else name
+
+
+def load_tokenizer(model_cfg: dict[str, Any]) -> Any:
+    name = str(model_cfg["model_name_or_path"])
+    path = resolve_model_path(name)
+    if is_builtin(name):
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(model_cfg.get("trust_remote_code")))
+    except OSError as exc:
+        raise _hub_error(name, exc) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # decoder-only generation pads on the left
+    return tokenizer
+
+
+def load_model(model_cfg: dict[str, Any], *, on_gpu: bool) -> Any:
+    """The causal LM named by the config's `model` section, ready for training."""
+    from transformers import AutoModelForCausalLM
+
+    name = str(model_cfg["model_name_or_path"])
+    path = resolve_model_path(name)
+    kwargs: dict[str, Any] = {
+        "dtype": _torch_dtype(str(model_cfg.get("dtype", "auto")), on_gpu),
+        "trust_remote_code": bool(model_cfg.get("trust_remote_code")),
+    }
+    if on_gpu and model_cfg.get("attn_implementation"):
+        kwargs["attn_implementation"] = model_cfg["attn_implementation"]
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise _hub_error(name, exc) from exc
