@@ -7,8 +7,9 @@ Nothing here imports torch, transformers, trl, peft or textual at module level, 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,11 +30,11 @@ app = typer.Typer(
 
 EXIT_USAGE = 2
 
-SuiteArg = Annotated[Optional[str], typer.Argument(help="Suite name from experiments.toml, e.g. core-1.5b.", show_default=False)]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Experiments file [default: ./experiments.toml, else the built-in one].", show_default=False)]
+SuiteArg = Annotated[str | None, typer.Argument(help="Suite name from experiments.toml, e.g. core-1.5b.", show_default=False)]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Experiments file [default: ./experiments.toml, else the built-in one].", show_default=False)]
 OutputOpt = Annotated[Path, typer.Option("--output", help="Output directory; each suite writes into <output>/<suite>/.")]
-OnlyOpt = Annotated[Optional[str], typer.Option("--only", help="Comma-separated experiment names to include.", show_default=False)]
-ExcludeOpt = Annotated[Optional[str], typer.Option("--exclude", help="Comma-separated experiment names to leave out.", show_default=False)]
+OnlyOpt = Annotated[str | None, typer.Option("--only", help="Comma-separated experiment names to include.", show_default=False)]
+ExcludeOpt = Annotated[str | None, typer.Option("--exclude", help="Comma-separated experiment names to leave out.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 

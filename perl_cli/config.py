@@ -29,17 +29,13 @@ import hashlib
 import itertools
 import json
 import re
-import sys
+import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from perl_cli import schema
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEFAULT_NAME_TEMPLATE = "{method}_r{rank}_s{seed}"
@@ -304,7 +300,7 @@ def _matrix_points(cfg: ConfigFile, matrix: Any, where: str) -> list[dict[str, d
     points = []
     for combo in itertools.product(*(values for _, values in axes)):
         point: dict[str, dict[str, Any]] = {}
-        for (path, _), value in zip(axes, combo):
+        for (path, _), value in zip(axes, combo, strict=False):
             section, key = path.split(".", 1)
             point.setdefault(section, {})[key] = schema.coerce(path, value)[0]
         points.append(point)
@@ -422,7 +418,7 @@ def _validate_resolved(cfg: ConfigFile, config: dict, what: str) -> None:
 
 def _render_name(cfg: ConfigFile, template: str, config: dict, where: str) -> str:
     fields = {alias: _get(config, path) for alias, path in schema.ALIASES.items()}
-    for section, values in config.items():
+    for _section, values in config.items():
         for key, value in values.items():
             fields.setdefault(key, value)
     fields["alpha"] = _num(fields["alpha"])

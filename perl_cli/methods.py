@@ -1,14 +1,357 @@
-"""PEFT method registry (placeholder until the worker's registry lands: validation only)."""
+"""The PEFT method registry: name -> adapter config, optimizer, init and save rules.
+
+Names are the ``peft.type`` values of experiments.toml (contract). Everything that
+needs torch or peft is imported inside functions: `validate_method_settings` runs at
+plan time, where importing torch would cost seconds.
+
+Method notes (see STACK-NOTES for the measurements behind them):
+
+* ``rslora`` is LoRA with scaling alpha/sqrt(r); ``dora`` adds a learned magnitude.
+* ``pissa`` initialises A, B from the r *largest* singular triplets of W and trains on
+  the residual; ``milora`` (not in peft) is its mirror, from the r *smallest*
+  triplets: B = U_r sqrt(S_r/s), A = sqrt(S_r/s) V_rᵀ, W <- W - s·BA with s the LoRA
+  scaling. Both change the base weights, so their final adapter is saved with peft's
+  weight conversion (a rank-2r LoRA that applies to the original base).
+* ``adalora`` reallocates rank during training; the worker calls
+  ``update_and_allocate`` every optimizer step (TRL never does). Its orthogonality
+  regulariser is not applied: GRPOTrainer computes its own loss.
+* ``lora_plus`` trains B with ``lora_plus_ratio`` times A's learning rate; ``lora_fa``
+  freezes A and projects B's gradient (peft's LoRA-FA optimizer).
+* ``vera``, ``miss`` take r, dropout and target modules, but no alpha.
+* ``ia3`` and ``ln_tuning`` have no rank; "all-linear" means each method's standard
+  placement (IA3: keys, values and the FFN down projection; LN tuning: the norms).
+"""
 
 from __future__ import annotations
 
-from perl_cli.schema import PEFT_METHODS
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-METHOD_NAMES = PEFT_METHODS
+ALL_LINEAR = "all-linear"
+# Modules IA3 treats as feed-forward (it scales their input rather than their output).
+_FEEDFORWARD_NAMES = ("down_proj", "fc2", "w2", "dense_4h_to_h", "c_proj")
 
 
-def validate_method_settings(method: str, peft: dict) -> list[str]:
-    problems = []
-    if method == "adalora" and peft.get("adalora_init_r") is not None and peft["adalora_init_r"] < peft["r"]:
-        problems.append("peft.adalora_init_r must be >= peft.r (AdaLoRA prunes from init_r down to r)")
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    build_config: Callable[[dict[str, Any], dict[str, Any]], Any]
+    """(peft section, training section) -> a peft config."""
+    optimizer: Callable[[Any, dict[str, Any], dict[str, Any]], Any] | None = None
+    """(peft model, peft section, training section) -> optimizer; None = Trainer's AdamW."""
+    custom_init: Callable[[Any, dict[str, Any]], None] | None = None
+    """Runs on the PeftModel right after it is built."""
+    needs_weight_conversion_on_save: bool = False
+    uses_rank: bool = True
+    uses_alpha: bool = True
+    uses_dropout: bool = True
+    reallocates_rank: bool = False
+
+
+# --- shared pieces -------------------------------------------------------------------
+
+
+def _targets(peft: dict[str, Any]) -> str | list[str]:
+    targets = peft.get("target_modules", ALL_LINEAR)
+    return ALL_LINEAR if targets == ALL_LINEAR else list(targets)
+
+
+def _lora_kwargs(peft: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "r": int(peft["r"]),
+        "lora_alpha": float(peft["lora_alpha"]),
+        "lora_dropout": float(peft["lora_dropout"]),
+        "target_modules": _targets(peft),
+        "task_type": "CAUSAL_LM",
+    }
+
+
+def _lora(**extra: Any) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
+    def build(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(**_lora_kwargs(peft), **extra)
+
+    return build
+
+
+def _pissa_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft import LoraConfig
+
+    niter = int(peft.get("pissa_niter", 4))
+    init = "pissa" if niter == 0 else f"pissa_niter_{niter}"
+    return LoraConfig(**_lora_kwargs(peft), init_lora_weights=init)
+
+
+def adalora_schedule(peft: dict[str, Any], max_steps: int) -> dict[str, int]:
+    """init_r, tinit, tfinal, deltaT with the config's nulls filled in.
+
+    Defaults: start from 1.5·r, warm up for 10% of the steps, prune ranks until the
+    last 20%, reallocating every 1% (at least every step).
+    """
+    r = int(peft["r"])
+    init_r = peft.get("adalora_init_r")
+    tinit = peft.get("adalora_tinit")
+    tfinal = peft.get("adalora_tfinal")
+    delta = peft.get("adalora_delta_t")
+    return {
+        "init_r": int(init_r) if init_r is not None else max(r, round(1.5 * r)),
+        "tinit": int(tinit) if tinit is not None else int(0.1 * max_steps),
+        "tfinal": int(tfinal) if tfinal is not None else int(0.2 * max_steps),
+        "deltaT": int(delta) if delta is not None else max(1, int(0.01 * max_steps)),
+    }
+
+
+def _adalora_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft import AdaLoraConfig
+
+    max_steps = int(training["max_steps"])
+    schedule = adalora_schedule(peft, max_steps)
+    return AdaLoraConfig(
+        target_r=int(peft["r"]),
+        init_r=schedule["init_r"],
+        tinit=schedule["tinit"],
+        tfinal=schedule["tfinal"],
+        deltaT=schedule["deltaT"],
+        total_step=max_steps,
+        lora_alpha=float(peft["lora_alpha"]),
+        lora_dropout=float(peft["lora_dropout"]),
+        target_modules=_targets(peft),
+        task_type="CAUSAL_LM",
+    )
+
+
+def _vera_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft import VeraConfig
+
+    return VeraConfig(
+        r=int(peft["r"]),
+        vera_dropout=float(peft["lora_dropout"]),
+        d_initial=float(peft.get("vera_d_initial", 0.1)),
+        target_modules=_targets(peft),
+        # The shared random projections are saved with the adapter, so it reloads
+        # exactly without relying on the PRNG key reproducing them.
+        save_projection=True,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _miss_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft import MissConfig
+
+    return MissConfig(
+        r=int(peft["r"]),
+        miss_dropout=float(peft["lora_dropout"]),
+        target_modules=_targets(peft),
+        task_type="CAUSAL_LM",
+    )
+
+
+def _ia3_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft import IA3Config
+
+    targets = _targets(peft)
+    if targets == ALL_LINEAR:  # peft's per-architecture default placement
+        return IA3Config(task_type="CAUSAL_LM")
+    feedforward = [t for t in targets if t.split(".")[-1] in _FEEDFORWARD_NAMES]
+    return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+
+
+def _ln_tuning_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft import LNTuningConfig
+
+    targets = _targets(peft)
+    return LNTuningConfig(target_modules=None if targets == ALL_LINEAR else targets, task_type="CAUSAL_LM")
+
+
+def _loraplus_optimizer(model: Any, peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=float(training["learning_rate"]),
+        loraplus_lr_ratio=float(peft.get("lora_plus_ratio", 16.0)),
+        weight_decay=float(training.get("weight_decay", 0.0)),
+    )
+
+
+def _lorafa_optimizer(model: Any, peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft.optimizers import create_lorafa_optimizer
+
+    return create_lorafa_optimizer(
+        model,
+        r=int(peft["r"]),
+        lora_alpha=int(peft["lora_alpha"]),
+        lr=float(training["learning_rate"]),
+        weight_decay=float(training.get("weight_decay", 0.0)),
+    )
+
+
+def milora_init(model: Any, peft: dict[str, Any]) -> None:
+    """Re-initialise every LoRA layer from the minor singular components of its weight.
+
+    The r smallest singular triplets come from the eigendecomposition of the smaller
+    Gram matrix (WᵀW or WWᵀ) in float64: exact, and far cheaper than a full SVD of a
+    large projection (seconds instead of tens of seconds per matrix). Whatever the
+    numerical accuracy of the triplets, W - s·BA + s·BA reproduces W, so the model's
+    output is unchanged at initialisation.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    adapter = "default"
+    for module in model.modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        base = module.get_base_layer()
+        if getattr(module, "fan_in_fan_out", False) or not isinstance(base, torch.nn.Linear):
+            raise ValueError(f"milora supports nn.Linear layers only, got {type(base).__name__}")
+        weight = base.weight
+        w = weight.detach().to(torch.float64)
+        r = module.r[adapter]
+        scale = module.scaling[adapter]
+        out_f, in_f = w.shape
+        if in_f <= out_f:
+            evals, evecs = torch.linalg.eigh(w.T @ w)  # ascending: the first r are minor
+            v = evecs[:, :r]  # (in, r)
+            u = w @ v
+        else:
+            evals, evecs = torch.linalg.eigh(w @ w.T)
+            u = evecs[:, :r]  # (out, r)
+            v = w.T @ u
+        sigma = evals[:r].clamp_min(0).sqrt()
+        # Normalise the derived side by its own norm (equal to sigma up to rounding).
+        if in_f <= out_f:
+            u = u / u.norm(dim=0).clamp_min(1e-30)
+        else:
+            v = v / v.norm(dim=0).clamp_min(1e-30)
+        root = (sigma / scale).sqrt()
+        lora_b = u * root  # (out, r)
+        lora_a = root[:, None] * v.T  # (r, in)
+        module.lora_A[adapter].weight.data = lora_a.to(weight.dtype)
+        module.lora_B[adapter].weight.data = lora_b.to(weight.dtype)
+        weight.data = (w - scale * lora_b @ lora_a).to(weight.dtype)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("lora", "Low-Rank Adaptation", _lora()),
+        Method("dora", "Weight-Decomposed LoRA (magnitude + direction)", _lora(use_dora=True)),
+        Method("rslora", "rank-stabilised LoRA (alpha/sqrt(r) scaling)", _lora(use_rslora=True)),
+        Method("adalora", "adaptive rank allocation (SVD-form LoRA)", _adalora_config, reallocates_rank=True),
+        Method(
+            "pissa", "LoRA from the principal singular components", _pissa_config, needs_weight_conversion_on_save=True
+        ),
+        Method(
+            "milora",
+            "LoRA from the minor singular components",
+            _lora(),
+            custom_init=milora_init,
+            needs_weight_conversion_on_save=True,
+        ),
+        Method("vera", "shared random projections + scaling vectors", _vera_config, uses_alpha=False),
+        Method("lora_plus", "LoRA with a larger learning rate for B", _lora(), optimizer=_loraplus_optimizer),
+        Method("lora_fa", "LoRA with A frozen (memory-efficient)", _lora(), optimizer=_lorafa_optimizer),
+        Method("miss", "MiSS shard-sharing adapter", _miss_config, uses_alpha=False),
+        Method(
+            "ia3", "learned rescaling vectors", _ia3_config, uses_rank=False, uses_alpha=False, uses_dropout=False
+        ),
+        Method(
+            "ln_tuning", "train the layer norms only", _ln_tuning_config, uses_rank=False, uses_alpha=False,
+            uses_dropout=False,
+        ),
+    )
+}
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise KeyError(f"unknown PEFT method {name!r}; known: {', '.join(METHOD_NAMES)}") from None
+
+
+# --- plan-time validation (pure Python) ----------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_method_settings(method: str, peft_section: dict[str, Any], *, max_steps: int | None = None) -> list[str]:
+    """Human-readable problems with a method's settings; empty when they are usable.
+
+    `max_steps` (the training section's) lets the AdaLoRA schedule be checked too.
+    """
+    if method not in METHODS:
+        return [f"peft.type {method!r} is not a known method; choose one of: {', '.join(METHOD_NAMES)}"]
+    spec = METHODS[method]
+    problems: list[str] = []
+    peft = peft_section
+    r = peft.get("r")
+    if spec.uses_rank and not (_is_int(r) and r >= 1):
+        problems.append(f"peft.r must be a positive integer for {method}, got {r!r}")
+    alpha = peft.get("lora_alpha")
+    if spec.uses_alpha and not (_is_number(alpha) and alpha > 0):
+        problems.append(f"peft.lora_alpha must be a positive number for {method}, got {alpha!r}")
+    dropout = peft.get("lora_dropout", 0.0)
+    if spec.uses_dropout and not (_is_number(dropout) and 0 <= dropout < 1):
+        problems.append(f"peft.lora_dropout must be in [0, 1), got {dropout!r}")
+    targets = peft.get("target_modules", ALL_LINEAR)
+    if targets != ALL_LINEAR and not (
+        isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
+    ):
+        problems.append(f"peft.target_modules must be \"all-linear\" or a non-empty list of module names, got {targets!r}")
+
+    if method == "lora_plus":
+        ratio = peft.get("lora_plus_ratio")
+        if not (_is_number(ratio) and ratio > 0):
+            problems.append(f"peft.lora_plus_ratio must be a positive number, got {ratio!r}")
+    if method == "lora_fa" and _is_number(alpha) and not float(alpha).is_integer():
+        problems.append(f"peft.lora_alpha must be a whole number for lora_fa (peft's optimizer), got {alpha!r}")
+    if method == "vera":
+        d_initial = peft.get("vera_d_initial")
+        if not (_is_number(d_initial) and d_initial > 0):
+            problems.append(f"peft.vera_d_initial must be a positive number, got {d_initial!r}")
+    if method == "pissa":
+        niter = peft.get("pissa_niter")
+        if not (_is_int(niter) and niter >= 0):
+            problems.append(f"peft.pissa_niter must be an integer >= 0 (0 = exact SVD), got {niter!r}")
+    if method == "adalora":
+        problems += _validate_adalora(peft, max_steps)
+    return problems
+
+
+def _validate_adalora(peft: dict[str, Any], max_steps: int | None) -> list[str]:
+    problems: list[str] = []
+    for key in ("adalora_init_r", "adalora_tinit", "adalora_tfinal", "adalora_delta_t"):
+        value = peft.get(key)
+        minimum = 1 if key in ("adalora_init_r", "adalora_delta_t") else 0
+        if value is not None and not (_is_int(value) and value >= minimum):
+            problems.append(f"peft.{key} must be null or an integer >= {minimum}, got {value!r}")
+    if problems or not _is_int(peft.get("r")):
+        return problems
+    init_r = peft.get("adalora_init_r")
+    if init_r is not None and init_r < peft["r"]:
+        problems.append(
+            f"peft.adalora_init_r ({init_r}) must be >= peft.r ({peft['r']}): AdaLoRA starts at init_r "
+            "and prunes down to r"
+        )
+    if max_steps is not None and _is_int(max_steps) and max_steps > 0:
+        schedule = adalora_schedule(peft, max_steps)
+        if schedule["tinit"] + schedule["tfinal"] >= max_steps:
+            problems.append(
+                f"AdaLoRA needs adalora_tinit + adalora_tfinal < training.max_steps; got "
+                f"{schedule['tinit']} + {schedule['tfinal']} >= {max_steps} (no steps left to reallocate ranks)"
+            )
     return problems

@@ -224,12 +224,9 @@ def builtin_model_path(name: str) -> Path:
         try:
             import torch
 
-            # The build is part of the model's identity: make it independent of the
-            # caller's thread count and RNG state.
-            threads = torch.get_num_threads()
+            # Seeded inside; forking keeps the caller's RNG stream untouched.
             with torch.random.fork_rng(devices=[]):
                 _build(recipe, tmp)
-            torch.set_num_threads(threads)
             if final.exists():  # a leftover without a recipe file is an aborted build
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -10,8 +10,8 @@ from rich.table import Table
 
 from perl_cli import config as configlib
 from perl_cli import schema
-from perl_cli.ui import console as make_console
 from perl_cli.config import ConfigFile, Experiment
+from perl_cli.ui import console as make_console
 
 
 def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, json_out: bool) -> None:

@@ -7,8 +7,9 @@ same place, and a new setting is added in one line. Training keys use TRL's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 Check = Callable[[Any], str | None]
 

@@ -1,0 +1,87 @@
+"""Held-out accuracy: greedy and sampled pass@1 on problems never trained on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from perl_cli.data import countdown
+from perl_cli.rewards import countdown_correct
+
+# Prompts per generate() call; sampled calls multiply this by the samples per problem.
+EVAL_BATCH_PROMPTS = 64
+
+
+def _generate(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    add_special_tokens: bool,
+    max_new_tokens: int,
+    sample: bool,
+    num_samples: int,
+    temperature: float,
+) -> list[str]:
+    import torch
+
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"  # new tokens must follow every prompt directly
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(device)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    if sample:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=num_samples)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    with torch.no_grad():
+        out = model.generate(**enc, **kwargs)
+    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def evaluate_accuracy(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[countdown.Problem],
+    prompt_format: str,
+    *,
+    num_samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+) -> dict[str, float]:
+    """``accuracy_greedy`` and ``accuracy_sampled`` (mean over `num_samples` per problem)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    texts = [countdown.render_prompt(p, prompt_format, tokenizer) for p in problems]
+    # Chat templates already contain the special tokens; plain prompts are tokenized
+    # exactly as GRPOTrainer tokenizes them.
+    special = prompt_format != countdown.CHAT
+    greedy_hits = sampled_hits = 0
+    # The same sampling stream for the base model and the trained one.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in range(0, len(problems), EVAL_BATCH_PROMPTS):
+            batch = problems[start : start + EVAL_BATCH_PROMPTS]
+            chunk = texts[start : start + EVAL_BATCH_PROMPTS]
+            common = {"add_special_tokens": special, "max_new_tokens": max_new_tokens, "temperature": temperature}
+            greedy = _generate(model, tokenizer, chunk, sample=False, num_samples=1, **common)
+            sampled = _generate(model, tokenizer, chunk, sample=True, num_samples=num_samples, **common)
+            for i, problem in enumerate(batch):
+                nums, target = list(problem.numbers), problem.target
+                greedy_hits += countdown_correct(greedy[i], nums, target)
+                group = sampled[i * num_samples : (i + 1) * num_samples]
+                sampled_hits += sum(countdown_correct(c, nums, target) for c in group)
+    model.train(was_training)
+    n = max(1, len(problems))
+    return {
+        "accuracy_greedy": greedy_hits / n,
+        "accuracy_sampled": sampled_hits / (n * num_samples),
+        "eval_problems": len(problems),
+        "eval_samples_per_problem": num_samples,
+    }
