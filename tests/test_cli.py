@@ -83,12 +83,6 @@ def test_read_only_commands_never_import_the_training_stack(argv: list[str], tmp
     assert line[-1] == "HEAVY=", f"{argv} imported {line[-1]}"
 
 
-def test_watch_is_honest_about_not_being_built(tmp_path: Path) -> None:
-    result = perl("watch", "demo", "--output", str(tmp_path))
-    if result.returncode == 2:
-        assert "not built yet" in result.stderr
-
-
 # --- the Perl passthrough ----------------------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""The Textual live monitor behind `perl watch` (imported only by that command)."""
