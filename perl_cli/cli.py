@@ -31,7 +31,7 @@ app = typer.Typer(
 EXIT_USAGE = 2
 
 SuiteArg = Annotated[str | None, typer.Argument(help="Suite name from experiments.toml, e.g. core-1.5b.", show_default=False)]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Experiments file [default: ./experiments.toml, else the built-in one].", show_default=False)]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Experiments file (default: ./experiments.toml, else the built-in one).", show_default=False)]
 OutputOpt = Annotated[Path, typer.Option("--output", help="Output directory; each suite writes into <output>/<suite>/.")]
 OnlyOpt = Annotated[str | None, typer.Option("--only", help="Comma-separated experiment names to include.", show_default=False)]
 ExcludeOpt = Annotated[str | None, typer.Option("--exclude", help="Comma-separated experiment names to leave out.", show_default=False)]
@@ -89,34 +89,125 @@ def _not_built(command: str) -> None:
 
 @app.command(rich_help_panel="Run")
 @user_errors
-def run(suite: SuiteArg = None, config: ConfigOpt = None, output: OutputOpt = Path("output")) -> None:
+def run(
+    suite: SuiteArg = None,
+    only: OnlyOpt = None,
+    exclude: ExcludeOpt = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="Comma-separated GPU indices to use (default: all).", show_default=False)] = None,
+    jobs_per_gpu: Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Experiments at a time on each GPU (memory permitting).")] = 1,
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Without a GPU: experiments at a time on the CPU (default: 1). With GPUs: a cap on the total.", show_default=False)] = None,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries for failures a retry can fix (CUDA out of memory: half batch, double accumulation).")] = 1,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start the chosen experiments from scratch; old directories are kept as <name>.old-<timestamp>.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each experiment's exact command, environment, GPU and directory; run nothing.")] = False,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Override a setting for this run, e.g. --set training.max_steps=50 (changes the fingerprint). Repeatable.", show_default=False)] = None,
+    settle_seconds: Annotated[float, typer.Option("--settle-seconds", min=0, help="A new job's memory counts as reserved on its GPU for this long (until NVML shows it).")] = 60.0,
+    grace_seconds: Annotated[float, typer.Option("--grace-seconds", min=0, help="On Ctrl+C, how long workers get to save a checkpoint before they are killed.")] = 30.0,
+    backend: Annotated[str, typer.Option("--backend", help="Where to run: local or slurm.")] = "local",
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
     """Run what is not yet done in a suite, resuming the interrupted."""
-    _not_built("run")
+    from perl_cli import scheduler
+
+    if suite is None:
+        fail("which suite? Give its name, e.g. `perl run demo`; list them with `perl plan`.")
+    if backend not in scheduler.BACKENDS:
+        fail(f"--backend {backend}: unknown backend. Use one of: {', '.join(scheduler.BACKENDS)}.")
+    if backend != "local":
+        fail(f"--backend {backend} is not built yet in this version of PeRL; use --backend local.")
+    try:
+        gpu_list = [int(g) for g in configlib.split_names(gpus)] if gpus is not None else None
+    except ValueError:
+        fail(f"--gpus {gpus}: expected comma-separated GPU indices, e.g. --gpus 0,1,3.")
+    cfg = configlib.load(config)
+    chosen = configlib.expand(cfg, suite, only=configlib.split_names(only), exclude=configlib.split_names(exclude), sets=sets or ())
+    whole = configlib.expand(cfg, suite, sets=sets or ())
+    options = scheduler.RunOptions(
+        suite=suite, experiments=chosen, suite_experiments=whole, output=output, gpus=gpu_list,
+        jobs_per_gpu=jobs_per_gpu, jobs=jobs, retries=retries, fresh=fresh, dry_run=dry_run,
+        settle_seconds=settle_seconds, grace_seconds=grace_seconds,
+    )
+    raise typer.Exit(scheduler.run_suite(options))
+
+
+StallOpt = Annotated[float, typer.Option("--stall-after", help="Seconds without a worker heartbeat before a running experiment is flagged stalled.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything (status: every experiment; diagnose: full tracebacks).")]
 
 
 @app.command(rich_help_panel="Watch and analyse")
 @user_errors
-def status(suite: SuiteArg = None, config: ConfigOpt = None, output: OutputOpt = Path("output")) -> None:
+def status(
+    suite: SuiteArg = None,
+    json_out: JsonOpt = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl+C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
+    verbose: VerboseOpt = False,
+    stall_after: StallOpt = 600.0,
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
     """Counts, progress and per-experiment state, step, reward, ETA and size."""
-    _not_built("status")
+    from perl_cli import status as statuslib
+
+    raise typer.Exit(statuslib.command(
+        suite, config_path=config, output=output, json_out=json_out, watch=watch,
+        interval=interval, verbose=verbose, stall_after_s=stall_after,
+    ))
 
 
 @app.command(rich_help_panel="Watch and analyse")
 @user_errors
-def watch(suite: SuiteArg = None, config: ConfigOpt = None, output: OutputOpt = Path("output")) -> None:
+def watch(
+    suite: SuiteArg = None,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.")] = 2.0,
+    stall_after: StallOpt = 600.0,
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
     """Live monitor (Textual): progress bars, GPU memory, log tails."""
-    _not_built("watch")
+    from perl_cli import status as statuslib
+    from perl_cli.tui.app import WatchApp, pick_suite
+
+    if interval <= 0:
+        fail(f"--interval {interval}: must be a positive number of seconds.")
+    cfg = statuslib.load_config(config)
+    name = pick_suite(output, suite, cfg)
+    WatchApp(output, name, cfg, interval=interval, stall_after_s=stall_after).run()
 
 
 @app.command(rich_help_panel="Watch and analyse")
 @user_errors
-def diagnose(suite: SuiteArg = None, config: ConfigOpt = None, output: OutputOpt = Path("output")) -> None:
-    """Classify failures and stalls, show the log lines that matter and a fix."""
-    _not_built("diagnose")
+def diagnose(
+    suite: SuiteArg = None,
+    verbose: VerboseOpt = False,
+    json_out: JsonOpt = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Log lines shown per experiment.")] = 30,
+    stall_after: StallOpt = 600.0,
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
+    """Classify failures and stalls, show the log lines that matter and a fix.
+
+    Exit code 1 when a failed or stalled experiment is found, else 0.
+    """
+    from perl_cli import diagnose as diagnoselib
+
+    raise typer.Exit(diagnoselib.command(
+        suite, config_path=config, output=output, json_out=json_out, verbose=verbose,
+        lines=lines, stall_after_s=stall_after,
+    ))
 
 
 @app.command(rich_help_panel="Watch and analyse")
 @user_errors
-def report(suite: SuiteArg = None, config: ConfigOpt = None, output: OutputOpt = Path("output")) -> None:
+def report(
+    suite: SuiteArg = None,
+    stdout: Annotated[bool, typer.Option("--stdout", help="Print SUMMARY.md instead of writing it (no plots).")] = False,
+    stall_after: StallOpt = 600.0,
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
     """Write SUMMARY.md and plots into the suite's output directory."""
-    _not_built("report")
+    from perl_cli import report as reportlib
+
+    raise typer.Exit(reportlib.command(suite, config_path=config, output=output, stdout=stdout, stall_after_s=stall_after))

@@ -1,0 +1,39 @@
+"""Running a suite's experiments: backends (local today, Slurm next) behind one call.
+
+    from perl_cli.scheduler import RunOptions, run_suite
+    code = run_suite(RunOptions(suite="demo", experiments=exps, output=Path("output")))
+
+`run_suite` returns the exit code (0 all completed, 1 some failed, 130 interrupted) and
+raises `RunError` (a ConfigError: exit 2) when it refuses to start. Modules: gpus.py
+(NVML inventory, PERL_FAKE_GPUS), memory.py (the memory estimate), lock.py (the run
+lock), local.py (slots, placement, processes, retries, adoption), progress.py (output).
+"""
+
+from perl_cli.scheduler.local import (
+    DEFAULT_WORKER_CMD,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    RUNTIME_KEY,
+    RunError,
+    RunOptions,
+    build_run_status,
+    run_suite,
+    write_run_status,
+)
+
+BACKENDS = ("local", "slurm")
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_WORKER_CMD",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "RUNTIME_KEY",
+    "RunError",
+    "RunOptions",
+    "build_run_status",
+    "run_suite",
+    "write_run_status",
+]

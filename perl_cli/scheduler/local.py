@@ -1,0 +1,868 @@
+"""The local backend: run a suite's experiments on this machine's GPUs (or its CPU).
+
+One worker subprocess per experiment, in its own session and process group, with
+stdout+stderr appended to `train.log`. The scheduler
+
+- decides what to run from the experiment directories (resume by default: completed
+  with the same fingerprint is skipped, completed with another is `stale` and refused
+  without `--fresh`, interrupted/failed/pending are (re)started and resume from their
+  last checkpoint),
+- adopts workers left running by a scheduler that was killed (pid + process start
+  time, and a scan of the process table for workers on the suite's directories), so
+  there are never two workers on one experiment directory,
+- places each job on a GPU with a free slot whose free memory, minus what jobs started
+  within the settle period have reserved, fits the job's estimate (memory.py),
+- reaps workers as soon as they exit (SIGCHLD wakes the loop), records a final state
+  when the worker did not, retries CUDA out-of-memory failures with half the batch and
+  twice the accumulation, and
+- on Ctrl+C/SIGTERM stops launching, SIGTERMs every worker's process group, waits a
+  grace period for checkpoints, SIGKILLs the rest, and exits 130.
+
+Writing rules (DESIGN.md): the scheduler writes an experiment's status.json before it
+launches a worker and after it has reaped one; the worker writes it in between.
+`run_status.json` is derived from the experiment directories and rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perl_cli import state
+from perl_cli.config import ConfigError, Experiment
+from perl_cli.scheduler import gpus as gpulib
+from perl_cli.scheduler.lock import LockHeld, RunLock
+from perl_cli.scheduler.memory import estimate_mb
+from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
+from perl_cli.ui import human_seconds
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train")
+# config.json key with per-run adjustments the worker applies over `training` (e.g. after
+# an OOM); kept out of the fingerprint, since the effective batch does not change.
+RUNTIME_KEY = "runtime"
+OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError")
+EXIT_CONFIG_ERROR = 2  # worker: bad config, never retried
+EXIT_TEMPFAIL = 75  # worker: a temporary failure (EX_TEMPFAIL), worth a retry
+INTERRUPTED_CODES = (130, 143)
+TERMINAL = (state.COMPLETED, state.FAILED, state.INTERRUPTED)
+POLL_S = 0.25  # loop wake-up when no child exits: adopted workers, progress, deadlines
+PROGRESS_EVERY_S = 1.0
+AGGREGATE_EVERY_S = 10.0  # progress-only refresh; events refresh it within AGGREGATE_EVENT_S
+AGGREGATE_EVENT_S = 0.5
+INVENTORY_EVERY_S = 1.0
+LOG_TAIL_BYTES = 65536
+LOG_MARK = "[perl run "
+
+
+class RunError(ConfigError):
+    """`perl run` refuses to start; the message says why and what to do (exit 2)."""
+
+
+@dataclass
+class RunOptions:
+    suite: str
+    experiments: list[Experiment]  # the chosen ones (after --only/--exclude/--set)
+    output: Path = Path("output")
+    suite_experiments: list[Experiment] | None = None  # the whole suite, for run_status.json
+    gpus: list[int] | None = None  # --gpus
+    jobs_per_gpu: int = 1
+    jobs: int | None = None  # CPU: concurrent jobs (default 1); GPU: a cap on the total
+    retries: int = 1
+    fresh: bool = False
+    dry_run: bool = False
+    settle_seconds: float = 60.0
+    grace_seconds: float = 30.0
+    worker_cmd: Sequence[str] = DEFAULT_WORKER_CMD
+    tty: bool | None = None  # progress bars; None = when stdout is a terminal
+    environ: dict[str, str] | None = None  # the workers' base environment (default: ours)
+
+
+@dataclass
+class Job:
+    exp: Experiment
+    dir: Path
+    estimate_mb: int
+    action: str = "run"  # run | resume | fresh | adopt
+    runtime: dict[str, Any] = field(default_factory=dict)
+    tries_left: int = 0
+    attempt: int = 0
+    proc: subprocess.Popen | None = None
+    pid: int | None = None
+    pid_start_time: float | None = None
+    gpu: int | None = None  # None = CPU
+    started: float = 0.0
+    started_mono: float = 0.0
+    stop_sent: bool = False
+    killed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.exp.name
+
+    @property
+    def gpu_label(self) -> str:
+        return "cpu" if self.gpu is None else f"gpu {self.gpu}"
+
+
+def run_suite(opts: RunOptions) -> int:
+    """Run (or, with dry_run, describe) the chosen experiments; the exit code (0/1/130).
+
+    Raises RunError (a ConfigError) when it refuses to start: exit 2.
+    """
+    return LocalRunner(opts).run()
+
+
+# --- reading the suite's directories ------------------------------------------------
+
+
+def find_live_workers(suite_dir: Path) -> dict[Path, tuple[int, float | None]]:
+    """Processes whose last argument is an experiment directory of this suite."""
+    import psutil
+
+    suite_dir = suite_dir.resolve()
+    found: dict[Path, tuple[int, float | None]] = {}
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info["pid"] == me or len(cmdline) < 2:
+            continue
+        target = Path(cmdline[-1])
+        if target.is_absolute() and target.parent == suite_dir and state.process_alive(proc.info["pid"]):
+            found[target] = (proc.info["pid"], state.process_start_time(proc.info["pid"]))
+    return found
+
+
+def build_run_status(suite: str, suite_dir: Path, experiments: Sequence[Experiment], scheduler: dict | None = None) -> dict:
+    """The aggregate, derived from the experiment directories (never trusted over them)."""
+    expected = {e.name: e.fingerprint for e in experiments}
+    rows: dict[str, dict] = {}
+    names = list(expected) + [n for n in state.experiment_dirs(suite_dir) if n not in expected]
+    for name in names:
+        status = state.read_status(suite_dir / name) or {}
+        row = {
+            "state": state.effective_state(status, expected.get(name)),
+            "in_config": name in expected,
+            "stalled": state.is_stalled(status),
+        }
+        for key in ("step", "total_steps", "gpu", "pid", "attempt", "started", "ended", "heartbeat", "exit_code", "signal", "error"):
+            row[key] = status.get(key)
+        row["fingerprint"] = expected.get(name, status.get("fingerprint"))
+        rows[name] = row
+    counts = {s: 0 for s in state.STATES}
+    for row in rows.values():
+        if row["in_config"]:
+            counts[row["state"]] += 1
+    return {
+        "suite": suite,
+        "updated": state.now(),
+        "total": len(expected),
+        "counts": counts,
+        "scheduler": scheduler or {},
+        "experiments": rows,
+    }
+
+
+def write_run_status(suite: str, suite_dir: Path, experiments: Sequence[Experiment], scheduler: dict | None = None) -> dict:
+    data = build_run_status(suite, suite_dir, experiments, scheduler)
+    state.atomic_write_json(suite_dir / state.RUN_STATUS_FILE, data)
+    return data
+
+
+def _has_checkpoint(exp_dir: Path) -> bool:
+    ckpt = exp_dir / state.CHECKPOINT_DIR
+    return ckpt.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt.iterdir())
+
+
+def _old_dir_name(exp_dir: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = exp_dir.with_name(f"{exp_dir.name}{state.OLD_DIR_MARK}{stamp}")
+    n = 2
+    while target.exists():
+        target = exp_dir.with_name(f"{exp_dir.name}{state.OLD_DIR_MARK}{stamp}-{n}")
+        n += 1
+    return target
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _log_tail_since_launch(exp_dir: Path) -> str:
+    try:
+        with open(exp_dir / state.LOG_FILE, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    mark = text.rfind(LOG_MARK)
+    return text[mark:] if mark >= 0 else text
+
+
+def _append_log(exp_dir: Path, text: str) -> None:
+    with open(exp_dir / state.LOG_FILE, "a", encoding="utf-8") as f:
+        f.write(f"\n{LOG_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal the worker's whole process group (its own session), or the pid alone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+            return
+        os.kill(pid, sig)
+
+
+def _kill_leftover_group(pgid: int) -> None:
+    """After reaping a worker, kill what is left of its group (no orphans)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+# --- the scheduler ------------------------------------------------------------------
+
+
+class LocalRunner:
+    def __init__(self, opts: RunOptions) -> None:
+        self.opts = opts
+        self.suite_dir = Path(opts.output).resolve() / opts.suite
+        self.all_experiments = opts.suite_experiments or opts.experiments
+        self.environ = dict(os.environ if opts.environ is None else opts.environ)
+        self.inventory: gpulib.Inventory | None = None
+        self.gpus: dict[int, gpulib.GPU] = {}
+        self.queue: deque[Job] = deque()
+        self.running: dict[str, Job] = {}
+        self.results: dict[str, str] = {}
+        self.skipped: list[str] = []
+        self.stop_requests = 0
+        self.stopping = False
+        self.kill_deadline = 0.0
+        self.reporter: PlainReporter | RichReporter | None = None
+        self.started = state.now()
+        self._wake_r: int | None = None
+        self._last_inventory = 0.0
+        self._last_aggregate = 0.0
+        self._last_progress = 0.0
+        self._aggregate_dirty = False
+        self._said_waiting = False
+
+    # -- setup ------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._load_gpus()
+        if self.opts.dry_run:
+            return self._dry_run()
+        lock = RunLock(self.suite_dir)
+        try:
+            lock.acquire()
+        except LockHeld as exc:
+            raise RunError(str(exc)) from None
+        try:
+            with self._signals():
+                return self._run_locked()
+        finally:
+            lock.release()
+            if self.inventory is not None:
+                self.inventory.close()
+
+    def _load_gpus(self) -> None:
+        try:
+            self.inventory = gpulib.load_inventory(self.environ)
+        except gpulib.GPUInventoryError as exc:
+            raise RunError(str(exc)) from None
+        available = self.inventory.by_index()
+        if self.opts.gpus is not None:
+            if not available:
+                raise RunError(
+                    f"--gpus {','.join(map(str, self.opts.gpus))}: this machine has no GPU "
+                    f"({self.inventory.reason}). Leave out --gpus to run on the CPU."
+                )
+            unknown = [i for i in self.opts.gpus if i not in available]
+            if unknown:
+                raise RunError(
+                    f"--gpus: no GPU with index {', '.join(map(str, unknown))}. "
+                    f"This machine has: {', '.join(map(str, sorted(available)))}."
+                )
+            self.gpus = {i: available[i] for i in self.opts.gpus}
+        else:
+            self.gpus = available
+
+    @property
+    def cpu_mode(self) -> bool:
+        return not self.gpus
+
+    def _capacity(self) -> int:
+        if self.cpu_mode:
+            return max(1, self.opts.jobs or 1)
+        slots = len(self.gpus) * self.opts.jobs_per_gpu
+        return min(slots, self.opts.jobs) if self.opts.jobs else slots
+
+    def _threads_per_job(self) -> str:
+        return str(max(1, (os.cpu_count() or 1) // self._capacity()))
+
+    def _command(self, job: Job) -> list[str]:
+        return [*self.opts.worker_cmd, str(job.dir)]
+
+    def _env_overrides(self, gpu: int | None) -> dict[str, str]:
+        env = {
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            "CUDA_VISIBLE_DEVICES": "" if gpu is None else str(gpu),
+            "PERL_GPU": "cpu" if gpu is None else str(gpu),
+        }
+        env["OMP_NUM_THREADS"] = self.environ.get("OMP_NUM_THREADS") or self._threads_per_job()
+        return env
+
+    # -- deciding what to run -------------------------------------------------------
+
+    def _classify(self, live: dict[Path, tuple[int, float | None]]) -> tuple[list[Job], list[str]]:
+        """Jobs to start or adopt, and the refusals (stale or changed experiments)."""
+        jobs: list[Job] = []
+        refusals: list[str] = []
+        here = state.hostname()
+        for exp in self.opts.experiments:
+            exp_dir = self.suite_dir / exp.name
+            status = state.read_status(exp_dir) or {}
+            recorded = state.read_json(exp_dir / state.CONFIG_FILE) or {}
+            recorded_fp = status.get("fingerprint") or recorded.get("fingerprint")
+            changed = recorded_fp is not None and recorded_fp != exp.fingerprint
+            job = Job(exp, exp_dir, estimate_mb(exp.config), tries_left=self.opts.retries)
+            pid, start = None, None
+            if status.get("host") in (None, here) and state.process_alive(status.get("pid"), status.get("pid_start_time")):
+                pid, start = status["pid"], status.get("pid_start_time")
+            elif exp_dir in live:
+                pid, start = live[exp_dir]
+            elif (
+                status.get("state") == state.RUNNING
+                and status.get("host") not in (None, here)
+                and not state.is_stalled(status)
+            ):
+                refusals.append(f"{exp.name} is running on host {status['host']} (pid {status.get('pid')})")
+                continue
+            if pid is not None:
+                job.pid, job.pid_start_time = pid, start
+                job.gpu = status.get("gpu") if isinstance(status.get("gpu"), int) else None
+                if self.opts.fresh:
+                    job.action = "fresh"  # its live worker is stopped first
+                elif changed:
+                    refusals.append(f"{exp.name} is still running (pid {pid}) with an earlier config")
+                    continue
+                else:
+                    job.action = "adopt"
+                jobs.append(job)
+                continue
+            current = state.effective_state(status, exp.fingerprint)
+            if self.opts.fresh and exp_dir.exists():
+                job.action = "fresh"
+            elif current == state.COMPLETED:
+                self.skipped.append(exp.name)
+                continue
+            elif current == state.STALE:
+                refusals.append(f"{exp.name} finished with an earlier config (stale)")
+                continue
+            elif changed and _has_checkpoint(exp_dir):
+                refusals.append(f"{exp.name} has checkpoints from an earlier config")
+                continue
+            else:
+                job.action = "resume" if _has_checkpoint(exp_dir) else "run"
+                if not changed and isinstance(recorded.get(RUNTIME_KEY), dict):
+                    job.runtime = dict(recorded[RUNTIME_KEY])
+            jobs.append(job)
+        return jobs, refusals
+
+    def _refusal_message(self, refusals: list[str]) -> str:
+        names = [r.split(" ", 1)[0] for r in refusals]
+        return (
+            f"suite '{self.opts.suite}': " + "; ".join(refusals) + ". "
+            f"Their results no longer match experiments.toml (or --set). Start them from scratch with "
+            f"`perl run {self.opts.suite} --only {','.join(names)} --fresh` (the old directories are kept "
+            f"as <name>{state.OLD_DIR_MARK}<timestamp>), or leave them out with --exclude {','.join(names)}."
+        )
+
+    def _check_fit(self, jobs: list[Job]) -> None:
+        """Refuse up front a job that no chosen GPU could ever hold."""
+        if self.cpu_mode:
+            return
+        assert self.inventory is not None
+
+        def capacity(g: gpulib.GPU) -> int:  # inline fake GPUs never free their "used" memory
+            return g.memory_free_mb if self.inventory.static else g.memory_total_mb
+
+        best = max(capacity(g) for g in self.gpus.values())
+        too_big = [j for j in jobs if j.action != "adopt" and j.estimate_mb > best]
+        if too_big:
+            listed = ", ".join(f"{j.name} ({j.estimate_mb:,} MB)" for j in too_big)
+            raise RunError(
+                f"{len(too_big)} experiment(s) can never fit on the chosen GPUs (largest: {best:,} MB): {listed}. "
+                "Lower the memory need (e.g. --set training.per_device_train_batch_size=N, or "
+                "training.gradient_checkpointing=true), choose bigger GPUs with --gpus, or, if the estimate "
+                "is wrong, set resources.memory_mb for the suite (see perl_cli/scheduler/memory.py)."
+            )
+
+    # -- the run ------------------------------------------------------------------------
+
+    def _run_locked(self) -> int:
+        live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
+        jobs, refusals = self._classify(live)
+        if refusals:
+            self._write_aggregate(force=True)
+            raise RunError(self._refusal_message(refusals))
+        self._check_fit(jobs)
+        total = len(jobs)
+        self.reporter = make_reporter(total, tty=self.opts.tty)
+        try:
+            self._announce(jobs)
+            for job in jobs:
+                if job.action == "adopt":
+                    self._adopt(job)
+                elif self.stop_requests:
+                    break
+                else:
+                    if job.action == "fresh":
+                        self._start_fresh(job)
+                    self.queue.append(job)
+            self._write_aggregate(force=True)
+            self._loop()
+        finally:
+            self._write_aggregate(force=True)
+            self.reporter.close()
+        return self._exit_code()
+
+    def _announce(self, jobs: list[Job]) -> None:
+        assert self.reporter is not None and self.inventory is not None
+        r = self.reporter
+        if self.cpu_mode:
+            n = self._capacity()
+            r.info(
+                f"no GPU ({self.inventory.reason}): running on the CPU, {n} experiment{'s' if n > 1 else ''} "
+                f"at a time{'' if self.opts.jobs else ' (--jobs N for more)'}."
+            )
+        else:
+            fake = " (fake, from PERL_FAKE_GPUS)" if self.inventory.fake else ""
+            r.info(f"GPUs{fake}: " + ", ".join(f"{i} {g.name} {g.memory_free_mb:,}/{g.memory_total_mb:,} MB free" for i, g in self.gpus.items())
+                   + f"; {self.opts.jobs_per_gpu} job(s) per GPU.")
+        adopt = sum(j.action == "adopt" for j in jobs)
+        parts = [f"{len(jobs) - adopt} to run"]
+        if adopt:
+            parts.append(f"{adopt} still running from an earlier `perl run` (adopted)")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} already completed (skipped)")
+        r.info(f"suite {self.opts.suite} → {self.suite_dir}: " + ", ".join(parts) + ".")
+
+    def _adopt(self, job: Job) -> None:
+        job.started_mono = time.monotonic()
+        status = state.read_status(job.dir) or {}
+        job.started = status.get("started") or state.now()
+        job.attempt = status.get("attempt") or 1
+        self.running[job.name] = job
+        assert self.reporter is not None
+        self.reporter.started(job.name, job.gpu_label + f", adopted pid {job.pid}", job.attempt)
+
+    def _start_fresh(self, job: Job) -> None:
+        """--fresh: stop a live worker on the directory, then keep the old one aside."""
+        if job.pid is not None:
+            self._stop_stranger(job)
+        if job.dir.exists():
+            target = _old_dir_name(job.dir)
+            job.dir.rename(target)
+            assert self.reporter is not None
+            self.reporter.info(f"--fresh: kept the previous {job.name} as {target.name}")
+        job.pid = job.pid_start_time = None
+        job.gpu = None
+        job.action = "run"
+
+    def _stop_stranger(self, job: Job) -> None:
+        """Terminate a worker that is not our child (left by a killed scheduler)."""
+        assert job.pid is not None
+        _signal_group(job.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.opts.grace_seconds
+        while state.process_alive(job.pid, job.pid_start_time) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if state.process_alive(job.pid, job.pid_start_time):
+            _signal_group(job.pid, signal.SIGKILL)
+            while state.process_alive(job.pid, job.pid_start_time):
+                time.sleep(0.05)
+        _kill_leftover_group(job.pid)
+        status = state.read_status(job.dir) or {}
+        if status.get("state") not in TERMINAL:
+            state.update_status(job.dir, state=state.INTERRUPTED, ended=state.now(), error="stopped by perl run --fresh")
+
+    def _loop(self) -> None:
+        while self.queue or self.running:
+            if self.stop_requests:
+                self._stop_all()
+            self._reap()
+            if not self.stopping:
+                self._dispatch()
+            if not self.queue and not self.running:
+                break
+            self._progress()
+            self._write_aggregate()
+            self._wait(POLL_S)
+
+    def _wait(self, timeout: float) -> None:
+        if self._wake_r is None:
+            time.sleep(min(timeout, 0.02))
+            return
+        with contextlib.suppress(InterruptedError):
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+
+    # -- placing and launching -------------------------------------------------------------
+
+    def _available_mb(self, gpu: gpulib.GPU, running: list[Job], now_mono: float) -> int:
+        """Free memory minus what jobs started within the settle period have reserved.
+
+        NVML does not yet show a just-started job's memory; fake GPUs never do, so there
+        a job reserves its estimate for as long as it runs.
+        """
+        assert self.inventory is not None
+        reserved = sum(
+            j.estimate_mb
+            for j in running
+            if j.gpu == gpu.index and (self.inventory.fake or now_mono - j.started_mono < self.opts.settle_seconds)
+        )
+        return gpu.memory_free_mb - reserved
+
+    def _choose(self, job: Job, running: list[Job], now_mono: float) -> tuple[bool, int | None]:
+        """(placed, gpu index or None for CPU)."""
+        if len(running) >= self._capacity():
+            return False, None
+        if self.cpu_mode:
+            return True, None
+        best: tuple[int, int, int] | None = None
+        for index, gpu in self.gpus.items():
+            used_slots = sum(1 for j in running if j.gpu == index)
+            if used_slots >= self.opts.jobs_per_gpu:
+                continue
+            free = self._available_mb(gpu, running, now_mono)
+            if job.estimate_mb > free:
+                continue
+            key = (free, -used_slots, -index)  # most free memory, then fewest jobs, then lowest index
+            if best is None or key > best:
+                best = key
+        return (True, -best[2]) if best is not None else (False, None)
+
+    def _dispatch(self) -> None:
+        if not self.queue:
+            return
+        now_mono = time.monotonic()
+        if self.inventory is not None and not self.cpu_mode and now_mono - self._last_inventory > INVENTORY_EVERY_S:
+            self.inventory.refresh()
+            self._last_inventory = now_mono
+        waiting: deque[Job] = deque()
+        while self.queue:
+            job = self.queue.popleft()
+            placed, gpu = self._choose(job, list(self.running.values()), now_mono)
+            if placed:
+                self._launch(job, gpu)
+            else:
+                waiting.append(job)
+            if len(self.running) >= self._capacity():
+                break
+        waiting.extend(self.queue)
+        self.queue = waiting
+        if waiting and not self.running and not self._said_waiting:
+            self._said_waiting = True
+            best = max((g.memory_free_mb for g in self.gpus.values()), default=0)
+            assert self.reporter is not None
+            self.reporter.info(
+                f"waiting for GPU memory: {waiting[0].name} needs {waiting[0].estimate_mb:,} MB, the most free on "
+                f"the chosen GPUs is {best:,} MB (used by other processes); it starts when that frees up."
+            )
+
+    def _launch(self, job: Job, gpu: int | None) -> None:
+        job.dir.mkdir(parents=True, exist_ok=True)
+        previous = state.read_status(job.dir) or {}
+        same = previous.get("fingerprint") == job.exp.fingerprint
+        job.attempt = (previous.get("attempt") or 0) + 1 if same else 1
+        job.gpu = gpu
+        config = job.exp.resolved()
+        if job.runtime:
+            config[RUNTIME_KEY] = dict(job.runtime)
+        state.atomic_write_json(job.dir / state.CONFIG_FILE, config)
+        job.started = state.now()
+        job.started_mono = time.monotonic()
+        status = {
+            "state": state.RUNNING,
+            "fingerprint": job.exp.fingerprint,
+            "host": state.hostname(),
+            "gpu": "cpu" if gpu is None else gpu,
+            "started": job.started,
+            "heartbeat": job.started,
+            "attempt": job.attempt,
+            "pid": None,
+            "pid_start_time": None,
+            "step": previous.get("step") if same else None,
+            "total_steps": job.exp.max_steps,
+            "ended": None,
+            "exit_code": None,
+            "error": None,
+            "scheduler_pid": os.getpid(),
+            "retries": previous.get("retries", []) if same else [],
+        }
+        if job.runtime:
+            status[RUNTIME_KEY] = dict(job.runtime)
+        state.write_status(job.dir, status)
+        cmd = self._command(job)
+        env = {**self.environ, **self._env_overrides(gpu)}
+        how = {"resume": "resuming from its last checkpoint", "adopt": ""}.get(job.action, "from the start")
+        _append_log(job.dir, f"attempt {job.attempt} on {job.gpu_label} ({how}): {shlex.join(cmd)}")
+        with open(job.dir / state.LOG_FILE, "ab") as log:
+            job.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        job.pid = job.proc.pid
+        job.pid_start_time = state.process_start_time(job.pid)
+        # The worker sets these too, first thing; both writes carry the same values.
+        state.update_status(job.dir, pid=job.pid, pid_start_time=job.pid_start_time)
+        job.action = "resume"
+        self.running[job.name] = job
+        assert self.reporter is not None
+        self.reporter.started(job.name, job.gpu_label, job.attempt)
+        self._aggregate_dirty = True
+
+    # -- reaping --------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        for job in list(self.running.values()):
+            if job.proc is not None:
+                rc = job.proc.poll()
+                if rc is None:
+                    continue
+                self._kill_group_leftovers(job)
+                self._finish(job, rc)
+            elif not state.process_alive(job.pid, job.pid_start_time):
+                self._finish(job, None)
+
+    def _kill_group_leftovers(self, job: Job) -> None:
+        if job.pid is not None:
+            _kill_leftover_group(job.pid)
+
+    def _finish(self, job: Job, rc: int | None) -> None:
+        """Record the final state of a worker that has exited (rc None: not our child)."""
+        del self.running[job.name]
+        status = state.read_status(job.dir) or {}
+        worker_final = status.get("state") in TERMINAL and status.get("pid") in (None, job.pid)
+        fields: dict[str, Any] = {}
+        if rc is not None and rc < 0:
+            sig = -rc
+            fields.update(exit_code=128 + sig, signal=_signal_name(sig))
+            if not worker_final or job.killed:
+                if job.stop_sent:
+                    fields.update(state=state.INTERRUPTED, error=f"stopped by perl run ({_signal_name(sig)})")
+                else:
+                    fields.update(state=state.FAILED, error=f"killed by {_signal_name(sig)}")
+        elif rc is not None:
+            fields["exit_code"] = rc
+            if not worker_final:
+                if rc == 0:
+                    fields["state"] = state.COMPLETED
+                elif rc in INTERRUPTED_CODES:
+                    fields["state"] = state.INTERRUPTED
+                else:
+                    fields.update(state=state.FAILED, error=status.get("error") or f"worker exited with code {rc}; see train.log")
+        elif not worker_final:
+            if job.stop_sent:
+                fields.update(state=state.INTERRUPTED, error="stopped by perl run")
+            else:
+                fields.update(state=state.FAILED, error="worker ended while no scheduler was watching it (exit code unknown)")
+        if status.get("ended") is None:
+            fields["ended"] = state.now()
+        if any(status.get(k) != v for k, v in fields.items()):
+            status = state.update_status(job.dir, **fields)
+        final = status.get("state", state.FAILED)
+        retry = None if self.stopping or final != state.FAILED else self._retry_plan(job, status, rc)
+        assert self.reporter is not None
+        duration = human_seconds(status.get("ended", state.now()) - (status.get("started") or job.started))
+        if final == state.FAILED:
+            detail = f"after {duration} on {job.gpu_label}: {status.get('error') or 'exit ' + str(status.get('exit_code'))}"
+        else:
+            detail = f"in {duration} on {job.gpu_label}"
+        if retry is not None:
+            self.reporter.finished(job.name, final, detail + " — retrying", counts=False)
+            self._schedule_retry(job, status, retry)
+        else:
+            self.results[job.name] = final
+            self.reporter.finished(job.name, final, detail)
+        self._aggregate_dirty = True
+
+    def _retry_plan(self, job: Job, status: dict, rc: int | None) -> tuple[str, dict] | None:
+        """(cause, runtime overrides) when a retry can fix this failure, else None."""
+        if job.tries_left <= 0 or rc is None or rc == EXIT_CONFIG_ERROR or rc < 0:
+            return None
+        text = (status.get("error") or "") + "\n" + _log_tail_since_launch(job.dir)
+        if any(marker in text for marker in OOM_MARKERS):
+            training = job.exp.config["training"]
+            batch = job.runtime.get("per_device_train_batch_size", training["per_device_train_batch_size"])
+            accum = job.runtime.get("gradient_accumulation_steps", training["gradient_accumulation_steps"])
+            if batch < 2 or batch % 2:
+                return None
+            return "CUDA out of memory", {"per_device_train_batch_size": batch // 2, "gradient_accumulation_steps": accum * 2}
+        if rc == EXIT_TEMPFAIL:
+            return "temporary failure", dict(job.runtime)
+        return None
+
+    def _schedule_retry(self, job: Job, status: dict, retry: tuple[str, dict]) -> None:
+        cause, runtime = retry
+        job.tries_left -= 1
+        job.runtime = runtime
+        job.proc = None
+        job.pid = job.pid_start_time = None
+        change = ", ".join(f"{k}={v}" for k, v in runtime.items()) or "same settings"
+        record = {"attempt": job.attempt, "cause": cause, "at": state.now(), **runtime}
+        state.update_status(job.dir, retries=[*status.get("retries", []), record])
+        message = f"{job.name}: {cause} on attempt {job.attempt}; retrying with {change} (same effective batch)" if runtime else f"{job.name}: {cause} on attempt {job.attempt}; retrying"
+        _append_log(job.dir, message)
+        assert self.reporter is not None
+        self.reporter.info(message)
+        self.queue.appendleft(job)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def _stop_all(self) -> None:
+        assert self.reporter is not None
+        if not self.stopping:
+            self.stopping = True
+            self.kill_deadline = time.monotonic() + self.opts.grace_seconds
+            self.queue.clear()
+            if self.running:
+                self.reporter.info(
+                    f"stopping: asked {len(self.running)} worker(s) to save a checkpoint and exit "
+                    f"(up to {self.opts.grace_seconds:g}s); press Ctrl+C again to kill them now."
+                )
+            for job in self.running.values():
+                job.stop_sent = True
+                if job.pid is not None:
+                    _signal_group(job.pid, signal.SIGTERM)
+        if self.stop_requests >= 2 or time.monotonic() >= self.kill_deadline:
+            for job in self.running.values():
+                if not job.killed and job.pid is not None:
+                    job.killed = True
+                    _signal_group(job.pid, signal.SIGKILL)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stop_requests += 1
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        old = {s: signal.signal(s, self._on_signal) for s in handled}
+        old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, lambda *_: None)
+        self._wake_r = r
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            signal.set_wakeup_fd(old_fd)
+            self._wake_r = None
+            os.close(r)
+            os.close(w)
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        if self.reporter is None or time.monotonic() - self._last_progress < PROGRESS_EVERY_S:
+            return
+        self._last_progress = time.monotonic()
+        self.reporter.update([read_progress(j.name, j.gpu_label, j.dir) for j in self.running.values()])
+
+    def _write_aggregate(self, force: bool = False) -> None:
+        """Rewrite run_status.json: at once when forced, soon after an event, else now and then."""
+        since = time.monotonic() - self._last_aggregate
+        if not force and since < (AGGREGATE_EVENT_S if self._aggregate_dirty else AGGREGATE_EVERY_S):
+            return
+        self._aggregate_dirty = False
+        self._last_aggregate = time.monotonic()
+        if not self.suite_dir.exists() and not force:
+            return
+        scheduler = {
+            "backend": "local",
+            "pid": os.getpid(),
+            "host": state.hostname(),
+            "started": self.started,
+            "state": "stopping" if self.stopping else ("running" if self.running or self.queue else "idle"),
+            "running": sorted(self.running),
+            "queued": [j.name for j in self.queue],
+        }
+        self.suite_dir.mkdir(parents=True, exist_ok=True)
+        write_run_status(self.opts.suite, self.suite_dir, self.all_experiments, scheduler)
+
+    def _exit_code(self) -> int:
+        if self.stop_requests:
+            return EXIT_INTERRUPTED
+        wanted = {e.name for e in self.opts.experiments}
+        for name in wanted:
+            status = state.read_status(self.suite_dir / name)
+            fp = next(e.fingerprint for e in self.opts.experiments if e.name == name)
+            if state.effective_state(status, fp) != state.COMPLETED:
+                return EXIT_FAILED
+        return EXIT_OK
+
+    # -- dry run ----------------------------------------------------------------------------
+
+    def _dry_run(self) -> int:
+        live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
+        jobs, refusals = self._classify(live)
+        out: Callable[[str], None] = print
+        mode = "CPU" if self.cpu_mode else ("fake GPUs" if self.inventory and self.inventory.fake else "GPUs")
+        if self.cpu_mode and self.inventory is not None:
+            out(f"no GPU ({self.inventory.reason}): would run on the CPU, {self._capacity()} at a time.")
+        simulated: list[Job] = [j for j in jobs if j.action == "adopt"]
+        now_mono = time.monotonic()
+        for job in simulated:
+            job.started_mono = now_mono
+        for job in jobs:
+            out(f"{job.name}  [{job.action}]  {job.estimate_mb:,} MB estimated")
+            out(f"  dir: {job.dir}")
+            if job.action == "adopt":
+                out(f"  already running: pid {job.pid} on {job.gpu_label}; would wait for it and record its result")
+                continue
+            placed, gpu = self._choose(job, simulated, now_mono)
+            if placed:
+                job.gpu, job.started_mono = gpu, now_mono
+                simulated.append(job)
+                where = f"{'cpu' if gpu is None else f'gpu {gpu}'} ({mode}, starts at once)"
+            else:
+                where = "waits for a free slot / enough free memory"
+            env = self._env_overrides(gpu if placed else None)
+            if not placed and not self.cpu_mode:
+                env["CUDA_VISIBLE_DEVICES"] = env["PERL_GPU"] = "<chosen when it starts>"
+            out(f"  where: {where}")
+            out(f"  env: {' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())}")
+            out(f"  command: {shlex.join(self._command(job))}")
+            if job.runtime:
+                out(f"  runtime overrides: {job.runtime}")
+        out(
+            f"dry run: {sum(j.action != 'adopt' for j in jobs)} to run, {sum(j.action == 'adopt' for j in jobs)} "
+            f"running (adopt), {len(self.skipped)} completed (skip), {len(refusals)} refused; nothing was started."
+        )
+        if refusals:
+            raise RunError(self._refusal_message(refusals))
+        self._check_fit(jobs)
+        return EXIT_OK
