@@ -131,7 +131,6 @@ def run(
 
 
 StallOpt = Annotated[float, typer.Option("--stall-after", help="Seconds without a worker heartbeat before a running experiment is flagged stalled.")]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything (status: every experiment; diagnose: full tracebacks).")]
 
 
 @app.command(rich_help_panel="Watch and analyse")
@@ -141,7 +140,7 @@ def status(
     json_out: JsonOpt = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl+C.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
-    verbose: VerboseOpt = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every experiment.")] = False,
     stall_after: StallOpt = 600.0,
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
@@ -179,7 +178,7 @@ def watch(
 @user_errors
 def diagnose(
     suite: SuiteArg = None,
-    verbose: VerboseOpt = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show each failure's full Python traceback.")] = False,
     json_out: JsonOpt = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Log lines shown per experiment.")] = 30,
     stall_after: StallOpt = 600.0,

@@ -46,14 +46,13 @@ def tail_lines(path: Path | str, n: int, *, max_bytes: int = MAX_TAIL_BYTES) -> 
                 data = f.read(step) + data
     except OSError:
         return []
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    chunks = data.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()
+    if pos > 0 and chunks:
+        chunks.pop(0)  # the first line may be cut
     # Progress bars rewrite a line with '\r': keep what was last shown.
-    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()
-    if pos > 0 and lines:
-        lines.pop(0)  # the first line may be cut
-    return lines[-n:]
+    return [c.decode("utf-8", errors="replace").rstrip("\r").rsplit("\r", 1)[-1] for c in chunks[-n:]]
 
 
 def last_json_rows(path: Path | str, n: int) -> list[dict]:

@@ -1,0 +1,763 @@
+"""Why experiments failed, stalled or stopped, and the `perl run` command that fixes it.
+
+Each failed, interrupted or stalled experiment is classified from its status.json
+(state, exit code, signal) and the *tail* of its train.log (read from the end, never
+whole) by the first matching rule of `RULES`. Running experiments are never failures:
+a running one appears only when it is stalled, which status.is_stalled decides from the
+heartbeat and the pid, never from log text.
+
+To add a cause: write a fix function and add one `Rule` to `RULES` (order = priority).
+
+JSON object of `perl diagnose SUITE --json` (contract; fields are only ever added):
+
+    {"suite": str, "checked": int, "problems": int, "failures": int,
+     "counts": {cause: int},
+     "groups": [{"cause", "title", "experiments": [name]}],
+     "experiments": [{"name", "state", "stalled", "cause", "title", "summary",
+                      "exit_code", "signal", "error", "lines": [str],
+                      "traceback": str | null, "fix": {"text": str, "commands": [str]}}]}
+
+`failures` counts failed and stalled experiments; the exit code is 1 when it is not 0.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perl_cli import schema
+from perl_cli import state as st
+from perl_cli.logtail import last_json_rows, tail_lines
+from perl_cli.status import ExperimentView, SuiteView
+
+DEFAULT_LINES = 30
+# Lines of the log tail that classification looks at (independent of --lines).
+CLASSIFY_LINES = 400
+# With --verbose the whole last traceback is shown: look further back for its start.
+VERBOSE_LINES = 5000
+DEFAULT_OUTPUT = Path("output")
+SUMMARY_CHARS = 160  # the one-line summary on screen (JSON has up to 300)
+
+TRACEBACK_START = "Traceback (most recent call last):"
+CHAIN_MARKERS = (
+    "During handling of the above exception, another exception occurred:",
+    "The above exception was the direct cause of the following exception:",
+)
+RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit|Enabled)\b.*")
+SIGKILL_CODES = {137, -9}
+# The worker exits 130 on SIGINT and 143 on SIGTERM after checkpointing; 2 on a config error.
+INTERRUPT_CODES = {130, 143, -2, -15}
+CONFIG_EXIT_CODE = 2
+
+
+@dataclass
+class Evidence:
+    """What a rule may look at: the status, the log tail and the last metrics."""
+
+    status: dict
+    config: dict
+    tail: list[str]
+    text: str  # the last traceback (with its chained causes) + status error, else the whole tail
+    traceback: str | None
+    metrics: list[dict]
+    stalled: bool
+
+    @property
+    def signal(self) -> str | None:
+        sig = self.status.get("signal")
+        if isinstance(sig, int):
+            return {9: "SIGKILL", 2: "SIGINT", 15: "SIGTERM", 6: "SIGABRT", 11: "SIGSEGV"}.get(sig, f"signal {sig}")
+        return sig.upper() if isinstance(sig, str) else None
+
+    def killed(self) -> bool:
+        return self.signal == "SIGKILL" or self.status.get("exit_code") in SIGKILL_CODES
+
+
+@dataclass
+class Fix:
+    text: str
+    commands: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """How to spell a `perl run` command for this experiment that `perl run` accepts.
+
+    `perl run` resumes only when the settings still match what ran (the fingerprint); a
+    fix that changes settings of an experiment with checkpoints needs `--fresh`. When the
+    experiment ran with `--set` overrides, the command repeats them so it still resumes.
+    """
+
+    suite: str
+    name: str
+    config: dict  # config.json: what ran
+    status: dict
+    config_path: Path | None = None
+    output: Path = DEFAULT_OUTPUT
+    expected: dict | None = None  # what the config file resolves to now (None: suite not in the config)
+    has_checkpoint: bool = False
+
+    def run(self, sets: dict[str, Any] | None = None, *, fresh: bool = False) -> str:
+        parts = ["perl", "run", self.suite, "--only", self.name]
+        if self.config_path is not None:
+            parts += ["--config", str(self.config_path)]
+        if Path(self.output) != DEFAULT_OUTPUT:
+            parts += ["--output", str(self.output)]
+        for path, value in (self.ran_overrides() | (sets or {})).items():
+            parts += ["--set", f"{path}={_toml(value)}"]
+        if fresh or (sets and self.has_checkpoint):
+            parts.append("--fresh")
+        return " ".join(shlex.quote(p) for p in parts)
+
+    def ran_overrides(self) -> dict[str, Any]:
+        """section.key = value where what ran differs from what the config resolves to now."""
+        if not self.expected:
+            return {}
+        out = {}
+        for section, fields in schema.SCHEMA.items():
+            ran, now = self.config.get(section), self.expected.get(section)
+            if not isinstance(ran, dict) or not isinstance(now, dict):
+                continue
+            for key in fields:
+                if key in ran and ran[key] != now.get(key) and ran[key] is not None:
+                    out[f"{section}.{key}"] = ran[key]
+        return out
+
+    def setting(self, section: str, key: str) -> Any:
+        """The value the worker ran with: the scheduler's adjustments ("runtime") first."""
+        for runtime in (self.config.get("runtime"), self.status.get("runtime")):
+            if isinstance(runtime, dict):
+                nested = runtime.get(section)
+                if isinstance(nested, dict) and key in nested:
+                    return nested[key]
+                if key in runtime:
+                    return runtime[key]
+        values = self.config.get(section)
+        return values.get(key) if isinstance(values, dict) else None
+
+
+def _toml(value: Any) -> str:
+    """A --set value in TOML syntax (JSON spells numbers, booleans, strings and lists alike)."""
+    import json
+
+    return json.dumps(value) if not isinstance(value, str) else (value if re.fullmatch(r"[\w./:-]+", value) else json.dumps(value))
+
+
+@dataclass(frozen=True)
+class Rule:
+    cause: str
+    title: str
+    fix: Callable[[Context, Evidence], Fix]
+    patterns: tuple[str, ...] = ()
+    when: Callable[[Evidence], bool] | None = None
+
+    def matches(self, ev: Evidence) -> bool:
+        if self.when is not None and self.when(ev):
+            return True
+        return any(re.search(p, ev.text, re.IGNORECASE | re.MULTILINE) for p in self.patterns)
+
+    def matching_line(self, lines: list[str]) -> int | None:
+        """Index of the last line a pattern matches (to centre the excerpt on it)."""
+        for i in range(len(lines) - 1, -1, -1):
+            if any(re.search(p, lines[i], re.IGNORECASE) for p in self.patterns):
+                return i
+        return None
+
+
+# --- fixes --------------------------------------------------------------------------
+
+
+def fix_interrupted(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        "It was stopped (Ctrl+C, the scheduler or the cluster), not broken. "
+        "Running it again resumes from its last checkpoint.",
+        [ctx.run()],
+    )
+
+
+def fix_stalled(ctx: Context, ev: Evidence) -> Fix:
+    pid, host = ev.status.get("pid"), ev.status.get("host") or "its host"
+    beat = ev.status.get("heartbeat")
+    age = f" (last heartbeat {_ago(beat)})" if isinstance(beat, (int, float)) else ""
+    return Fix(
+        f"The worker stopped reporting{age}. If pid {pid} on {host} is gone (reboot, killed "
+        f"scheduler), run it again to resume from its last checkpoint. If it is still alive but "
+        f"hangs, see where with `py-spy dump --pid {pid}`, then stop it with `kill -TERM -{pid}` "
+        "(its process group) before running it again.",
+        [ctx.run()],
+    )
+
+
+def fix_cuda_oom(ctx: Context, ev: Evidence) -> Fix:
+    batch = _int(ctx.setting("training", "per_device_train_batch_size"))
+    accum = _int(ctx.setting("training", "gradient_accumulation_steps"))
+    gens = _int(ctx.setting("training", "num_generations")) or 1
+    if batch and accum and batch > 1:
+        new_batch = _smaller_divisor(batch, batch * accum)
+        if new_batch:
+            new_accum = batch * accum // new_batch
+            return Fix(
+                f"The GPU ran out of memory at {batch} completions per micro-step. Use {new_batch} per "
+                f"micro-step and {new_accum} accumulation steps: the effective batch stays {batch * accum} completions, "
+                f"a multiple of num_generations ({gens}), so the results stay comparable.",
+                [ctx.run({
+                    "training.per_device_train_batch_size": new_batch,
+                    "training.gradient_accumulation_steps": new_accum,
+                })],
+            )
+    if not ctx.setting("training", "gradient_checkpointing"):
+        return Fix(
+            "The GPU ran out of memory with one completion per micro-step already: recompute "
+            "activations instead of storing them (slower, much less memory).",
+            [ctx.run({"training.gradient_checkpointing": True})],
+        )
+    length = _int(ctx.setting("training", "max_completion_length"))
+    if length and length > 1:
+        return Fix(
+            "The GPU ran out of memory with one completion per micro-step and gradient "
+            "checkpointing on: shorten the completions, or run it on a GPU with more memory.",
+            [ctx.run({"training.max_completion_length": length // 2})],
+        )
+    return Fix("The GPU ran out of memory at the smallest settings: run it on a GPU with more memory.")
+
+
+def fix_host_oom(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        "The worker was killed with SIGKILL and left no traceback: most often the kernel's "
+        "out-of-memory killer (confirm with `dmesg -T | grep -i 'killed process'`), else a job "
+        "time limit or a manual `kill -9`. Run fewer experiments at once on this machine; the run "
+        "resumes from its last checkpoint.",
+        [ctx.run()],
+    )
+
+
+def fix_nan(ctx: Context, ev: Evidence) -> Fix:
+    lr = ctx.setting("training", "learning_rate")
+    commands = []
+    text = "The loss or the gradients became NaN/Inf: training diverged. "
+    if isinstance(lr, (int, float)) and lr > 0:
+        text += f"Halve the learning rate ({lr:g} → {lr / 2:g})"
+        commands.append(ctx.run({"training.learning_rate": float(f"{lr / 2:g}")}))
+    else:
+        text += "Lower the learning rate"
+    grad = ctx.setting("training", "max_grad_norm")
+    if isinstance(grad, (int, float)) and grad > 0.5:
+        text += ", and clip gradients harder (training.max_grad_norm=0.5)"
+    if ctx.setting("training", "bf16"):
+        text += "; bfloat16 can overflow on some methods: training.bf16=false is the safe fallback"
+    return Fix(text + ".", commands)
+
+
+def fix_disk_full(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        f"The disk or quota is full (`df -h {ctx.output}`, `du -sh {ctx.output}/*`). Free space, e.g. "
+        f"delete kept previous attempts ({ctx.output}/{ctx.suite}/*.old-*); for the next suites keep "
+        "fewer checkpoints (training.save_total_limit = 1). Then run it again: it resumes from its "
+        "last complete checkpoint.",
+        [ctx.run()],
+    )
+
+
+def fix_hub_gated(ctx: Context, ev: Evidence) -> Fix:
+    model = ctx.setting("model", "model_name_or_path") or "MODEL"
+    return Fix(
+        f"The model hub refused '{model}': it is gated or private (accept its licence on its hub "
+        "page, then `huggingface-cli login` or export HF_TOKEN=... before `perl run`), or the "
+        "name is misspelled. Or download it where you have access and point at the local copy.",
+        [ctx.run({"model.model_name_or_path": f"/path/to/{_basename(model)}"})],
+    )
+
+
+def fix_hub_offline(ctx: Context, ev: Evidence) -> Fix:
+    model = ctx.setting("model", "model_name_or_path") or "MODEL"
+    dataset = ctx.setting("dataset", "dataset_name_or_path") or ""
+    if dataset and dataset in ev.text and model not in ev.text:
+        return Fix(
+            f"The data set '{dataset}' could not be fetched: this machine cannot reach the hub "
+            "(or HF_HUB_OFFLINE=1 is set) and it is not in the local cache. Download it where there "
+            "is network (`huggingface-cli download --repo-type dataset ...`) and use the local file.",
+            [ctx.run({"dataset.dataset_name_or_path": f"/path/to/{_basename(dataset)}.jsonl"})],
+        )
+    return Fix(
+        f"The model '{model}' could not be fetched: this machine cannot reach the hub (or "
+        "HF_HUB_OFFLINE=1 is set) and the model is not in the local cache. On a machine with "
+        f"network run `huggingface-cli download {model}` and copy ~/.cache/huggingface/hub here, "
+        "then run with HF_HUB_OFFLINE=1 so nothing tries the network; or point at a local copy.",
+        [f"HF_HUB_OFFLINE=1 {ctx.run()}", ctx.run({"model.model_name_or_path": f"/path/to/{_basename(model)}"})],
+    )
+
+
+def fix_nccl(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        "A collective (NCCL) call failed or timed out: a GPU or its peer link is unhealthy, or "
+        "another job holds it. Check `nvidia-smi topo -m` and `nvidia-smi`; run again with "
+        "NCCL_DEBUG=INFO to see the failing call, and with NCCL_P2P_DISABLE=1 if peer-to-peer "
+        "transfers are broken on this machine.",
+        [f"NCCL_DEBUG=INFO {ctx.run()}"],
+    )
+
+
+def fix_cuda_driver(ctx: Context, ev: Evidence) -> Fix:
+    gpu = ev.status.get("gpu")
+    which = f"GPU {gpu}" if gpu is not None else "the GPU"
+    return Fix(
+        f"A CUDA driver or device error on {which}: check it (`nvidia-smi -q`, and "
+        "`dmesg -T | grep -i xid` for hardware faults), and that the driver supports this torch "
+        "build (`python -c 'import torch; print(torch.version.cuda, torch.cuda.is_available())'`). "
+        "Leave a faulty GPU out with --gpus, then run it again; CUDA_LAUNCH_BLOCKING=1 shows the "
+        "failing kernel.",
+        [ctx.run()],
+    )
+
+
+def fix_import(ctx: Context, ev: Evidence) -> Fix:
+    module = re.search(r"No module named '([\w.]+)'", ev.text)
+    wanted = re.search(r"\b([A-Za-z][\w-]*(?:[<>=!~]=?|==)[\d.]+\w*)\s+is required", ev.text)
+    if module:
+        what = f"`pip install {module.group(1).split('.')[0]}`"
+    elif wanted:
+        what = f"`pip install '{wanted.group(1)}'`"
+    else:
+        what = "reinstall PeRL's dependencies (`pip install -e .` in the PeRL checkout)"
+    return Fix(
+        f"A package is missing or has an incompatible version in the worker's Python: {what}, "
+        "then check with `python -c 'import torch, transformers, trl, peft'` in the same "
+        "environment and run it again.",
+        [ctx.run()],
+    )
+
+
+def fix_file_not_found(ctx: Context, ev: Evidence) -> Fix:
+    path = _missing_path(ev.text)
+    model = ctx.setting("model", "model_name_or_path") or ""
+    dataset = ctx.setting("dataset", "dataset_name_or_path") or ""
+    shown = f" '{path}'" if path else ""
+    if path and "checkpoint" in path:
+        return Fix(
+            f"A checkpoint{shown} is missing or incomplete. Start the experiment over "
+            "(the previous attempt is kept as <name>.old-<time>).",
+            [ctx.run(fresh=True)],
+        )
+    if (path and dataset and (dataset in path or path in dataset)) or (not path and dataset and dataset in ev.text):
+        return Fix(
+            f"The data set{shown} was not found. Point dataset.dataset_name_or_path at an existing "
+            ".jsonl/.parquet file (or builtin:countdown).",
+            [ctx.run({"dataset.dataset_name_or_path": f"/path/to/{_basename(dataset)}"})],
+        )
+    if model and (not path or model in path or path in model or "config.json" in (path or "")):
+        return Fix(
+            f"The model{shown} was not found. Point model.model_name_or_path at a directory "
+            "holding config.json and the weights, or at a hub id.",
+            [ctx.run({"model.model_name_or_path": f"/path/to/{_basename(model)}"})],
+        )
+    return Fix(f"A file{shown} was not found: create it or fix the setting that names it, then run it again.", [ctx.run()])
+
+
+def fix_config(ctx: Context, ev: Evidence) -> Fix:
+    plan = ["perl", "plan", ctx.suite, "--only", ctx.name]
+    if ctx.config_path is not None:
+        plan += ["--config", str(ctx.config_path)]
+    return Fix(
+        "The worker rejected its settings. Fix them in experiments.toml (or with --set) and check "
+        "the result before running it again.",
+        [" ".join(shlex.quote(p) for p in plan), ctx.run()],
+    )
+
+
+def fix_unknown(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        "No known cause matched. Read the traceback (`perl diagnose "
+        f"{ctx.suite} --verbose`) or the whole log ({ctx.output}/{ctx.suite}/{ctx.name}/{st.LOG_FILE}); "
+        "once fixed, run it again.",
+        [ctx.run()],
+    )
+
+
+# --- the rule table (order is priority) ----------------------------------------------
+
+
+def _interrupted(ev: Evidence) -> bool:
+    return (
+        ev.status.get("state") == st.INTERRUPTED
+        or ev.signal in ("SIGINT", "SIGTERM")
+        or ev.status.get("exit_code") in INTERRUPT_CODES
+    )
+
+
+def _killed_silently(ev: Evidence) -> bool:
+    return ev.killed() and ev.traceback is None
+
+
+def _non_finite_metrics(ev: Evidence) -> bool:
+    for row in ev.metrics[-3:]:
+        for key in ("loss", "grad_norm"):
+            value = row.get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                return True
+    return False
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("interrupted", "interrupted (Ctrl+C, scheduler or cluster)", fix_interrupted,
+         patterns=(r"^KeyboardInterrupt\s*$",), when=_interrupted),
+    Rule("stalled", "stalled: running, but no heartbeat", fix_stalled, when=lambda ev: ev.stalled),
+    Rule("host_oom", "killed (SIGKILL, exit 137): host out of memory or killed from outside", fix_host_oom,
+         when=_killed_silently),
+    Rule("cuda_oom", "CUDA out of memory", fix_cuda_oom, patterns=(
+        r"CUDA out of memory", r"OutOfMemoryError", r"CUDA error: out of memory",
+        r"CUBLAS_STATUS_ALLOC_FAILED", r"HIP out of memory",
+    )),
+    Rule("nan", "NaN or Inf loss or gradients", fix_nan, when=_non_finite_metrics, patterns=(
+        r"\bloss\b[^\n]*\b(?:nan|inf)\b", r"\b(?:nan|inf)\b[^\n]*\bloss\b",
+        r"returned nan values", r"probability tensor contains either `?inf`?, `?nan`? or element < 0",
+        r"non-finite", r"\bgrad(?:ient)?s?\b[^\n]*\b(?:nan|inf)\b",
+    )),
+    Rule("disk_full", "disk full or quota exceeded", fix_disk_full, patterns=(
+        r"No space left on device", r"\[Errno 28\]", r"Disk quota exceeded", r"\[Errno 122\]",
+        r"PytorchStreamWriter failed writing file",
+    )),
+    Rule("hub_gated", "model hub refused access (gated, private or misspelled)", fix_hub_gated, patterns=(
+        r"GatedRepoError", r"Cannot access gated repo", r"trying to access a gated repo",
+        r"RepositoryNotFoundError", r"is not a valid model identifier listed on",
+        r"\b40[13] Client Error", r"Invalid (?:user )?token",
+    )),
+    Rule("hub_offline", "model hub unreachable (offline machine, no cached copy)", fix_hub_offline, patterns=(
+        r"OfflineModeIsEnabled", r"LocalEntryNotFoundError", r"couldn't connect to 'https?://",
+        r"couldn't find them in the cached files", r"Max retries exceeded with url",
+        r"Temporary failure in name resolution", r"Name or service not known", r"Network is unreachable",
+        r"^(?:requests\.exceptions\.)?ConnectionError\b", r"ReadTimeout(?:Error)?\b",
+        r"Hugging Face Hub could not provide it", r"could not load dataset .* from the Hugging Face Hub",
+    )),
+    Rule("nccl", "NCCL / distributed error", fix_nccl, patterns=(
+        r"\bNCCL (?:error|WARN)", r"\bnccl\w*Error\b", r"ProcessGroupNCCL", r"DistBackendError",
+        r"Watchdog caught collective operation timeout", r"torch\.distributed\.elastic",
+    )),
+    Rule("cuda_driver", "CUDA driver or device error", fix_cuda_driver, patterns=(
+        r"CUDA error:", r"CUDA driver version is insufficient", r"NVIDIA driver on your system is too old",
+        r"No CUDA GPUs are available", r"Found no NVIDIA driver", r"CUDA-capable device\(s\) is/are busy",
+        r"cudaError\w+", r"CUDA_ERROR_\w+", r"device-side assert", r"uncorrectable ECC error",
+        r"NVML_ERROR|NVMLError",
+    )),
+    Rule("import_error", "import error or version mismatch", fix_import, patterns=(
+        r"^(?:\w+\.)*(?:ImportError|ModuleNotFoundError):", r"cannot import name",
+        r"\bis required for a normal functioning of this module", r"undefined symbol:",
+        r"^AttributeError: module '[\w.]+' has no attribute",
+        r"^TypeError: [\w.]+\.__init__\(\) got an unexpected keyword argument",
+        r"PackageNotFoundError",
+    )),
+    Rule("file_not_found", "file not found (model, data set or checkpoint)", fix_file_not_found, patterns=(
+        r"FileNotFoundError", r"No such file or directory", r"does not appear to have a file named",
+        r"Incorrect path_or_model_id", r"Can't load (?:the )?(?:tokenizer|config|model) for",
+        r"\[Errno 2\]",
+    )),
+    Rule("config_error", "configuration error", fix_config, patterns=(
+        r"\bConfigError\b", r"must be evenly divisible by", r"^ValueError: .*(?:config|must be|invalid|expected)",
+        r"^perl: error:",
+    ), when=lambda ev: ev.status.get("exit_code") == CONFIG_EXIT_CODE),
+    Rule("host_oom", "host out of memory", fix_host_oom, patterns=(
+        r"^MemoryError\b", r"^Killed\s*$", r"oom-kill", r"Out of memory: Killed process",
+        r"Cannot allocate memory",
+    ), when=lambda ev: ev.killed()),
+)
+UNKNOWN = Rule("unknown", "unknown cause", fix_unknown)
+CAUSES = tuple(dict.fromkeys(r.cause for r in (*RULES, UNKNOWN)))
+
+
+# --- classification -------------------------------------------------------------------
+
+
+@dataclass
+class Diagnosis:
+    name: str
+    state: str
+    stalled: bool
+    rule: Rule
+    summary: str
+    lines: list[str]
+    traceback: str | None
+    fix: Fix
+    status: dict
+
+    @property
+    def cause(self) -> str:
+        return self.rule.cause
+
+    @property
+    def is_failure(self) -> bool:
+        return self.state == st.FAILED or self.stalled
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "stalled": self.stalled,
+            "cause": self.cause,
+            "title": self.rule.title,
+            "summary": self.summary,
+            "exit_code": self.status.get("exit_code"),
+            "signal": self.status.get("signal"),
+            "error": self.status.get("error"),
+            "lines": self.lines,
+            "traceback": self.traceback,
+            "fix": {"text": self.fix.text, "commands": self.fix.commands},
+        }
+
+
+def needs_diagnosis(e: ExperimentView) -> bool:
+    """Failed and interrupted experiments, and running ones only when stalled."""
+    return e.state in (st.FAILED, st.INTERRUPTED) or (e.state == st.RUNNING and e.stalled)
+
+
+def last_traceback(lines: list[str]) -> str | None:
+    """The last traceback in `lines`, with the tracebacks it was chained from, to the end."""
+    starts = [i for i, line in enumerate(lines) if line.strip() == TRACEBACK_START]
+    if not starts:
+        return None
+    k = len(starts) - 1
+    while k > 0:
+        between = [line.strip() for line in lines[starts[k - 1] : starts[k]]]
+        if not any(marker in between for marker in CHAIN_MARKERS):
+            break
+        k -= 1
+    return "\n".join(lines[starts[k] :]).rstrip()
+
+
+def gather(view: ExperimentView, tail: int = CLASSIFY_LINES) -> Evidence:
+    path = view.dir
+    raw = tail_lines(path / st.LOG_FILE, tail) if path else []
+    tail = [RANK_PREFIX.sub("", line) for line in raw]
+    tb = last_traceback(tail)
+    error = view.status.get("error") or ""
+    text = "\n".join(x for x in (tb if tb is not None else "\n".join(tail), error) if x)
+    metrics = last_json_rows(path / st.METRICS_FILE, 3) if path else []
+    return Evidence(view.status, view.config, tail, text, tb, metrics, view.stalled)
+
+
+def classify(ev: Evidence) -> Rule:
+    for rule in RULES:
+        if rule.matches(ev):
+            return rule
+    return UNKNOWN
+
+
+def diagnose_experiment(
+    view: ExperimentView, suite: str, *, lines: int = DEFAULT_LINES, tail: int = CLASSIFY_LINES,
+    config_path: Path | None = None, output: Path = DEFAULT_OUTPUT,
+) -> Diagnosis:
+    ev = gather(view, tail)
+    rule = classify(ev)
+    ctx = _context(view, suite, config_path, output)
+    fix = rule.fix(ctx, ev)
+    if any(c.endswith(" --fresh") for c in fix.commands) and "--fresh" not in fix.text:
+        fix.text += (
+            f" --fresh starts it over: with other settings its checkpoints cannot be resumed "
+            f"(the previous attempt is kept as {ctx.name}{st.OLD_DIR_MARK}<time>)."
+        )
+    return Diagnosis(
+        name=view.name,
+        state=view.state,
+        stalled=view.stalled,
+        rule=rule,
+        summary=_summary(ev, rule),
+        lines=_excerpt(ev.tail, rule, lines),
+        traceback=ev.traceback,
+        fix=fix,
+        status=view.status,
+    )
+
+
+def _context(view: ExperimentView, suite: str, config_path: Path | None, output: Path) -> Context:
+    return Context(
+        suite, view.name, view.config, view.status, config_path, output, expected=view.expected,
+        has_checkpoint=bool(view.dir and any((view.dir / st.CHECKPOINT_DIR).glob("checkpoint-*"))),
+    )
+
+
+def diagnose_suite(
+    view: SuiteView, *, lines: int = DEFAULT_LINES, tail: int = CLASSIFY_LINES,
+    config_path: Path | None = None, output: Path = DEFAULT_OUTPUT,
+) -> list[Diagnosis]:
+    return [
+        diagnose_experiment(e, view.suite, lines=lines, tail=tail, config_path=config_path, output=output)
+        for e in view.experiments
+        if needs_diagnosis(e)
+    ]
+
+
+def groups(diagnoses: list[Diagnosis]) -> dict[str, list[Diagnosis]]:
+    """Diagnoses by cause: failures first (rule-table order), then stalls, then interruptions."""
+    out: dict[str, list[Diagnosis]] = {}
+    for cause in sorted(CAUSES, key=lambda c: (c == "interrupted", c == "stalled")):
+        members = [d for d in diagnoses if d.cause == cause]
+        if members:
+            out[cause] = members
+    return out
+
+
+def to_json(view: SuiteView, diagnoses: list[Diagnosis]) -> dict[str, Any]:
+    grouped = groups(diagnoses)
+    return {
+        "suite": view.suite,
+        "checked": len(view.experiments),
+        "problems": len(diagnoses),
+        "failures": sum(d.is_failure for d in diagnoses),
+        "counts": {cause: len(members) for cause, members in grouped.items()},
+        "groups": [
+            {"cause": cause, "title": members[0].rule.title, "experiments": [d.name for d in members]}
+            for cause, members in grouped.items()
+        ],
+        "experiments": [d.to_json() for d in diagnoses],
+    }
+
+
+def _summary(ev: Evidence, rule: Rule) -> str:
+    """One line that says what happened: the exception line, else the status error or exit."""
+    source = ev.traceback.splitlines() if ev.traceback else []
+    for line in reversed(source):
+        if EXCEPTION_LINE.match(line.strip()):
+            return line.strip()[:300]
+    if ev.status.get("error"):
+        return str(ev.status["error"])[:300]
+    if rule.cause == "stalled":
+        beat = ev.status.get("heartbeat") or ev.status.get("started")
+        return f"no heartbeat since {_ago(beat)}" if isinstance(beat, (int, float)) else "no heartbeat"
+    code, sig = ev.status.get("exit_code"), ev.signal
+    if sig or code is not None:
+        return ", ".join(x for x in (f"exit code {code}" if code is not None else "", sig or "") if x)
+    return rule.title
+
+
+def _excerpt(tail: list[str], rule: Rule, n: int) -> list[str]:
+    """`n` log lines around the last line the rule matched, else the last `n` lines."""
+    if n <= 0 or not tail:
+        return []
+    hit = rule.matching_line(tail)
+    end = len(tail) if hit is None else min(len(tail), hit + 3)
+    return tail[max(0, end - n) : end]
+
+
+def _smaller_divisor(batch: int, product: int) -> int | None:
+    """The per-device batch after an OOM: half if it divides the effective batch, else the next divisor down."""
+    return next((b for b in range(batch // 2, 0, -1) if product % b == 0), None)
+
+
+def _missing_path(text: str) -> str | None:
+    for pattern in (
+        r"No such file or directory: '([^']+)'",
+        r"Incorrect path_or_model_id: '([^']+)'",
+        r"^OSError: (\S+) does not appear to have a file named",
+        r"Can't load (?:the )?\w+ for '([^']+)'",
+    ):
+        match = re.search(pattern, text, re.MULTILINE)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _basename(value: str) -> str:
+    name = value.rstrip("/").rsplit("/", 1)[-1] or "model"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name.split(":", 1)[-1])
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _ago(t: float | None) -> str:
+    import time
+
+    from perl_cli.ui import human_seconds
+
+    if not isinstance(t, (int, float)):
+        return "?"
+    return f"{human_seconds(time.time() - t)} ago"
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+def render(view: SuiteView, diagnoses: list[Diagnosis], *, verbose: bool = False):
+    from rich.console import Group
+    from rich.text import Text
+
+    parts: list[Any] = []
+    n = len(view.experiments)
+    if not diagnoses:
+        running = view.counts[st.RUNNING]
+        note = f" ({running} running, none stalled)" if running else ""
+        parts.append(Text.from_markup(f"[green]suite {view.suite}: no failed, interrupted or stalled experiments[/] among {n}{note}."))
+        return Group(*parts)
+    failures = sum(d.is_failure for d in diagnoses)
+    parts.append(Text.from_markup(
+        f"[bold]suite {view.suite}[/]: {len(diagnoses)} of {n} experiments need attention "
+        f"({failures} failed or stalled, {len(diagnoses) - failures} interrupted)."
+    ))
+    for cause, members in groups(diagnoses).items():
+        parts.append(Text(""))
+        parts.append(Text.from_markup(
+            f"[bold red]━━ {members[0].rule.title}[/] [dim]({cause})[/]: {len(members)} — "
+            + ", ".join(d.name for d in members)
+        ))
+        for d in members:
+            label = d.state + (" (stalled)" if d.stalled else "")
+            summary = d.summary if len(d.summary) <= SUMMARY_CHARS else d.summary[: SUMMARY_CHARS - 1] + "…"
+            parts.append(Text.assemble("  ", (d.name, "bold"), f"  {label}: ", summary))
+            if verbose and d.traceback:
+                parts.extend(Text("    │ " + line, style="dim") for line in d.traceback.splitlines())
+            else:
+                parts.extend(Text("    │ " + line, style="dim") for line in d.lines)
+            parts.append(Text.assemble("    ", ("fix: ", "bold green"), d.fix.text))
+            parts.extend(Text("      $ " + command, style="green") for command in d.fix.commands)
+    return Group(*parts)
+
+
+def command(
+    suite: str | None,
+    *,
+    config_path: Path | None,
+    output: Path,
+    json_out: bool = False,
+    verbose: bool = False,
+    lines: int = DEFAULT_LINES,
+    stall_after_s: float,
+) -> int:
+    """`perl diagnose`: 1 when a failed or stalled experiment is found, else 0."""
+    import json
+
+    from perl_cli import config as configlib
+    from perl_cli import status as statuslib
+    from perl_cli.ui import console as make_console
+
+    if lines < 0:
+        raise configlib.ConfigError(f"--lines {lines}: must be 0 or more.")
+    cfg = statuslib.load_config(config_path)
+    if suite is not None:
+        statuslib.resolve_suite(output, suite, cfg)
+        names = [suite]
+    else:
+        names = statuslib.find_suites(output)
+    tail = max(lines, VERBOSE_LINES if verbose else CLASSIFY_LINES)
+    results = []
+    for name in names:
+        view = statuslib.load_suite(output, name, cfg, stall_after_s=stall_after_s, with_size=False)
+        results.append((view, diagnose_suite(view, lines=lines, tail=tail, config_path=config_path, output=output)))
+    failed = any(d.is_failure for _, diagnoses in results for d in diagnoses)
+    if json_out:
+        data: Any = to_json(*results[0]) if suite is not None else {
+            "output_dir": str(output), "suites": [to_json(v, ds) for v, ds in results],
+        }
+        print(json.dumps(data, indent=2))
+        return 1 if failed else 0
+    console = make_console()
+    if not results:
+        console.print(f"No suites under {output}/ yet: nothing to diagnose.")
+    for view, diagnoses in results:
+        # Soft wrap: commands and log lines stay whole, so they can be copied.
+        console.print(render(view, diagnoses, verbose=verbose), soft_wrap=True)
+    return 1 if failed else 0

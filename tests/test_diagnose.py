@@ -1,0 +1,325 @@
+"""`perl diagnose`: every classification rule, running never a failure, fixes `perl run` accepts."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from suite_fixtures import (
+    CUDA_OOM,
+    EXPECTED_CAUSE,
+    FAILURE_LOGS,
+    RUNNING_NOISY,
+    build_mixed_suite,
+    failure,
+    write_config,
+    write_experiment,
+)
+from typer.testing import CliRunner
+
+from perl_cli import config as configlib
+from perl_cli import diagnose as dg
+from perl_cli import state as st
+from perl_cli import status as statuslib
+from perl_cli.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+# `perl run` flags a suggested command may use (DESIGN.md's contract for `perl run`).
+RUN_FLAGS_WITH_VALUE = {"--only", "--set", "--config", "--output"}
+RUN_FLAGS = {"--fresh"}
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def every_failure(tmp_path: Path):
+    """Suite "wide" with one failed experiment per FAILURE_LOGS entry: (config, output, {name: key})."""
+    cfg_path = write_config(tmp_path)
+    exps = configlib.expand(configlib.load(cfg_path), "wide")
+    assert len(exps) >= len(FAILURE_LOGS)
+    out = tmp_path / "output"
+    names = {}
+    for key, exp in zip(FAILURE_LOGS, exps, strict=False):
+        failure(out / "wide", exp, key)
+        names[exp.name] = key
+    return cfg_path, out, names
+
+
+def diagnose_dir(out: Path, cfg_path: Path | None = None, suite: str = "core", **kw):
+    cfg = configlib.load(cfg_path) if cfg_path else None
+    view = statuslib.load_suite(out, suite, cfg)
+    return view, dg.diagnose_suite(view, config_path=cfg_path, output=out, **kw)
+
+
+def test_every_rule_classifies_its_failure(every_failure) -> None:
+    cfg_path, out, names = every_failure
+    _, diagnoses = diagnose_dir(out, cfg_path, "wide")
+    got = {d.name: d.cause for d in diagnoses}
+    assert got == {name: EXPECTED_CAUSE[key] for name, key in names.items()}
+    assert set(EXPECTED_CAUSE.values()) | {"stalled"} == set(dg.CAUSES)
+
+
+@pytest.mark.parametrize("key", sorted(FAILURE_LOGS))
+def test_rule_from_log_tail_alone(tmp_path: Path, key: str) -> None:
+    """The same logs after 50 MB of ordinary training output: only the tail is read."""
+    cfg_path = write_config(tmp_path)
+    exp = configlib.expand(configlib.load(cfg_path), "core")[0]
+    d = failure(tmp_path / "output" / "core", exp, key)
+    log, _ = FAILURE_LOGS[key]
+    with open(d / st.LOG_FILE, "w") as f:
+        noise = "{'loss': 0.02, 'grad_norm': 0.4, 'learning_rate': 1e-05, 'reward': 0.3}\n" * 1000
+        for _ in range(700):
+            f.write(noise)
+        f.write(log)
+    started = time.perf_counter()
+    _, diagnoses = diagnose_dir(tmp_path / "output", cfg_path)
+    assert time.perf_counter() - started < 0.5
+    assert [d.cause for d in diagnoses] == [EXPECTED_CAUSE[key]]
+
+
+def test_running_experiments_are_never_failures(tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path)
+    exps = configlib.expand(configlib.load(cfg_path), "core")
+    sd = tmp_path / "output" / "core"
+    write_experiment(sd, exps[0], state=st.RUNNING, step=5, log=RUNNING_NOISY, host="elsewhere")
+    write_experiment(sd, exps[1], state=st.RUNNING, step=5, log=CUDA_OOM + "timeout error Traceback", host="elsewhere")
+    write_experiment(sd, exps[2])
+    _, diagnoses = diagnose_dir(tmp_path / "output", cfg_path)
+    assert diagnoses == []
+    code, text = run_cli("diagnose", "core", "--config", str(cfg_path), "--output", str(tmp_path / "output"))
+    assert code == 0 and "no failed, interrupted or stalled" in text and "2 running" in text
+
+
+def test_stalled_running_experiment_is_diagnosed_as_stalled(mixed_suite) -> None:
+    cfg_path, out, _ = mixed_suite
+    _, diagnoses = diagnose_dir(out, cfg_path)
+    stalled = [d for d in diagnoses if d.stalled]
+    assert [(d.name, d.cause, d.state) for d in stalled] == [("dora_r16_s123", "stalled", "running")]
+    assert "no heartbeat" in stalled[0].summary
+
+
+@pytest.fixture
+def mixed_suite(tmp_path: Path):
+    return build_mixed_suite(tmp_path)
+
+
+def test_exit_codes(mixed_suite, tmp_path: Path) -> None:
+    cfg_path, out, _ = mixed_suite
+    code, text = run_cli("diagnose", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 1
+    assert "CUDA out of memory" in text and "--set training.per_device_train_batch_size=2" in text
+    # Interrupted alone is not a failure.
+    cfg = configlib.load(cfg_path)
+    exps = configlib.expand(cfg, "core")
+    out2 = tmp_path / "out2"
+    failure(out2 / "core", exps[0], "interrupted")
+    write_experiment(out2 / "core", exps[1])
+    code, text = run_cli("diagnose", "core", "--config", str(cfg_path), "--output", str(out2))
+    assert code == 0 and "interrupted" in text and f"perl run core --only {exps[0].name}" in text
+    # Empty output, missing suite, bad flags.
+    code, text = run_cli("diagnose", "--config", str(cfg_path), "--output", str(tmp_path / "none"))
+    assert code == 0 and "nothing to diagnose" in text
+    code, text = run_cli("diagnose", "core", "--config", str(cfg_path), "--output", str(tmp_path / "none"))
+    assert code == 0 and "no failed" in text
+    code, text = run_cli("diagnose", "ghost", "--config", str(cfg_path), "--output", str(tmp_path / "none"))
+    assert code == 2 and "no suite 'ghost'" in text
+    code, text = run_cli("diagnose", "core", "--lines", "-1", "--config", str(cfg_path), "--output", str(out))
+    assert code == 2 and "--lines" in text
+
+
+def test_json_schema(mixed_suite) -> None:
+    cfg_path, out, _ = mixed_suite
+    code, text = run_cli("diagnose", "core", "--json", "--config", str(cfg_path), "--output", str(out))
+    assert code == 1
+    data = json.loads(text)
+    assert {"suite", "checked", "problems", "failures", "counts", "groups", "experiments"} <= set(data)
+    assert data["checked"] == 12 and data["problems"] == 4 and data["failures"] == 3
+    assert data["counts"] == {"host_oom": 1, "cuda_oom": 1, "stalled": 1, "interrupted": 1}
+    for group in data["groups"]:
+        assert {"cause", "title", "experiments"} <= set(group)
+    for e in data["experiments"]:
+        assert {"name", "state", "stalled", "cause", "title", "summary", "exit_code", "signal", "error", "lines",
+                "traceback", "fix"} <= set(e)
+        assert {"text", "commands"} <= set(e["fix"]) and e["fix"]["text"]
+    oom = next(e for e in data["experiments"] if e["cause"] == "cuda_oom")
+    assert oom["summary"].startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert oom["traceback"].startswith("Traceback (most recent call last):")
+
+
+def test_lines_and_verbose(tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path)
+    exp = configlib.expand(configlib.load(cfg_path), "core")[0]
+    failure(tmp_path / "output" / "core", exp, "hub_offline")
+    args = ("--config", str(cfg_path), "--output", str(tmp_path / "output"))
+    code, text = run_cli("diagnose", "core", "--json", "--lines", "4", *args)
+    (entry,) = json.loads(text)["experiments"]
+    assert len(entry["lines"]) == 4 and any("couldn't connect" in line for line in entry["lines"])
+    code, text = run_cli("diagnose", "core", "--lines", "4", *args)
+    assert "LocalEntryNotFoundError" not in text  # outside the 4 lines
+    code, text = run_cli("diagnose", "core", "--verbose", "--lines", "4", *args)
+    # The full traceback, with the chained cause.
+    assert "LocalEntryNotFoundError" in text and "direct cause" in text and "_raise_on_head_call_error" in text
+    assert "HF_HUB_OFFLINE=1 perl run core --only lora_r16_s42" in text
+
+
+def parse_run(command: str) -> tuple[dict[str, str], dict]:
+    """(environment assignments, parsed `perl run` arguments) of a suggested command."""
+    words = shlex.split(command)
+    env = {}
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    assert words[:2] == ["perl", "run"], command
+    suite, rest = words[2], words[3:]
+    parsed: dict = {"suite": suite, "--set": [], "flags": []}
+    while rest:
+        flag = rest.pop(0)
+        if flag in RUN_FLAGS_WITH_VALUE:
+            value = rest.pop(0)
+            if flag == "--set":
+                parsed["--set"].append(value)
+            else:
+                parsed[flag] = value
+        else:
+            assert flag in RUN_FLAGS, f"{command}: unknown flag {flag}"
+            parsed["flags"].append(flag)
+    return env, parsed
+
+
+def run_supports_dry_run() -> bool:
+    code, text = run_cli("run", "--help")
+    return code == 0 and "--dry-run" in text
+
+
+def test_every_suggested_command_is_accepted_by_perl_run(every_failure, mixed_suite) -> None:
+    checked = 0
+    dry_run = run_supports_dry_run()
+    for (cfg_path, out, _), suite in ((every_failure, "wide"), (mixed_suite, "core")):
+        cfg = configlib.load(cfg_path)
+        _, diagnoses = diagnose_dir(out, cfg_path, suite)
+        for d in diagnoses:
+            assert d.fix.commands or d.cause == "unknown", d.cause
+            for command in d.fix.commands:
+                if command.startswith("perl plan"):
+                    words = shlex.split(command)
+                    assert configlib.expand(configlib.load(words[words.index("--config") + 1]), words[2],
+                                            only=[words[words.index("--only") + 1]])
+                    continue
+                env, parsed = parse_run(command)
+                assert set(env) <= {"HF_HUB_OFFLINE", "NCCL_DEBUG"}
+                assert parsed["--only"] == d.name and parsed["--config"] == str(cfg_path)
+                # The exact validation `perl run` does: expand with --only and --set.
+                (exp,) = configlib.expand(cfg, parsed["suite"], only=[parsed["--only"]], sets=parsed["--set"])
+                assert exp.name == d.name
+                checked += 1
+                if dry_run:
+                    argv = shlex.split(command)[len(env) + 1:] + ["--dry-run"]
+                    code, text = run_cli(*argv)
+                    assert code == 0, f"{command}: {text}"
+    assert checked >= len(FAILURE_LOGS)
+
+
+def test_oom_fix_keeps_the_effective_batch(tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path)
+    cfg = configlib.load(cfg_path)
+    out = tmp_path / "output"
+    core = configlib.expand(cfg, "core")
+    failure(out / "core", core[0], "cuda_oom")
+    # The scheduler already halved the batch once (config.json "runtime"): halve what ran.
+    failure(out / "core", core[1], "cuda_oom")
+    resolved = st.read_json(out / "core" / core[1].name / st.CONFIG_FILE)
+    resolved["runtime"] = {"training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 16}}
+    st.atomic_write_json(out / "core" / core[1].name / st.CONFIG_FILE, resolved)
+    odd = {e.name: e for e in configlib.expand(cfg, "odd")}
+    failure(out / "odd", odd["lora_r16_s1"], "cuda_oom")   # batch 1 x 8
+    failure(out / "odd", odd["odd_batch"], "cuda_oom")     # batch 3 x 8
+    fixes = {}
+    for suite in ("core", "odd"):
+        _, diagnoses = diagnose_dir(out, cfg_path, suite)
+        fixes.update({d.name: parse_run(d.fix.commands[0])[1]["--set"] for d in diagnoses})
+    assert fixes == {
+        "lora_r16_s42": ["training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=16"],
+        "lora_r16_s123": ["training.per_device_train_batch_size=1", "training.gradient_accumulation_steps=32"],
+        "lora_r16_s1": ["training.gradient_checkpointing=true"],
+        "odd_batch": ["training.per_device_train_batch_size=1", "training.gradient_accumulation_steps=24"],
+    }
+    for name, sets in fixes.items():
+        suite = "odd" if name in odd else "core"
+        (exp,) = configlib.expand(cfg, suite, only=[name], sets=sets)
+        t = exp.config["training"]
+        assert (t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]) % t["num_generations"] == 0
+
+
+def test_commands_name_non_default_output_and_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg_path = write_config(tmp_path)
+    exp = configlib.expand(configlib.load(cfg_path), "core")[0]
+    failure(tmp_path / "output" / "core", exp, "host_oom")
+    monkeypatch.chdir(tmp_path)
+    view = statuslib.load_suite(Path("output"), "core", configlib.load(cfg_path))
+    (d,) = dg.diagnose_suite(view, config_path=None, output=Path("output"))
+    assert d.fix.commands == ["perl run core --only lora_r16_s42"]
+    (tmp_path / "output").rename(tmp_path / "results dir")
+    view = statuslib.load_suite(Path("results dir"), "core", configlib.load(cfg_path))
+    (d,) = dg.diagnose_suite(view, config_path=Path("experiments.toml"), output=Path("results dir"))
+    assert d.fix.commands == ["perl run core --only lora_r16_s42 --config experiments.toml --output 'results dir'"]
+
+
+def test_rule_table_order_and_evidence() -> None:
+    """Chained tracebacks are read whole; a SIGKILL without traceback beats log noise."""
+    lines = FAILURE_LOGS["hub_offline"][0].splitlines()
+    tb = dg.last_traceback(lines)
+    assert tb.startswith("Traceback") and "LocalEntryNotFoundError" in tb and "OSError: We couldn't" in tb
+    noisy_kill = dg.Evidence({"state": "failed", "exit_code": 137}, {}, ["We couldn't connect to 'https://x' (retrying)"],
+                             "We couldn't connect to 'https://x' (retrying)", None, [], False)
+    assert dg.classify(noisy_kill).cause == "host_oom"
+    nan_metrics = dg.Evidence({"state": "failed", "exit_code": 1}, {}, [], "", None, [{"loss": float("nan")}], False)
+    assert dg.classify(nan_metrics).cause == "nan"
+    nothing = dg.Evidence({"state": "failed"}, {}, [], "", None, [], False)
+    assert dg.classify(nothing).cause == "unknown"
+
+
+def test_diagnose_imports_no_torch(mixed_suite) -> None:
+    cfg_path, out, _ = mixed_suite
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "perl_cli", "diagnose", "core", "--config", str(cfg_path),
+         "--output", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert proc.returncode == 1
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "perl_cli" in imported
+    assert not imported & {"torch", "transformers", "trl", "peft", "textual", "matplotlib"}
+
+
+def test_resume_command_repeats_the_settings_it_ran_with(tmp_path: Path) -> None:
+    """An experiment started with --set resumes only with the same settings: the fix repeats them."""
+    cfg_path = write_config(tmp_path)
+    cfg = configlib.load(cfg_path)
+    sets = ["training.per_device_train_batch_size=2", "training.gradient_accumulation_steps=16"]
+    (ran,) = configlib.expand(cfg, "core", only=["lora_r16_s42"], sets=sets)
+    out = tmp_path / "output"
+    failure(out / "core", ran, "interrupted")
+    failure(out / "core", ran, "interrupted")
+    _, (d,) = diagnose_dir(out, cfg_path)
+    (command,) = d.fix.commands
+    _, parsed = parse_run(command)
+    assert parsed["--set"] == sets and parsed["flags"] == []  # no --fresh: the checkpoints are reused
+    (again,) = configlib.expand(cfg, "core", only=["lora_r16_s42"], sets=parsed["--set"])
+    assert again.fingerprint == ran.fingerprint
+    if run_supports_dry_run():
+        code, text = run_cli(*shlex.split(command)[1:], "--dry-run")
+        assert code == 0 and "[resume]" in text, text
+    # An OOM fix on top of those settings changes them: --fresh, since checkpoints exist.
+    failure(out / "core", ran, "cuda_oom")
+    _, (d,) = diagnose_dir(out, cfg_path)
+    _, parsed = parse_run(d.fix.commands[0])
+    assert parsed["--set"] == ["training.per_device_train_batch_size=1", "training.gradient_accumulation_steps=32"]
+    assert parsed["flags"] == ["--fresh"]
