@@ -258,11 +258,13 @@ METHODS: dict[str, Method] = {
         Method("lora_plus", "LoRA with a larger learning rate for B", _lora(), optimizer=_loraplus_optimizer),
         Method("lora_fa", "LoRA with A frozen (memory-efficient)", _lora(), optimizer=_lorafa_optimizer),
         Method("miss", "MiSS shard-sharing adapter", _miss_config, uses_alpha=False),
+        Method("ia3", "learned rescaling vectors", _ia3_config, uses_rank=False, uses_alpha=False, uses_dropout=False),
         Method(
-            "ia3", "learned rescaling vectors", _ia3_config, uses_rank=False, uses_alpha=False, uses_dropout=False
-        ),
-        Method(
-            "ln_tuning", "train the layer norms only", _ln_tuning_config, uses_rank=False, uses_alpha=False,
+            "ln_tuning",
+            "train the layer norms only",
+            _ln_tuning_config,
+            uses_rank=False,
+            uses_alpha=False,
             uses_dropout=False,
         ),
     )
@@ -311,7 +313,9 @@ def validate_method_settings(method: str, peft_section: dict[str, Any], *, max_s
     if targets != ALL_LINEAR and not (
         isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
     ):
-        problems.append(f"peft.target_modules must be \"all-linear\" or a non-empty list of module names, got {targets!r}")
+        problems.append(
+            f'peft.target_modules must be "all-linear" or a non-empty list of module names, got {targets!r}'
+        )
 
     if method == "lora_plus":
         ratio = peft.get("lora_plus_ratio")

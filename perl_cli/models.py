@@ -136,7 +136,12 @@ def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe) -> None:
 
     splits = countdown.split_problems(
         countdown.generate_problems(
-            recipe.num_count, recipe.min_number, recipe.max_number, recipe.operators, seed=recipe.split_seed, wanted=None
+            recipe.num_count,
+            recipe.min_number,
+            recipe.max_number,
+            recipe.operators,
+            seed=recipe.split_seed,
+            wanted=None,
         ),
         eval_size=recipe.eval_size,
         data_size=None,
@@ -266,7 +271,12 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
 
 def resolve_model_path(name: str) -> str:
     """A local directory for built-in names; other names are passed to from_pretrained."""
-    return str(builtin_model_path(name)) if is_builtin(name) else name
+    if is_builtin(name):
+        return str(builtin_model_path(name))
+    # Something written as a path must exist: do not let it fall through to a hub lookup.
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
+        raise ModelError(f"model directory {name!r} does not exist (model.model_name_or_path)")
+    return str(Path(name).expanduser()) if name.startswith("~") else name
 
 
 def load_tokenizer(model_cfg: dict[str, Any]) -> Any:
@@ -276,11 +286,12 @@ def load_tokenizer(model_cfg: dict[str, Any]) -> Any:
         from transformers import PreTrainedTokenizerFast
 
         return PreTrainedTokenizerFast.from_pretrained(path)
+    from huggingface_hub.errors import HFValidationError
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(model_cfg.get("trust_remote_code")))
-    except OSError as exc:
+    except (OSError, HFValidationError) as exc:  # HFValidationError: not even a valid repo id
         raise _hub_error(name, exc) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -290,6 +301,7 @@ def load_tokenizer(model_cfg: dict[str, Any]) -> Any:
 
 def load_model(model_cfg: dict[str, Any], *, on_gpu: bool) -> Any:
     """The causal LM named by the config's `model` section, ready for training."""
+    from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForCausalLM
 
     name = str(model_cfg["model_name_or_path"])
@@ -302,5 +314,5 @@ def load_model(model_cfg: dict[str, Any], *, on_gpu: bool) -> Any:
         kwargs["attn_implementation"] = model_cfg["attn_implementation"]
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
+    except (OSError, HFValidationError) as exc:  # HFValidationError: not even a valid repo id
         raise _hub_error(name, exc) from exc

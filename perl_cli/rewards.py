@@ -70,9 +70,7 @@ def _paren_depth_ok(text: str) -> bool:
 def _is_well_formed_text(answer: str) -> bool:
     """Cheap lexical checks that make ``ast.parse`` safe to call."""
     return (
-        0 < len(answer) <= MAX_ANSWER_CHARS
-        and all(ch in _ALLOWED_CHARS for ch in answer)
-        and _paren_depth_ok(answer)
+        0 < len(answer) <= MAX_ANSWER_CHARS and all(ch in _ALLOWED_CHARS for ch in answer) and _paren_depth_ok(answer)
     )
 
 

@@ -116,9 +116,7 @@ def _validate_generator(num_count: int, min_number: int, max_number: int, operat
     if num_count < 2:
         raise DataError(f"dataset.num_count must be at least 2, got {num_count}")
     if not 1 <= min_number <= max_number:
-        raise DataError(
-            f"dataset.min_number/max_number must satisfy 1 <= min <= max, got {min_number}..{max_number}"
-        )
+        raise DataError(f"dataset.min_number/max_number must satisfy 1 <= min <= max, got {min_number}..{max_number}")
     bad = sorted(set(operators) - set("+-*/"))
     if not operators or bad:
         raise DataError(f"dataset.operators must be a non-empty subset of '+-*/', got {operators!r}")
@@ -166,8 +164,7 @@ def _rows_to_problems(rows: Iterable[dict[str, Any]], source: str) -> list[Probl
         target = row.get("target")
         if nums is None or target is None:
             raise DataError(
-                f"{source}: row {i} lacks a 'nums' (or 'numbers') and a 'target' column; "
-                f"columns present: {sorted(row)}"
+                f"{source}: row {i} lacks a 'nums' (or 'numbers') and a 'target' column; columns present: {sorted(row)}"
             )
         out.append(Problem(tuple(int(n) for n in nums), int(target)))
     return out
@@ -261,7 +258,7 @@ CHAT = "chat"
 
 
 def resolve_prompt_format(prompt_format: str, model_name: str) -> str:
-    """"auto" is compact for the built-in tiny models, chat for real ones."""
+    """ "auto" is compact for the built-in tiny models, chat for real ones."""
     if prompt_format in (COMPACT, CHAT):
         return prompt_format
     if prompt_format != "auto":
@@ -301,6 +298,4 @@ def render_prompt(problem: Problem, prompt_format: str, tokenizer: Any) -> str:
 
 def to_records(problems: Sequence[Problem], prompt_format: str) -> list[dict[str, Any]]:
     """Rows for a `datasets.Dataset`: prompt plus the columns the rewards read."""
-    return [
-        {"prompt": prompt_for(p, prompt_format), "numbers": list(p.numbers), "target": p.target} for p in problems
-    ]
+    return [{"prompt": prompt_for(p, prompt_format), "numbers": list(p.numbers), "target": p.target} for p in problems]

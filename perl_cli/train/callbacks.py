@@ -100,16 +100,27 @@ class ProgressCallback(TrainerCallback):
         print("[perl] " + "  ".join(parts), flush=True)
 
 
+class Interrupted(BaseException):
+    """A stop signal arrived before training began: there is nothing to checkpoint.
+
+    A BaseException, like KeyboardInterrupt, so that library code catching Exception
+    (dataset loaders, model builders) cannot turn it into an ordinary failure.
+    """
+
+
 class StopOnSignal(TrainerCallback):
     """SIGTERM/SIGINT: finish the current step, save a checkpoint, stop training.
 
-    The handler only sets a flag; the callback acts at the next step boundary, where
-    the Trainer can save a consistent checkpoint. A second signal of the same kind
-    falls through to the default action (immediate exit).
+    Once training runs, the handler only sets a flag; the callback acts at the next
+    step boundary, where the Trainer can save a consistent checkpoint. Before that
+    (model build, data, base evaluation: possibly minutes) there is nothing to save,
+    so the handler raises `Interrupted` to stop at once. A second signal of the same
+    kind falls through to the default action (immediate exit).
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.training = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -127,7 +138,14 @@ class StopOnSignal(TrainerCallback):
             os.kill(os.getpid(), signum)
             return
         self.received = signum
-        print(f"[perl] received {signal.Signals(signum).name}: checkpointing at the end of this step", flush=True)
+        name = signal.Signals(signum).name
+        if not self.training:
+            print(f"[perl] received {name} before training started: stopping", flush=True)
+            raise Interrupted(name)
+        print(f"[perl] received {name}: checkpointing at the end of this step", flush=True)
+
+    def on_train_begin(self, args: Any, state_: Any, control: Any, **kwargs: Any) -> None:
+        self.training = True
 
     def on_step_end(self, args: Any, state_: Any, control: Any, **kwargs: Any) -> Any:
         if self.received is not None:
@@ -137,16 +155,45 @@ class StopOnSignal(TrainerCallback):
 
 
 class AdaLoraAllocator(TrainerCallback):
-    """Calls AdaLoRA's rank allocation after every optimizer step.
+    """Calls AdaLoRA's rank allocation after every optimizer step, and keeps it resumable.
 
     TRL never calls `update_and_allocate`, so without this AdaLoRA's ranks never
     change. It needs the gradients, which exist in on_optimizer_step (zeroed by
     on_step_end). Steps are passed 1-based so that the last step equals total_step
     and peft fixes the final rank pattern there.
+
+    Checkpoints: once peft has a rank pattern it saves *resized* tensors, which a
+    fresh full-rank model cannot load on resume. So around a checkpoint save the
+    pattern is held aside (tensors are saved full size, masked ranks as zeros) and
+    written next to the checkpoint, where a resumed run picks it up. The allocator's
+    importance averages are not checkpointed: after a resume they restart from zero.
+    Must be registered after every callback that may request a save.
     """
+
+    STATE_FILE = "perl_adalora.json"
+
+    def __init__(self, model: Any) -> None:
+        self.config = model.peft_config["default"]
+        self._held: Any = None
+
+    def on_train_begin(self, args: Any, state_: Any, control: Any, **kwargs: Any) -> None:
+        if state_.global_step > 0:  # resumed: Trainer has loaded the checkpoint's state
+            saved = state.read_json(Path(args.output_dir) / f"checkpoint-{state_.global_step}" / self.STATE_FILE)
+            if isinstance(saved, dict):
+                self.config.rank_pattern = saved.get("rank_pattern")
 
     def on_optimizer_step(self, args: Any, state_: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         model.base_model.update_and_allocate(state_.global_step + 1)
+
+    def on_step_end(self, args: Any, state_: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:
+            self._held, self.config.rank_pattern = self.config.rank_pattern, None
+
+    def on_save(self, args: Any, state_: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state_.global_step}"
+        if checkpoint.is_dir():
+            state.atomic_write_json(checkpoint / self.STATE_FILE, {"rank_pattern": self._held})
+        self.config.rank_pattern, self._held = self._held, None
 
 
 def adalora_ranks(model: Any) -> dict[str, int]:

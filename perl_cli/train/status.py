@@ -49,7 +49,7 @@ class StatusWriter:
 
     def update(self, **fields: Any) -> None:
         with self._lock:
-            self._status.update(fields, heartbeat=state.now())
+            self._status.update({"heartbeat": state.now(), **fields})
             state.write_status(self._dir, self._status)
 
     def finish(self, final_state: str, exit_code: int, error: str | None = None, **fields: Any) -> None:
@@ -57,7 +57,7 @@ class StatusWriter:
         if self._thread is not None:
             self._thread.join(timeout=HEARTBEAT_SECONDS)
         ended = state.now()
-        self.update(state=final_state, exit_code=exit_code, error=error, ended=ended, **fields)
+        self.update(state=final_state, exit_code=exit_code, error=error, ended=ended, heartbeat=ended, **fields)
 
     def _write(self) -> None:
         with self._lock:

@@ -1,0 +1,331 @@
+"""One training session: model, data, adapter and GRPOTrainer, from setup to eval.json.
+
+Imported by the worker only once config.json has been checked; this module pulls in
+torch, transformers, peft and TRL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import get_peft_model
+from transformers import PrinterCallback, set_seed
+from trl import GRPOTrainer
+
+from perl_cli import rewards, state
+from perl_cli.data import countdown
+from perl_cli.methods import Method, get_method
+from perl_cli.models import BUILTIN_MODELS, is_builtin, load_model, load_tokenizer
+from perl_cli.train import callbacks as cb
+from perl_cli.train.evaluate import evaluate_accuracy
+from perl_cli.train.grpo import ConfigError, grpo_args
+from perl_cli.train.status import StatusWriter
+from perl_cli.train.worker import BASE_EVAL_FILE, INITIAL_ADAPTER_DIR, atomic_save_adapter, peak_memory_mb
+
+
+class TrainingSession:
+    def __init__(self, exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: cb.StopOnSignal) -> None:
+        self.exp_dir = exp_dir
+        self.config = config
+        self.status = status
+        self.stopper = stopper
+        self.training = config["training"]
+        self.peft_section = config["peft"]
+        self.method: Method = get_method(self.peft_section["type"])
+        self.seed = int(config["common"]["seed"])
+        self.on_gpu = torch.cuda.is_available()
+        self.metrics_path = exp_dir / state.METRICS_FILE
+        self.global_step = 0
+        self.base_eval: dict[str, Any] | None = None
+        self.progress: cb.ProgressCallback | None = None
+        self.trainer: GRPOTrainer | None = None
+        self.train_seconds = 0.0
+
+    # --- setup -------------------------------------------------------------------------
+
+    def prepare(self, resume: Path | None) -> None:
+        model_cfg = self.config["model"]
+        name = str(model_cfg["model_name_or_path"])
+        set_seed(self.seed)
+        self.tokenizer = load_tokenizer(model_cfg)
+        self.prompt_format = countdown.resolve_prompt_format(self.config["dataset"].get("prompt_format", "auto"), name)
+        if self.prompt_format == countdown.CHAT and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"dataset.prompt_format is chat but the tokenizer of {name!r} has no chat template; "
+                'use a chat/instruct model or set dataset.prompt_format = "compact"'
+            )
+        splits = countdown.load_splits(self.config["dataset"])
+        self._warn_if_warm_start_saw_eval(name)
+        self.train_problems = self._fit_prompts(splits.train, "training")
+        self.eval_problems = self._fit_prompts(splits.eval, "held-out")
+        print(
+            f"[perl] data: {len(self.train_problems)} training / {len(self.eval_problems)} held-out problems, "
+            f"{self.prompt_format} prompts",
+            flush=True,
+        )
+        model = load_model(model_cfg, on_gpu=self.on_gpu)
+        if self.on_gpu:
+            model = model.to("cuda")
+        self.base_eval = self._base_eval(model, resumed=resume is not None)
+        set_seed(self.seed)  # adapter init must not depend on what ran before it
+        model = get_peft_model(model, self.method.build_config(self.peft_section, self.training))
+        if self.method.custom_init is not None:
+            self.method.custom_init(model, self.peft_section)
+        if self.method.needs_weight_conversion_on_save:
+            self._save_initial_adapter(model)
+        if self.training.get("gradient_checkpointing"):
+            model.enable_input_require_grads()  # checkpointed PEFT layers need input grads
+        self.model = model
+        trainable, total = model.get_nb_trainable_parameters()
+        self.trainable_params, self.total_params = int(trainable), int(total)
+        print(
+            f"[perl] {self.method.name}: {self.trainable_params:,} trainable of {self.total_params:,} parameters "
+            f"({100 * self.trainable_params / max(1, self.total_params):.3f}%)",
+            flush=True,
+        )
+        if float(self.training.get("beta", 0.0)) > 0 and self.method.needs_weight_conversion_on_save:
+            print(
+                f"[perl] warning: beta > 0 with {self.method.name}: TRL's reference model is the adapter-disabled "
+                "model, which for this method is the residual base, not the original one",
+                flush=True,
+            )
+
+    def _warn_if_warm_start_saw_eval(self, model_name: str) -> None:
+        """The tiny model's warm start excludes only the default held-out split."""
+        d = self.config["dataset"]
+        recipe = BUILTIN_MODELS.get(model_name.removeprefix("builtin:"))
+        if not is_builtin(model_name) or recipe is None or not recipe.sft_steps:
+            return
+        default_split = (recipe.split_seed, recipe.eval_size, recipe.num_count, recipe.min_number, recipe.max_number)
+        this_split = (
+            d.get("split_seed"),
+            d.get("eval_size"),
+            d.get("num_count"),
+            d.get("min_number"),
+            d.get("max_number"),
+        )
+        if d.get("dataset_name_or_path") == countdown.BUILTIN_NAME and this_split != default_split:
+            print(
+                f"[perl] warning: {model_name} was warm-started on the built-in problems outside the default "
+                "held-out set (split_seed 0, eval_size 200, 3 numbers 1-10); with this split some held-out "
+                "problems were seen in its warm start, so base and trained accuracy are both optimistic",
+                flush=True,
+            )
+
+    def _fit_prompts(self, problems: list[countdown.Problem], which: str) -> list[countdown.Problem]:
+        """Drop problems whose prompt exceeds max_prompt_length tokens.
+
+        TRL 1.16 no longer truncates prompts; cutting tokens off a Countdown prompt
+        would remove its numbers or its instructions, so such problems are skipped.
+        """
+        limit = int(self.training.get("max_prompt_length") or 0)
+        if not limit or not problems:
+            return problems
+        texts = [countdown.render_prompt(p, self.prompt_format, self.tokenizer) for p in problems]
+        special = self.prompt_format != countdown.CHAT
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
+        kept = [p for p, n in zip(problems, lengths, strict=True) if n <= limit]
+        if len(kept) < len(problems):
+            print(
+                f"[perl] warning: {len(problems) - len(kept)} {which} prompts are longer than "
+                f"max_prompt_length={limit} tokens and were skipped (longest {max(lengths)})",
+                flush=True,
+            )
+        if not kept:
+            raise ConfigError(
+                f"every {which} prompt is longer than training.max_prompt_length={limit} tokens "
+                f"(shortest {min(lengths)}); raise max_prompt_length"
+            )
+        return kept
+
+    def _eval_settings(self) -> dict[str, Any]:
+        e = self.config["eval"]
+        return {
+            "num_samples": int(e.get("num_samples", 4)),
+            "temperature": float(e.get("temperature", 1.0)),
+            "max_new_tokens": int(e.get("max_new_tokens") or self.training["max_completion_length"]),
+            "seed": self.seed,
+        }
+
+    def _base_eval(self, model: Any, *, resumed: bool) -> dict[str, Any] | None:
+        e = self.config["eval"]
+        if not (e.get("enabled", True) and e.get("eval_base", True)):
+            return None
+        path = self.exp_dir / BASE_EVAL_FILE
+        saved = state.read_json(path)
+        if resumed and isinstance(saved, dict) and saved.get("fingerprint") == self.config.get("fingerprint"):
+            return saved
+        t0 = time.time()
+        result = evaluate_accuracy(
+            model, self.tokenizer, self.eval_problems, self.prompt_format, **self._eval_settings()
+        )
+        result["fingerprint"] = self.config.get("fingerprint")
+        state.atomic_write_json(path, result)
+        print(
+            f"[perl] base model: greedy {100 * result['accuracy_greedy']:.1f}%, sampled "
+            f"{100 * result['accuracy_sampled']:.1f}% on {len(self.eval_problems)} held-out ({time.time() - t0:.0f}s)",
+            flush=True,
+        )
+        return result
+
+    def _save_initial_adapter(self, model: Any) -> None:
+        """PiSSA/MiLoRA: the adapter at init, saved as plain LoRA, for conversion on save."""
+        init_dir = self.exp_dir / INITIAL_ADAPTER_DIR
+        if (init_dir / "adapter_config.json").exists():
+            return  # saved by the first run; a resumed run recomputes the same init
+        cfg = model.peft_config["default"]
+        original = cfg.init_lora_weights
+        cfg.init_lora_weights = True  # peft requires this for the conversion
+        try:
+            model.save_pretrained(str(init_dir))
+        finally:
+            cfg.init_lora_weights = original
+
+    # --- training ----------------------------------------------------------------------
+
+    def _report_to(self) -> list[str]:
+        w = self.config.get("wandb") or {}
+        if not w.get("use_wandb"):
+            return []
+        model_short = Path(str(self.config["model"]["model_name_or_path"]).removeprefix("builtin:")).name
+        name = str(self.config.get("name") or self.exp_dir.name)
+        env = {
+            "WANDB_PROJECT": str(w.get("project") or "perl"),
+            "WANDB_RUN_GROUP": f"{model_short}_{self.method.name}",
+            "WANDB_TAGS": ",".join([self.method.name, f"seed{self.seed}", *map(str, w.get("tags") or [])]),
+            "WANDB_NAME": name,
+            "WANDB_DIR": str(self.exp_dir),
+            # A resumed experiment continues the same W&B run.
+            "WANDB_RUN_ID": f"{name}-{self.config.get('fingerprint') or 'x'}",
+            "WANDB_RESUME": "allow",
+        }
+        if w.get("entity"):
+            env["WANDB_ENTITY"] = str(w["entity"])
+        if w.get("offline") or not os.environ.get("WANDB_API_KEY"):
+            env["WANDB_MODE"] = "offline"
+        os.environ.update(env)
+        return ["wandb"]
+
+    def train(self, resume: Path | None) -> None:
+        reward_funcs, weights = rewards.reward_functions(self.prompt_format)
+        args = grpo_args(
+            self.config, self.exp_dir, on_gpu=self.on_gpu, report_to=self._report_to(), reward_weights=weights
+        )
+        total = int(self.training["max_steps"])
+        self.progress = cb.ProgressCallback(self.metrics_path, self.status, total)
+        callbacks: list[Any] = [self.progress, self.stopper]
+        tracker = self.config.get("tracker") or {}
+        if tracker.get("enable_spectral_tracking") or tracker.get("enable_gradient_tracking"):
+            from perl_cli.tracking.callback import TrackingCallback
+
+            callbacks.append(TrackingCallback(self.exp_dir, tracker, self.method.name))
+        fail_hook = cb.FailAtStep.from_env(self.exp_dir)
+        if fail_hook is not None:
+            callbacks.append(fail_hook)
+        if self.method.reallocates_rank:
+            callbacks.append(cb.AdaLoraAllocator(self.model))  # last: after every save request
+        optimizer = None
+        if self.method.optimizer is not None:
+            optimizer = self.method.optimizer(self.model, self.peft_section, self.training)
+        train_ds = Dataset.from_list(countdown.to_records(self.train_problems, self.prompt_format))
+        self.trainer = GRPOTrainer(
+            model=self.model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_ds,
+            processing_class=self.tokenizer,
+            callbacks=callbacks,
+            optimizers=(optimizer, None),
+        )
+        # With tqdm off, Trainer prints every raw log dict; ProgressCallback prints a summary.
+        self.trainer.remove_callback(PrinterCallback)
+        done = 0
+        if resume is not None:
+            done = int(resume.name.removeprefix("checkpoint-"))
+            kept = cb.truncate_metrics(self.metrics_path, done)
+            print(f"[perl] resuming from {resume.name} ({kept} metrics rows kept)", flush=True)
+        elif self.metrics_path.exists():
+            cb.truncate_metrics(self.metrics_path, 0)  # a failed start before any checkpoint
+        self.status.update(step=done)
+        print(f"[perl] training {self.method.name} for {total} steps", flush=True)
+        t0 = time.time()
+        self.trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+        self.train_seconds = time.time() - t0
+        self.global_step = int(self.trainer.state.global_step)
+
+    # --- results -----------------------------------------------------------------------
+
+    def finish(self, started: float) -> dict[str, Any]:
+        save_kwargs: dict[str, Any] = {}
+        if self.method.needs_weight_conversion_on_save:
+            save_kwargs["path_initial_model_for_weight_conversion"] = str(self.exp_dir / INITIAL_ADAPTER_DIR)
+        results: dict[str, Any] = {
+            "name": self.config.get("name"),
+            "method": self.method.name,
+            "fingerprint": self.config.get("fingerprint"),
+            "steps": self.global_step,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "trainable_pct": 100 * self.trainable_params / max(1, self.total_params),
+        }
+        if self.method.reallocates_rank:
+            results["adalora_rank_pattern"] = cb.adalora_ranks(self.model)
+            results["adalora_initial_rank"] = int(self.model.peft_config["default"].init_r)
+        # Evaluate before saving: conversion on save touches the adapter weights.
+        if self.config["eval"].get("enabled", True):
+            t0 = time.time()
+            trained = evaluate_accuracy(
+                self.model, self.tokenizer, self.eval_problems, self.prompt_format, **self._eval_settings()
+            )
+            results.update(trained)
+            results["eval_seconds"] = time.time() - t0
+            if self.base_eval is not None:
+                results["base_accuracy_greedy"] = self.base_eval["accuracy_greedy"]
+                results["base_accuracy_sampled"] = self.base_eval["accuracy_sampled"]
+        results["adapter_size_bytes"] = atomic_save_adapter(self.model, self.exp_dir, **save_kwargs)
+        results.update(self._reward_summary())
+        step_seconds = self.progress.step_seconds if self.progress else []
+        results["seconds_per_step"] = sum(step_seconds) / len(step_seconds) if step_seconds else None
+        results["train_seconds"] = self.train_seconds
+        results["total_seconds"] = time.time() - started
+        results["peak_memory_mb"] = peak_memory_mb(self.on_gpu)
+        results["device"] = "cuda" if self.on_gpu else "cpu"
+        results.update(self._wandb_info())
+        return results
+
+    def _reward_summary(self) -> dict[str, Any]:
+        """Mean training reward over the first and last 10% of logged steps."""
+        rows = sorted(
+            (r for r in state.read_jsonl(self.metrics_path) if isinstance(r.get("reward"), (int, float))),
+            key=lambda r: r["step"],
+        )
+        if not rows:
+            return {"reward_first_10pct": None, "reward_last_10pct": None}
+        k = max(1, round(0.1 * len(rows)))
+        out: dict[str, Any] = {
+            "reward_first_10pct": sum(r["reward"] for r in rows[:k]) / k,
+            "reward_last_10pct": sum(r["reward"] for r in rows[-k:]) / k,
+        }
+        if all("reward/correct" in r for r in rows):
+            out["correct_first_10pct"] = sum(r["reward/correct"] for r in rows[:k]) / k
+            out["correct_last_10pct"] = sum(r["reward/correct"] for r in rows[-k:]) / k
+        return out
+
+    def _wandb_info(self) -> dict[str, Any]:
+        if "wandb" not in (self.trainer.args.report_to if self.trainer else []):
+            return {}
+        import wandb
+
+        run = wandb.run
+        if run is None:
+            return {}
+        info = {"wandb_dir": str(Path(run.dir).parent)}
+        if os.environ.get("WANDB_MODE") != "offline":
+            info["wandb_url"] = run.url
+        wandb.finish()
+        return info

@@ -1,0 +1,169 @@
+"""Every PEFT method in the registry really trains under GRPO, saves, and reloads exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from training_support import make_config, shaped_reward_functions, write_experiment
+
+torch = pytest.importorskip("torch")
+
+from perl_cli import methods  # noqa: E402
+from perl_cli.methods import METHOD_NAMES, validate_method_settings  # noqa: E402
+
+PROBE = "nums: 3 7 9 target: 30\n<answer>7*3+9</answer>"
+
+
+def _logits(model: Any, tokenizer: Any) -> Any:
+    model.eval()
+    with torch.no_grad():
+        ids = tokenizer(PROBE, return_tensors="pt")
+        return model(**ids).logits.float()
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run with a reward a random model can earn; keep the trained session for inspection."""
+    from perl_cli import rewards
+    from perl_cli.train import session as session_mod
+
+    monkeypatch.setattr(rewards, "reward_functions", shaped_reward_functions)
+    box: dict[str, Any] = {}
+    original = session_mod.TrainingSession.finish
+
+    def finish(self: Any, started: float) -> dict[str, Any]:
+        box["session"] = self
+        return original(self, started)
+
+    monkeypatch.setattr(session_mod.TrainingSession, "finish", finish)
+    return box
+
+
+def _overrides(method: str) -> dict[str, Any]:
+    over: dict[str, Any] = {"peft__type": method}
+    if method == "adalora":
+        # Allocation from step 1, final ranks fixed at step 2 of 3.
+        over.update(peft__adalora_init_r=8, peft__adalora_tinit=0, peft__adalora_tfinal=1, peft__adalora_delta_t=1)
+    if method == "pissa":
+        over["peft__pissa_niter"] = 0
+    return over
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_method_trains_saves_and_reloads(method: str, tmp_path: Path, captured: dict[str, Any]) -> None:
+    from peft import PeftModel
+
+    from perl_cli.models import load_model, load_tokenizer
+    from perl_cli.train import run_experiment
+
+    config = make_config(f"{method}_r4", **_overrides(method))
+    exp = write_experiment(tmp_path, config)
+    assert run_experiment(exp) == 0, (exp / "status.json").read_text()
+
+    status = json.loads((exp / "status.json").read_text())
+    assert status["state"] == "completed" and status["step"] == 3
+    assert (exp / "adapter_model.safetensors").exists() and (exp / "adapter_config.json").exists()
+    results = json.loads((exp / "eval.json").read_text())
+    assert results["method"] == method and 0 < results["trainable_params"] < results["total_params"]
+
+    session = captured["session"]
+    tokenizer = load_tokenizer(config["model"])
+    trained = _logits(session.model, tokenizer)
+    base = load_model(config["model"], on_gpu=False)
+    base_logits = _logits(base, tokenizer)
+    assert not torch.allclose(trained, base_logits, atol=1e-4), "training did not change the model"
+
+    reloaded = PeftModel.from_pretrained(load_model(config["model"], on_gpu=False), str(exp))
+    diff = (_logits(reloaded, tokenizer) - trained).abs().max().item()
+    assert diff < 1e-4, f"{method}: reloaded adapter differs from the trained model by {diff:g}"
+
+    if method == "adalora":
+        ranks = results["adalora_rank_pattern"]
+        assert results["adalora_initial_rank"] == 8
+        assert any(r != 8 for r in ranks.values()), ranks  # ranks were reallocated
+        assert sum(ranks.values()) == 4 * len(ranks)  # down to the target budget r=4 per layer
+
+
+def test_milora_init_uses_minor_components_and_keeps_the_output() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from perl_cli.models import load_model, load_tokenizer
+
+    model_cfg = make_config()["model"]
+    tokenizer = load_tokenizer(model_cfg)
+    base = load_model(model_cfg, on_gpu=False)
+    before = _logits(base, tokenizer)
+    weight = base.model.layers[0].self_attn.q_proj.weight.detach().clone().double()
+    peft_section = make_config()["peft"]
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    methods.milora_init(model, peft_section)
+    after = _logits(model, tokenizer)
+    assert (after - before).abs().max().item() < 1e-4
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).double() * layer.scaling["default"]
+    minor = torch.linalg.svdvals(weight)[-4:]
+    assert torch.allclose(torch.linalg.svdvals(delta)[:4], minor, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "over", "fragment"),
+    [
+        ("adalora", {"adalora_init_r": 8}, "adalora_init_r (8) must be >= peft.r (16)"),
+        ("lora", {"r": 0}, "peft.r must be a positive integer"),
+        ("lora_plus", {"lora_plus_ratio": -1}, "lora_plus_ratio"),
+        ("vera", {"vera_d_initial": 0}, "vera_d_initial"),
+        ("pissa", {"pissa_niter": -1}, "pissa_niter"),
+        ("lora", {"target_modules": []}, "target_modules"),
+        ("nope", {}, "not a known method"),
+    ],
+)
+def test_validate_method_settings(method: str, over: dict, fragment: str) -> None:
+    peft = {**make_config()["peft"], "r": 16, **over}
+    problems = validate_method_settings(method, peft)
+    assert any(fragment in p for p in problems), problems
+
+
+def test_valid_settings_have_no_problems() -> None:
+    peft = make_config()["peft"]
+    for method in METHOD_NAMES:
+        assert validate_method_settings(method, peft, max_steps=100) == [], method
+
+
+def test_adalora_schedule_must_leave_steps() -> None:
+    peft = {**make_config()["peft"], "adalora_tinit": 50, "adalora_tfinal": 50}
+    assert any("tinit + adalora_tfinal" in p for p in validate_method_settings("adalora", peft, max_steps=100))
+
+
+def test_methods_module_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, perl_cli.methods; print('torch' in sys.modules, 'peft' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_adalora_resumes_from_a_checkpoint_with_a_rank_pattern(tmp_path: Path, captured: dict[str, Any]) -> None:
+    """peft saves resized AdaLoRA tensors once ranks are allocated; resume must still load."""
+    import shutil
+
+    from perl_cli.train import run_experiment
+
+    config = make_config(
+        "ada_resume",
+        **{**_overrides("adalora"), "peft__adalora_tfinal": 2},
+        training__max_steps=6,
+        training__save_steps=5,
+        eval__enabled=False,
+    )
+    exp = write_experiment(tmp_path, config)
+    assert run_experiment(exp) == 0
+    checkpoint = exp / "checkpoints" / "checkpoint-5"
+    assert json.loads((checkpoint / "perl_adalora.json").read_text())["rank_pattern"]
+    shutil.rmtree(exp / "checkpoints" / "checkpoint-6", ignore_errors=True)
+    assert run_experiment(exp) == 0, (exp / "status.json").read_text()
+    ranks = json.loads((exp / "eval.json").read_text())["adalora_rank_pattern"]
+    assert sum(ranks.values()) == 4 * len(ranks)

@@ -1,0 +1,162 @@
+"""The Countdown verifier: correct, wrong, malformed and hostile completions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from perl_cli import rewards
+from perl_cli.rewards import countdown_correct
+
+NUMS = [3, 7, 9]
+
+
+@pytest.mark.parametrize(
+    ("completion", "numbers", "target", "expected"),
+    [
+        ("<answer>7*3+9</answer>", NUMS, 30, True),
+        ("<answer> 7 * 3 + 9 </answer>", NUMS, 30, True),
+        ("<answer>(9 - 3) * 7</answer>", NUMS, 42, True),
+        ("<answer>9/3*7</answer>", NUMS, 21, True),
+        ("<answer>7/2*2</answer>", [7, 2, 2], 7, True),  # exact fractions, not floats
+        ("<answer>(1+2)/3</answer>", [1, 2, 3], 1, True),
+        ("<think>try 7*3</think> <answer>7*3+9</answer>", NUMS, 30, True),
+        ("<answer>1+1</answer> then <answer>7*3+9</answer>", NUMS, 30, True),  # the last answer counts
+        ("<answer>7*3+9</answer>\n", NUMS, 30, True),
+        ("<answer>3+7+9</answer>", [9, 7, 3], 19, True),  # order of the numbers is free
+        ("<answer>7*3+9</answer>", NUMS, 31, False),  # wrong value
+        ("<answer>7*3</answer>", NUMS, 21, False),  # a number unused
+        ("<answer>7*3+9+9</answer>", NUMS, 39, False),  # a number used twice
+        ("<answer>7*3+8</answer>", NUMS, 29, False),  # a number not given
+        ("<answer>7*3+9</answer>", [3, 7, 9, 9], 30, False),  # duplicates must all be used
+        ("<answer>9/(3-3)*7</answer>", [9, 3, 3, 7], 0, False),  # division by zero
+        ("<answer>-3+7+9</answer>", NUMS, 13, False),  # unary minus is not an operator here
+        ("<answer>+3+7+9</answer>", NUMS, 19, False),  # nor unary plus
+        ("<answer>7.0*3+9</answer>", NUMS, 30, False),  # floats are not integers
+        ("<answer>7*3+9=30</answer>", NUMS, 30, False),
+        ("<answer>3**2+7+9</answer>", NUMS, 25, False),  # no powers
+        ("<answer>7//3+9</answer>", NUMS, 11, False),  # no floor division
+        ("<answer>7%3+9</answer>", NUMS, 10, False),
+        ("<answer>0x7*3+9</answer>", NUMS, 30, False),
+        ("<answer>7_0</answer>", [70], 70, False),
+        ("<answer></answer>", NUMS, 30, False),
+        ("<answer>7*3+9", NUMS, 30, False),  # unclosed
+        ("7*3+9</answer>", NUMS, 30, False),  # unopened
+        ("7*3+9", NUMS, 30, False),  # no tags at all
+        ("<answer>(7*3+9</answer>", NUMS, 30, False),  # unbalanced
+        ("<answer>7*3+9)</answer>", NUMS, 30, False),
+        ("<answer>7 3 9</answer>", NUMS, 30, False),
+        ("", NUMS, 30, False),
+    ],
+)
+def test_table(completion: str, numbers: list[int], target: int, expected: bool) -> None:
+    assert countdown_correct(completion, numbers, target) is expected
+
+
+HOSTILE = [
+    "<answer>__import__('os').system('echo pwned')</answer>",
+    "<answer>9**9**9</answer>",
+    "<answer>" + "(" * 100_000 + "1" + ")" * 100_000 + "</answer>",
+    "<answer>" + "(" * 100_000 + "</answer>",
+    "<answer>" + "1+" * 500_000 + "1</answer>",
+    "<answer>" + "9" * 1_000_000 + "</answer>",
+    "<answer>" * 200_000 + "</answer>" * 200_000,
+    "x" * 1_000_000,
+    "<answer>" + "-" * 999 + "3</answer>",
+    "<answer>" + "(" * 51 + "3+7+9" + ")" * 51 + "</answer>",
+    "<answer>" + "(" * 50 + "3+7+9" + ")" * 50 + "</answer>",
+    "<answer>lambda: 1</answer>",
+    "<answer>[x for x in ().__class__.__bases__]</answer>",
+    "<answer>\x00\x00</answer>",
+    "<answer>١+٢+٣</answer>",  # Arabic-Indic digits are digits to Python, not to us
+]
+
+
+@pytest.mark.parametrize("completion", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_inputs_are_rejected_fast(completion: str) -> None:
+    start = time.perf_counter()
+    result = countdown_correct(completion, NUMS, 19)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.010, f"took {elapsed * 1000:.1f} ms"
+    # Only the correct equation nested exactly at the depth limit is accepted.
+    assert result is (completion.count("(") == rewards.MAX_PAREN_DEPTH)
+
+
+def test_nesting_limit_counts_depth_not_pairs() -> None:
+    sequential = "<answer>" + "+".join(["(3)", "(7)", "(9)"]) + "</answer>"
+    assert countdown_correct(sequential, NUMS, 19)
+
+
+@pytest.mark.parametrize("bad", [None, 123, b"<answer>3+7+9</answer>", ["<answer>3+7+9</answer>"]])
+def test_non_string_completions_are_false(bad: object) -> None:
+    assert countdown_correct(bad, NUMS, 19) is False  # type: ignore[arg-type]
+
+
+def test_bad_numbers_or_target_are_false() -> None:
+    assert countdown_correct("<answer>3+7+9</answer>", [3, "x", 9], 19) is False  # type: ignore[list-item]
+    assert countdown_correct("<answer>3+7+9</answer>", NUMS, "nineteen") is False  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=2000))
+def test_arbitrary_text_never_raises(text: str) -> None:
+    start = time.perf_counter()
+    assert countdown_correct(text, NUMS, 19) in (True, False)
+    assert countdown_correct(f"<answer>{text}</answer>", NUMS, 19) in (True, False)
+    assert time.perf_counter() - start < 0.010
+
+
+_EQUATION_CHARS = st.sampled_from(list("0123456789+-*/() "))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EQUATION_CHARS, max_size=300).map("".join), st.lists(st.integers(-5, 100), max_size=5))
+def test_equation_alphabet_never_raises(body: str, numbers: list[int]) -> None:
+    start = time.perf_counter()
+    assert countdown_correct(f"<answer>{body}</answer>", numbers, 7) in (True, False)
+    assert time.perf_counter() - start < 0.010
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 100), min_size=2, max_size=4), st.data())
+def test_sums_and_products_of_given_numbers_are_correct(numbers: list[int], data: st.DataObject) -> None:
+    ops = data.draw(st.lists(st.sampled_from("+*"), min_size=len(numbers) - 1, max_size=len(numbers) - 1))
+    order = data.draw(st.permutations(numbers))
+    equation = str(order[0]) + "".join(f"{op}{n}" for op, n in zip(ops, order[1:], strict=True))
+    # Products bind tighter than sums: compute the value the usual way, without eval.
+    total, term = 0, order[0]
+    for op, n in zip(ops, order[1:], strict=True):
+        if op == "*":
+            term *= n
+        else:
+            total, term = total + term, n
+    value = total + term
+    assert countdown_correct(f"<answer>{equation}</answer>", numbers, value)
+    assert not countdown_correct(f"<answer>{equation}</answer>", numbers, value + 1)
+
+
+def test_format_rewards() -> None:
+    good = "<answer>7*3+9</answer>"
+    assert rewards.format_reward([good, good + " trailing", "no tags", "<answer>a+b</answer>"]) == [1.0, 0.0, 0.0, 0.0]
+    assert rewards.think_format_reward(["reason</think><answer>7*3+9</answer>", good]) == [1.0, 0.0]
+
+
+def test_correct_reward_reads_dataset_columns() -> None:
+    completions = ["<answer>7*3+9</answer>", "<answer>7*3+9</answer>"]
+    assert rewards.correct_reward(completions, numbers=[NUMS, NUMS], target=[30, 31], prompts=["p", "p"]) == [1.0, 0.0]
+
+
+def test_correct_reward_accepts_chat_completions() -> None:
+    completion = [{"role": "assistant", "content": "<think>x</think><answer>7*3+9</answer>"}]
+    assert rewards.correct_reward([completion], numbers=[NUMS], target=[30]) == [1.0]
+
+
+def test_reward_functions_per_prompt_format() -> None:
+    funcs, weights = rewards.reward_functions("chat")
+    assert [f.__name__ for f in funcs] == ["correct_reward", "think_format_reward"]
+    assert weights == [1.0, rewards.FORMAT_WEIGHT]
+    funcs, _ = rewards.reward_functions("compact")
+    assert funcs[1] is rewards.format_reward
