@@ -94,9 +94,9 @@ def run(
     only: OnlyOpt = None,
     exclude: ExcludeOpt = None,
     gpus: Annotated[str | None, typer.Option("--gpus", help="Comma-separated GPU indices to use (default: all).", show_default=False)] = None,
-    jobs_per_gpu: Annotated[int, typer.Option("--jobs-per-gpu", min=1, help="Experiments at a time on each GPU (memory permitting).")] = 1,
-    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Without a GPU: experiments at a time on the CPU (default: 1). With GPUs: a cap on the total.", show_default=False)] = None,
-    retries: Annotated[int, typer.Option("--retries", min=0, help="Retries for failures a retry can fix (CUDA out of memory: half batch, double accumulation).")] = 1,
+    jobs_per_gpu: Annotated[int | None, typer.Option("--jobs-per-gpu", min=1, help="Experiments at a time on each GPU, memory permitting (default: the suite's [run] table, else 1).", show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Without a GPU: experiments at a time on the CPU (default: the suite's [run] table, else 1). With GPUs: a cap on the total.", show_default=False)] = None,
+    retries: Annotated[int | None, typer.Option("--retries", min=0, help="Retries for failures a retry can fix, e.g. CUDA out of memory with half the batch (default: the suite's [run] table, else 1).", show_default=False)] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Start the chosen experiments from scratch; old directories are kept as <name>.old-<timestamp>.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each experiment's exact command, environment, GPU and directory; run nothing.")] = False,
     sets: Annotated[list[str] | None, typer.Option("--set", help="Override a setting for this run, e.g. --set training.max_steps=50 (changes the fingerprint). Repeatable.", show_default=False)] = None,
@@ -122,9 +122,11 @@ def run(
     cfg = configlib.load(config)
     chosen = configlib.expand(cfg, suite, only=configlib.split_names(only), exclude=configlib.split_names(exclude), sets=sets or ())
     whole = configlib.expand(cfg, suite, sets=sets or ())
+    defaults = cfg.run_defaults(suite)
     options = scheduler.RunOptions(
         suite=suite, experiments=chosen, suite_experiments=whole, output=output, gpus=gpu_list,
-        jobs_per_gpu=jobs_per_gpu, jobs=jobs, retries=retries, fresh=fresh, dry_run=dry_run,
+        jobs_per_gpu=jobs_per_gpu or defaults.get("jobs_per_gpu", 1), jobs=jobs or defaults.get("jobs"),
+        retries=retries if retries is not None else defaults.get("retries", 1), fresh=fresh, dry_run=dry_run,
         settle_seconds=settle_seconds, grace_seconds=grace_seconds,
     )
     raise typer.Exit(scheduler.run_suite(options))

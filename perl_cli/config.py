@@ -40,7 +40,10 @@ from perl_cli import schema
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEFAULT_NAME_TEMPLATE = "{method}_r{rank}_s{seed}"
 PACKAGED_CONFIG = Path(__file__).with_name("experiments.toml")
-SUITE_KEYS = {"description", "name", "base", "matrix", "when", "experiments"}
+SUITE_KEYS = {"description", "name", "base", "matrix", "when", "experiments", "run"}
+# `[suites.X.run]`: the suite's defaults for `perl run` flags (the command line wins),
+# e.g. the demo runs two single-threaded CPU jobs at a time. name -> smallest value.
+RUN_DEFAULT_KEYS = {"jobs": 1, "jobs_per_gpu": 1, "retries": 0}
 TOP_KEYS = {"base", "suites"}
 # Keys of the resolved config that are identity, not settings: kept out of the fingerprint.
 IDENTITY_KEYS = ("name", "suite", "fingerprint")
@@ -119,6 +122,19 @@ class ConfigFile:
 
     def suite_names(self) -> list[str]:
         return list(self.suites)
+
+    def run_defaults(self, suite: str) -> dict[str, int]:
+        """The suite's `[suites.X.run]` defaults for `perl run` flags, validated."""
+        table = self.suites.get(suite, {}).get("run", {})
+        where = f"suites.{suite}.run"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{self.path}: {where} must be a table, e.g. jobs = 2.")
+        _check_keys(self, table, set(RUN_DEFAULT_KEYS), where)
+        for key, value in table.items():
+            low = RUN_DEFAULT_KEYS[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{self.path}{_line(self, key)}: {where}.{key} = {value!r} must be a whole number >= {low}.")
+        return dict(table)
 
 
 # --- loading --------------------------------------------------------------------
@@ -400,7 +416,7 @@ def _check_keys(cfg: ConfigFile, table: dict, allowed: set[str], where: str) -> 
 def _validate_resolved(cfg: ConfigFile, config: dict, what: str) -> None:
     from perl_cli.methods import validate_method_settings
 
-    problems = list(validate_method_settings(config["peft"]["type"], config["peft"]))
+    problems = list(validate_method_settings(config["peft"]["type"], config["peft"], max_steps=config["training"]["max_steps"]))
     t, d = config["training"], config["dataset"]
     if (t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]) % t["num_generations"]:
         problems.append(

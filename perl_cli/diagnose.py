@@ -737,11 +737,7 @@ def command(
     if lines < 0:
         raise configlib.ConfigError(f"--lines {lines}: must be 0 or more.")
     cfg = statuslib.load_config(config_path)
-    if suite is not None:
-        statuslib.resolve_suite(output, suite, cfg)
-        names = [suite]
-    else:
-        names = statuslib.find_suites(output)
+    names = statuslib.suites_to_read(output, suite, cfg)
     tail = max(lines, VERBOSE_LINES if verbose else CLASSIFY_LINES)
     results = []
     for name in names:

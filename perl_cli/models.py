@@ -229,9 +229,15 @@ def builtin_model_path(name: str) -> Path:
         try:
             import torch
 
-            # Seeded inside; forking keeps the caller's RNG stream untouched.
-            with torch.random.fork_rng(devices=[]):
-                _build(recipe, tmp)
+            # Seeded inside; forking keeps the caller's RNG stream untouched. The build
+            # uses every core: parallel workers are waiting on this lock, not computing.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(os.cpu_count() or threads)
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    _build(recipe, tmp)
+            finally:
+                torch.set_num_threads(threads)
             if final.exists():  # a leftover without a recipe file is an aborted build
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -527,11 +527,7 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
     from perl_cli.ui import console as make_console
 
     cfg = statuslib.load_config(config_path)
-    if suite is not None:
-        statuslib.resolve_suite(output, suite, cfg)
-        names = [suite]
-    else:
-        names = statuslib.find_suites(output)
+    names = statuslib.suites_to_read(output, suite, cfg)
     console = make_console(stderr=stdout)
     if not names:
         console.print(f"No suites under {output}/ yet: nothing to report.")

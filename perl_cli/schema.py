@@ -115,7 +115,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "per_device_train_batch_size": Field(4, "int", "completions per device per micro-step", at_least(1)),
         "gradient_accumulation_steps": Field(8, "int", "micro-steps per optimizer step", at_least(1)),
         "num_generations": Field(8, "int", "completions per prompt (the GRPO group)", at_least(2)),
-        "max_prompt_length": Field(256, "int", "prompt tokens kept (left-truncated)", at_least(1)),
+        "max_prompt_length": Field(256, "int", "longest prompt in tokens; longer prompts are skipped with a warning", at_least(1)),
         "max_completion_length": Field(512, "int", "generated tokens per completion", at_least(1)),
         "temperature": Field(1.0, "float", "sampling temperature", greater_than(0)),
         "top_p": Field(1.0, "float", "nucleus sampling", between(0.01, 1)),

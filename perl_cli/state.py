@@ -36,6 +36,9 @@ METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 LOG_FILE = "train.log"
 CHECKPOINT_DIR = "checkpoints"
+# config.json key with the scheduler's per-attempt adjustments of `training` (after a CUDA
+# OOM: half the batch, twice the accumulation); kept out of the fingerprint.
+RUNTIME_KEY = "runtime"
 # Inside the suite directory.
 RUN_STATUS_FILE = "run_status.json"
 RUN_LOCK_FILE = ".run.lock"

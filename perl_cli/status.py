@@ -516,6 +516,14 @@ def resolve_suite(output: Path, suite: str, cfg: configlib.ConfigFile | None) ->
     )
 
 
+def suites_to_read(output: Path, suite: str | None, cfg: configlib.ConfigFile | None) -> list[str]:
+    """The suite named (checked to exist), or every suite with results under `output`."""
+    if suite is None:
+        return find_suites(output)
+    resolve_suite(output, suite, cfg)
+    return [suite]
+
+
 def command(
     suite: str | None,
     *,

@@ -442,3 +442,44 @@ def build_mixed_suite(tmp_path: Path, suite: str = "core") -> tuple[Path, Path, 
 
 def this_host() -> str:
     return socket.gethostname()
+
+
+class ReadCounter:
+    """Counts the bytes perl_cli.logtail reads, so "reads only the tail" is checked exactly."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def install(self, monkeypatch) -> ReadCounter:
+        import builtins
+
+        from perl_cli import logtail
+
+        counter = self
+
+        class Counted:
+            def __init__(self, handle) -> None:
+                self.handle = handle
+
+            def read(self, *args):
+                data = self.handle.read(*args)
+                counter.bytes += len(data)
+                return data
+
+            def __getattr__(self, name):
+                return getattr(self.handle, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.handle.close()
+
+        monkeypatch.setattr(logtail, "open", lambda *a, **k: Counted(builtins.open(*a, **k)), raising=False)
+        return self
+
+
+def sparse_prefix(path: Path, size: int) -> None:
+    """Start `path` with `size` bytes of hole: a huge log that costs nothing to write."""
+    with open(path, "wb") as f:
+        f.truncate(size)

@@ -56,6 +56,11 @@ def test_table(completion: str, numbers: list[int], target: int, expected: bool)
     assert countdown_correct(completion, numbers, target) is expected
 
 
+# A hang guard, not a speed target: hostile inputs take well under 10 ms (bench/verifier_speed.py
+# measures that); a catastrophic parse would take seconds. Timed unit tests on a loaded
+# 2-core machine must leave room for noise.
+HANG_LIMIT_S = 0.5
+
 HOSTILE = [
     "<answer>__import__('os').system('echo pwned')</answer>",
     "<answer>9**9**9</answer>",
@@ -80,7 +85,7 @@ def test_hostile_inputs_are_rejected_fast(completion: str) -> None:
     start = time.perf_counter()
     result = countdown_correct(completion, NUMS, 19)
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.010, f"took {elapsed * 1000:.1f} ms"
+    assert elapsed < HANG_LIMIT_S, f"took {elapsed * 1000:.1f} ms"
     # Only the correct equation nested exactly at the depth limit is accepted.
     assert result is (completion.count("(") == rewards.MAX_PAREN_DEPTH)
 
@@ -106,7 +111,7 @@ def test_arbitrary_text_never_raises(text: str) -> None:
     start = time.perf_counter()
     assert countdown_correct(text, NUMS, 19) in (True, False)
     assert countdown_correct(f"<answer>{text}</answer>", NUMS, 19) in (True, False)
-    assert time.perf_counter() - start < 0.010
+    assert time.perf_counter() - start < HANG_LIMIT_S
 
 
 _EQUATION_CHARS = st.sampled_from(list("0123456789+-*/() "))
@@ -117,7 +122,7 @@ _EQUATION_CHARS = st.sampled_from(list("0123456789+-*/() "))
 def test_equation_alphabet_never_raises(body: str, numbers: list[int]) -> None:
     start = time.perf_counter()
     assert countdown_correct(f"<answer>{body}</answer>", numbers, 7) in (True, False)
-    assert time.perf_counter() - start < 0.010
+    assert time.perf_counter() - start < HANG_LIMIT_S
 
 
 @settings(max_examples=200, deadline=None)

@@ -70,6 +70,10 @@ def test_real_worker_on_fake_gpus_with_an_oom_retry(tmp_path: Path) -> None:
         assert config["runtime"] == {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
         log = (suite_dir / name / state.LOG_FILE).read_text()
         assert "OutOfMemoryError" in log and "retrying with per_device_train_batch_size=2" in log
+        # The worker trained the retry with the halved batch, not just the scheduler's note of it.
+        retry_log = log[log.rindex("retrying with"):]
+        applied = next(line for line in retry_log.splitlines() if "runtime adjustments from the scheduler" in line)
+        assert "'per_device_train_batch_size': 2" in applied and "'gradient_accumulation_steps': 2" in applied
         assert (suite_dir / name / "adapter_model.safetensors").exists()
         gpus_used.add(status["gpu"])
     assert gpus_used == {0, 1}

@@ -110,3 +110,45 @@ def test_gradient_norms_by_layer_and_kind() -> None:
 def test_split_name_kinds() -> None:
     assert gradients.split_name("base_model.model.model.layers.3.mlp.up_proj.lora_magnitude_vector.default.weight") == ("layers.3.mlp.up_proj", "magnitude")
     assert gradients.split_name("base_model.model.model.layers.0.self_attn.v_proj.vera_lambda_d.default") == ("layers.0.self_attn.v_proj", "lambda_d")
+
+
+# --- in a real GRPO run -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["pissa", "adalora"])
+def test_worker_writes_tracking_histories(tmp_path, monkeypatch, method: str) -> None:
+    """Spectra at steps 0, 2, 4 (and the end), gradient flow at 2 and 4; readable without torch."""
+    from training_support import make_config, shaped_reward_functions, write_experiment
+
+    from perl_cli import rewards
+    from perl_cli.state import read_json
+    from perl_cli.tracking.callback import GRADIENT_FILE, SPECTRAL_FILE
+    from perl_cli.train import run_experiment
+
+    monkeypatch.setattr(rewards, "reward_functions", shaped_reward_functions)
+    config = make_config(
+        f"track_{method}",
+        peft__type=method,
+        training__max_steps=4,
+        tracker__enable_spectral_tracking=True,
+        tracker__enable_gradient_tracking=True,
+        tracker__spectral_log_frequency=2,
+        tracker__gradient_log_frequency=2,
+        eval__enabled=False,
+    )
+    if method == "adalora":
+        config["peft"].update(adalora_tinit=1, adalora_tfinal=1, adalora_delta_t=1)
+    exp = write_experiment(tmp_path, config)
+    assert run_experiment(exp) == 0
+    spectra = read_json(exp / SPECTRAL_FILE)["history"]
+    flow = read_json(exp / GRADIENT_FILE)["history"]
+    assert [row["step"] for row in spectra] == [0, 2, 4]
+    assert [row["step"] for row in flow] == [2, 4]
+    assert (exp / SPECTRAL_FILE.replace(".json", ".pt")).exists()
+    first, last = spectra[0]["layers"], spectra[-1]["layers"]
+    assert set(first) == set(last) and len(first) >= 4
+    if method == "pissa":
+        # PiSSA starts from the principal components: nothing learned yet at step 0.
+        assert max(layer["spectral_norm"] for layer in first.values()) < 1e-5
+    assert max(layer["spectral_norm"] for layer in last.values()) > 0
+    assert all(set(kinds) <= {"A", "B", "E"} and kinds for kinds in flow[-1]["layers"].values())

@@ -6,9 +6,11 @@
 `run_suite` returns the exit code (0 all completed, 1 some failed, 130 interrupted) and
 raises `RunError` (a ConfigError: exit 2) when it refuses to start. Modules: gpus.py
 (NVML inventory, PERL_FAKE_GPUS), memory.py (the memory estimate), lock.py (the run
-lock), local.py (slots, placement, processes, retries, adoption), progress.py (output).
+lock), local.py (slots, placement, launching, retries, adoption), processes.py
+(finding and signalling workers), aggregate.py (run_status.json), progress.py (output).
 """
 
+from perl_cli.scheduler.aggregate import build_run_status, write_run_status
 from perl_cli.scheduler.local import (
     DEFAULT_WORKER_CMD,
     EXIT_FAILED,
@@ -17,9 +19,7 @@ from perl_cli.scheduler.local import (
     RUNTIME_KEY,
     RunError,
     RunOptions,
-    build_run_status,
     run_suite,
-    write_run_status,
 )
 
 BACKENDS = ("local", "slurm")

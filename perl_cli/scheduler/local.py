@@ -43,16 +43,16 @@ from typing import Any
 from perl_cli import state
 from perl_cli.config import ConfigError, Experiment
 from perl_cli.scheduler import gpus as gpulib
+from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.lock import LockHeld, RunLock
 from perl_cli.scheduler.memory import estimate_mb
+from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group, signal_group, signal_name
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
 from perl_cli.ui import human_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train")
-# config.json key with per-run adjustments the worker applies over `training` (e.g. after
-# an OOM); kept out of the fingerprint, since the effective batch does not change.
-RUNTIME_KEY = "runtime"
+RUNTIME_KEY = state.RUNTIME_KEY
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError")
 EXIT_CONFIG_ERROR = 2  # worker: bad config, never retried
 EXIT_TEMPFAIL = 75  # worker: a temporary failure (EX_TEMPFAIL), worth a retry
@@ -125,60 +125,7 @@ def run_suite(opts: RunOptions) -> int:
     return LocalRunner(opts).run()
 
 
-# --- reading the suite's directories ------------------------------------------------
-
-
-def find_live_workers(suite_dir: Path) -> dict[Path, tuple[int, float | None]]:
-    """Processes whose last argument is an experiment directory of this suite."""
-    import psutil
-
-    suite_dir = suite_dir.resolve()
-    found: dict[Path, tuple[int, float | None]] = {}
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if proc.info["pid"] == me or len(cmdline) < 2:
-            continue
-        target = Path(cmdline[-1])
-        if target.is_absolute() and target.parent == suite_dir and state.process_alive(proc.info["pid"]):
-            found[target] = (proc.info["pid"], state.process_start_time(proc.info["pid"]))
-    return found
-
-
-def build_run_status(suite: str, suite_dir: Path, experiments: Sequence[Experiment], scheduler: dict | None = None) -> dict:
-    """The aggregate, derived from the experiment directories (never trusted over them)."""
-    expected = {e.name: e.fingerprint for e in experiments}
-    rows: dict[str, dict] = {}
-    names = list(expected) + [n for n in state.experiment_dirs(suite_dir) if n not in expected]
-    for name in names:
-        status = state.read_status(suite_dir / name) or {}
-        row = {
-            "state": state.effective_state(status, expected.get(name)),
-            "in_config": name in expected,
-            "stalled": state.is_stalled(status),
-        }
-        for key in ("step", "total_steps", "gpu", "pid", "attempt", "started", "ended", "heartbeat", "exit_code", "signal", "error"):
-            row[key] = status.get(key)
-        row["fingerprint"] = expected.get(name, status.get("fingerprint"))
-        rows[name] = row
-    counts = {s: 0 for s in state.STATES}
-    for row in rows.values():
-        if row["in_config"]:
-            counts[row["state"]] += 1
-    return {
-        "suite": suite,
-        "updated": state.now(),
-        "total": len(expected),
-        "counts": counts,
-        "scheduler": scheduler or {},
-        "experiments": rows,
-    }
-
-
-def write_run_status(suite: str, suite_dir: Path, experiments: Sequence[Experiment], scheduler: dict | None = None) -> dict:
-    data = build_run_status(suite, suite_dir, experiments, scheduler)
-    state.atomic_write_json(suite_dir / state.RUN_STATUS_FILE, data)
-    return data
+# --- the suite's directories ------------------------------------------------------
 
 
 def _has_checkpoint(exp_dir: Path) -> bool:
@@ -196,13 +143,6 @@ def _old_dir_name(exp_dir: Path) -> Path:
     return target
 
 
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def _log_tail_since_launch(exp_dir: Path) -> str:
     try:
         with open(exp_dir / state.LOG_FILE, "rb") as f:
@@ -218,21 +158,6 @@ def _log_tail_since_launch(exp_dir: Path) -> str:
 def _append_log(exp_dir: Path, text: str) -> None:
     with open(exp_dir / state.LOG_FILE, "a", encoding="utf-8") as f:
         f.write(f"\n{LOG_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    """Signal the worker's whole process group (its own session), or the pid alone."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-            return
-        os.kill(pid, sig)
-
-
-def _kill_leftover_group(pgid: int) -> None:
-    """After reaping a worker, kill what is left of its group (no orphans)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 # --- the scheduler ------------------------------------------------------------------
@@ -489,15 +414,15 @@ class LocalRunner:
     def _stop_stranger(self, job: Job) -> None:
         """Terminate a worker that is not our child (left by a killed scheduler)."""
         assert job.pid is not None
-        _signal_group(job.pid, signal.SIGTERM)
+        signal_group(job.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.opts.grace_seconds
         while state.process_alive(job.pid, job.pid_start_time) and time.monotonic() < deadline:
             time.sleep(0.05)
         if state.process_alive(job.pid, job.pid_start_time):
-            _signal_group(job.pid, signal.SIGKILL)
+            signal_group(job.pid, signal.SIGKILL)
             while state.process_alive(job.pid, job.pid_start_time):
                 time.sleep(0.05)
-        _kill_leftover_group(job.pid)
+        kill_leftover_group(job.pid)
         status = state.read_status(job.dir) or {}
         if status.get("state") not in TERMINAL:
             state.update_status(job.dir, state=state.INTERRUPTED, ended=state.now(), error="stopped by perl run --fresh")
@@ -654,7 +579,7 @@ class LocalRunner:
 
     def _kill_group_leftovers(self, job: Job) -> None:
         if job.pid is not None:
-            _kill_leftover_group(job.pid)
+            kill_leftover_group(job.pid)
 
     def _finish(self, job: Job, rc: int | None) -> None:
         """Record the final state of a worker that has exited (rc None: not our child)."""
@@ -664,12 +589,12 @@ class LocalRunner:
         fields: dict[str, Any] = {}
         if rc is not None and rc < 0:
             sig = -rc
-            fields.update(exit_code=128 + sig, signal=_signal_name(sig))
+            fields.update(exit_code=128 + sig, signal=signal_name(sig))
             if not worker_final or job.killed:
                 if job.stop_sent:
-                    fields.update(state=state.INTERRUPTED, error=f"stopped by perl run ({_signal_name(sig)})")
+                    fields.update(state=state.INTERRUPTED, error=f"stopped by perl run ({signal_name(sig)})")
                 else:
-                    fields.update(state=state.FAILED, error=f"killed by {_signal_name(sig)}")
+                    fields.update(state=state.FAILED, error=f"killed by {signal_name(sig)}")
         elif rc is not None:
             fields["exit_code"] = rc
             if not worker_final:
@@ -751,12 +676,12 @@ class LocalRunner:
             for job in self.running.values():
                 job.stop_sent = True
                 if job.pid is not None:
-                    _signal_group(job.pid, signal.SIGTERM)
+                    signal_group(job.pid, signal.SIGTERM)
         if self.stop_requests >= 2 or time.monotonic() >= self.kill_deadline:
             for job in self.running.values():
                 if not job.killed and job.pid is not None:
                     job.killed = True
-                    _signal_group(job.pid, signal.SIGKILL)
+                    signal_group(job.pid, signal.SIGKILL)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requests += 1

@@ -32,6 +32,7 @@ EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
 
 BASE_EVAL_FILE = "base_eval.json"  # the base model's accuracy, kept for resumed runs
 INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/MiLoRA: needed to convert on save
+RUNTIME_ALLOWED = ("per_device_train_batch_size", "gradient_accumulation_steps")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -42,7 +43,7 @@ def _one_line(exc: BaseException) -> str:
 def run_experiment(exp_dir: str | Path) -> int:
     """Run (or resume) the experiment in `exp_dir`; returns the process exit code."""
     exp_dir = Path(exp_dir).resolve()
-    config = state.read_json(exp_dir / state.CONFIG_FILE)
+    config = apply_runtime(state.read_json(exp_dir / state.CONFIG_FILE))
     problems = check_config(config)
     fingerprint = config.get("fingerprint") if isinstance(config, dict) else None
     total = config.get("training", {}).get("max_steps") if isinstance(config, dict) else None
@@ -84,6 +85,17 @@ def run_experiment(exp_dir: str | Path) -> int:
     finally:
         stopper.uninstall()
     return outcome
+
+
+def apply_runtime(config: Any) -> Any:
+    """The config with the scheduler's runtime adjustments applied over `training`."""
+    if not isinstance(config, dict) or not isinstance(config.get(state.RUNTIME_KEY), dict):
+        return config
+    adjust = {k: v for k, v in config[state.RUNTIME_KEY].items() if k in RUNTIME_ALLOWED}
+    if adjust and isinstance(config.get("training"), dict):
+        print(f"[perl] runtime adjustments from the scheduler: {adjust}", flush=True)
+        config = {**config, "training": {**config["training"], **adjust}}
+    return config
 
 
 def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: Any) -> int:
