@@ -254,3 +254,25 @@ def test_every_shipped_suite_is_valid() -> None:
 
 def test_repo_config_is_the_packaged_default() -> None:
     assert REPO_CONFIG.resolve() == configlib.PACKAGED_CONFIG.resolve()
+
+
+# --- [suites.X.run]: defaults for `perl run` flags ------------------------------------
+
+
+def test_suite_run_defaults_apply_and_the_command_line_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, MINIMAL + "\n[suites.mini.run]\njobs = 2\nretries = 0\n")
+    assert configlib.load(path).run_defaults("mini") == {"jobs": 2, "retries": 0}
+    env_args = ["run", "mini", "--config", str(path), "--output", str(tmp_path / "out"), "--dry-run"]
+    monkeypatch.delenv("PERL_FAKE_GPUS", raising=False)
+    assert "2 at a time" in runner.invoke(app, env_args).output
+    assert "3 at a time" in runner.invoke(app, [*env_args, "--jobs", "3"]).output
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [("jobz = 2", "unknown key 'jobz'"), ("jobs = 0", "jobs = 0 must be a whole number >= 1"), ('retries = "x"', "retries")],
+)
+def test_bad_suite_run_defaults(tmp_path: Path, table: str, fragment: str) -> None:
+    path = write(tmp_path, MINIMAL + f"\n[suites.mini.run]\n{table}\n")
+    result = runner.invoke(app, ["run", "mini", "--config", str(path), "--output", str(tmp_path / "o"), "--dry-run"])
+    assert result.exit_code == 2 and fragment in result.output, result.output
