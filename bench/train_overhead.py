@@ -75,6 +75,9 @@ args = GRPOConfig(
     max_completion_length=t["max_completion_length"], loss_type=t["loss_type"], beta=t["beta"],
     reward_weights=weights, save_steps=t["save_steps"], logging_steps=t["logging_steps"],
     report_to=[], use_cpu=True, bf16=False, disable_tqdm=True,
+    # TRL 1.16's GRPOConfig turns activation (gradient) checkpointing on by default; the
+    # experiment config says off, and the worker passes it, so the bare side must too.
+    activation_checkpointing=t["gradient_checkpointing"],
 )
 
 class StepTimes(TrainerCallback):
