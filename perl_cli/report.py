@@ -349,21 +349,27 @@ def draw_plots(view: SuiteView, rows: list[Row], directory: Path) -> list[tuple[
     return made
 
 
+def _by_step(points: Iterable[tuple[float | None, float | None]]) -> tuple[list[float], list[float], list[float]]:
+    """(steps, mean, std) over seeds of (step, value) points; unknown values are skipped."""
+    per_step: dict[float, list[float]] = {}
+    for s, v in points:
+        if s is not None and v is not None:
+            per_step.setdefault(s, []).append(v)
+    steps = sorted(per_step)
+    mean = [statistics.fmean(per_step[s]) for s in steps]
+    std = [statistics.stdev(per_step[s]) if len(per_step[s]) > 1 else 0.0 for s in steps]
+    return steps, mean, std
+
+
 def _plot_rewards(ax, rows: list[Row]) -> bool:
     drawn = False
     current = [r for r in rows if r.view.state != st.STALE and r.metrics]
     for method, members in sorted(by_key(current, lambda r: r.method).items()):
-        per_step: dict[float, list[float]] = {}
-        for r in members:
-            for m in r.metrics:
-                s, v = _number(m.get("step")), _number(m.get("reward"))
-                if s is not None and v is not None:
-                    per_step.setdefault(s, []).append(v)
-        if not per_step:
+        steps, mean, std = _by_step(
+            (_number(m.get("step")), _number(m.get("reward"))) for r in members for m in r.metrics
+        )
+        if not steps:
             continue
-        steps = sorted(per_step)
-        mean = [statistics.fmean(per_step[s]) for s in steps]
-        std = [statistics.stdev(per_step[s]) if len(per_step[s]) > 1 else 0.0 for s in steps]
         (line,) = ax.plot(steps, mean, label=f"{method} ({len(members)} runs)", linewidth=1.5)
         ax.fill_between(steps, [m - d for m, d in zip(mean, std, strict=True)], [m + d for m, d in zip(mean, std, strict=True)],
                         color=line.get_color(), alpha=0.2, linewidth=0)
@@ -428,14 +434,10 @@ def _plot_effective_rank(ax, rows: list[Row]) -> bool:
     drawn = False
     current = [r for r in rows if r.view.state != st.STALE]
     for method, members in sorted(by_key(current, lambda r: r.method).items()):
-        per_step: dict[float, list[float]] = {}
-        for r in members:
-            for s, v in _spectral_series(r):
-                per_step.setdefault(s, []).append(v)
-        if not per_step:
+        steps, mean, _ = _by_step(point for r in members for point in _spectral_series(r))
+        if not steps:
             continue
-        steps = sorted(per_step)
-        ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], marker=".", label=method)
+        ax.plot(steps, mean, marker=".", label=method)
         drawn = True
     if drawn:
         ax.set_xlabel("step")
