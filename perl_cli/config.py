@@ -413,21 +413,32 @@ def _check_keys(cfg: ConfigFile, table: dict, allowed: set[str], where: str) -> 
             )
 
 
-def _validate_resolved(cfg: ConfigFile, config: dict, what: str) -> None:
+def settings_problems(config: dict[str, Any]) -> list[str]:
+    """Problems across settings of one resolved config (each key alone is checked by the schema).
+
+    Shared by plan time (here) and the worker, which re-checks config.json before training.
+    """
     from perl_cli.methods import validate_method_settings
 
-    problems = list(validate_method_settings(config["peft"]["type"], config["peft"], max_steps=config["training"]["max_steps"]))
     t, d = config["training"], config["dataset"]
-    if (t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]) % t["num_generations"]:
+    problems = list(validate_method_settings(config["peft"]["type"], config["peft"], max_steps=t["max_steps"]))
+    completions = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
+    if completions % t["num_generations"]:
         problems.append(
             "training.per_device_train_batch_size x gradient_accumulation_steps "
-            f"({t['per_device_train_batch_size']} x {t['gradient_accumulation_steps']}) must be a multiple of "
-            f"training.num_generations ({t['num_generations']})"
+            f"({t['per_device_train_batch_size']} x {t['gradient_accumulation_steps']} = {completions} completions "
+            f"per step) must be a multiple of training.num_generations ({t['num_generations']}); in TRL, "
+            "per_device_train_batch_size counts completions, not prompts"
         )
     if d["min_number"] > d["max_number"]:
         problems.append("dataset.min_number must be <= dataset.max_number")
     if not d["operators"] or set(d["operators"]) - set("+-*/"):
         problems.append("dataset.operators must be a non-empty subset of '+-*/'")
+    return problems
+
+
+def _validate_resolved(cfg: ConfigFile, config: dict, what: str) -> None:
+    problems = settings_problems(config)
     if problems:
         raise ConfigError(f"{cfg.path}: {what}: " + "; ".join(problems) + ".")
 

@@ -195,6 +195,26 @@ def is_stalled(status: dict, *, stall_after_s: float = 600.0, at: float | None =
     return False
 
 
+# --- checkpoints ----------------------------------------------------------------------
+
+
+def last_checkpoint(exp_dir: Path | str) -> Path | None:
+    """The newest complete ``checkpoints/checkpoint-N`` (one with trainer_state.json), if any.
+
+    The worker resumes from it and the scheduler decides "resume" vs "run" from it, so
+    both agree on what counts: a checkpoint cut short by a kill has no trainer_state.json.
+    """
+    best: tuple[int, Path] | None = None
+    root = Path(exp_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    for path in root.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (path / "trainer_state.json").exists() and (best is None or int(suffix) > best[0]):
+            best = (int(suffix), path)
+    return best[1] if best else None
+
+
 # --- a suite's experiments, derived from their directories --------------------------
 
 OLD_DIR_MARK = ".old-"  # `--fresh` keeps a previous attempt as <name>.old-<timestamp>

@@ -54,6 +54,13 @@ def finish(exp_dir: Path, name: str, code: int, final: str, **fields: object) ->
     sys.exit(code)
 
 
+def save_checkpoint(ckpt_dir: Path, step: int) -> None:
+    """A checkpoint as the Trainer leaves it: complete once trainer_state.json exists."""
+    path = ckpt_dir / f"checkpoint-{step}"
+    path.mkdir(parents=True, exist_ok=True)
+    state.atomic_write_json(path / "trainer_state.json", {"global_step": step})
+
+
 def main() -> None:
     exp_dir = Path(sys.argv[1])
     signal.signal(signal.SIGTERM, on_term)
@@ -73,8 +80,8 @@ def main() -> None:
         oom_at = int(hook.split(":")[0])
     total = training["max_steps"]
     ckpt_dir = exp_dir / state.CHECKPOINT_DIR
-    done = [int(p.name.split("-")[1]) for p in ckpt_dir.glob("checkpoint-*")] if ckpt_dir.exists() else []
-    step = max(done, default=0)
+    last = state.last_checkpoint(exp_dir)
+    step = int(last.name.removeprefix("checkpoint-")) if last else 0
     pid = os.getpid()
     state.update_status(exp_dir, state=state.RUNNING, pid=pid, pid_start_time=state.process_start_time(pid),
                         step=step, total_steps=total, heartbeat=state.now(), resumed_from=step or None)
@@ -82,7 +89,7 @@ def main() -> None:
           f"accumulation {training['gradient_accumulation_steps']}, from step {step}", flush=True)
     while step < total:
         if stop:
-            (ckpt_dir / f"checkpoint-{step}").mkdir(parents=True, exist_ok=True)
+            save_checkpoint(ckpt_dir, step)
             print(f"SIGTERM: saved checkpoint-{step}", flush=True)
             finish(exp_dir, name, 143, state.INTERRUPTED)
         time.sleep(step_s)
@@ -98,7 +105,7 @@ def main() -> None:
         state.append_jsonl(exp_dir / state.METRICS_FILE, {"step": step, "reward": step / total,
                                                           "batch": training["per_device_train_batch_size"]})
         if step % training["save_steps"] == 0:
-            (ckpt_dir / f"checkpoint-{step}").mkdir(parents=True, exist_ok=True)
+            save_checkpoint(ckpt_dir, step)
         state.update_status(exp_dir, step=step, heartbeat=state.now())
     finish(exp_dir, name, 0, state.COMPLETED)
 

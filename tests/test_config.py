@@ -203,7 +203,7 @@ BAD_CASES = [
     ("data size < 1", MINIMAL + "\n[base.dataset]\ndata_size = 0\n", [], ["data_size = 0", ">= 1"]),
     ("wrong type", MINIMAL.replace("max_steps = 10", 'max_steps = "ten"'), [], ["max_steps", "number"]),
     ("duplicate names", MINIMAL.replace('name = "{method}_r{rank}_s{seed}"', 'name = "{method}_r{rank}"'), [], ["two experiments named 'lora_r16'", "name template"]),
-    ("bad name chars", MINIMAL.replace('name = "{method}_r{rank}_s{seed}"', 'name = "{method} r{rank}/s{seed}"'), [], ["not allowed", "[A-Za-z0-9_.-]".replace("[A-Za-z0-9_.-]", "letters, digits")]),
+    ("bad name chars", MINIMAL.replace('name = "{method}_r{rank}_s{seed}"', 'name = "{method} r{rank}/s{seed}"'), [], ["not allowed", "letters, digits"]),
     ("dotdot name", MINIMAL + '\n[[suites.mini.experiments]]\nname = "..x"\n', [], ["'..x'", "never '..'"]),
     ("unknown suite", MINIMAL, ["SUITE:mnii"], ["unknown suite 'mnii'", "did you mean 'mini'", "Valid suites: mini"]),
     ("--only no match", MINIMAL, ["--only", "lora_r16_s9"], ["--only", "lora_r16_s9", "matches no experiment"]),

@@ -90,6 +90,13 @@ def _start_run(tmp_path: Path, env: dict) -> subprocess.Popen:
     )
 
 
+def _run(tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "perl_cli", "run", "e2e", "--output", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
 def _wait_for(predicate, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -120,10 +127,7 @@ def test_real_workers_survive_a_killed_scheduler_and_are_adopted(tmp_path: Path)
     first.communicate()
     pids = {n: state.read_status(suite_dir / n)["pid"] for n in ("lora_s1", "dora_s1")}
     assert all(state.process_alive(p) for p in pids.values()), "workers outlive the scheduler"
-    result = subprocess.run(
-        [sys.executable, "-m", "perl_cli", "run", "e2e", "--output", str(tmp_path / "out")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = _run(tmp_path, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "adopted" in result.stdout
     for name, pid in pids.items():
@@ -149,10 +153,7 @@ def test_real_workers_ctrl_c_checkpoint_and_resume(tmp_path: Path) -> None:
         assert not state.process_alive(status["pid"], status.get("pid_start_time"))
         stopped[name] = status["step"]
         assert (suite_dir / name / "checkpoints" / f"checkpoint-{status['step']}").is_dir()
-    result = subprocess.run(
-        [sys.executable, "-m", "perl_cli", "run", "e2e", "--output", str(tmp_path / "out")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = _run(tmp_path, env)
     assert result.returncode == 0, result.stdout + result.stderr
     for name, step in stopped.items():
         log = (suite_dir / name / "train.log").read_text()

@@ -42,6 +42,7 @@ from typing import Any
 
 from perl_cli import state
 from perl_cli.config import ConfigError, Experiment
+from perl_cli.logtail import tail_bytes
 from perl_cli.scheduler import gpus as gpulib
 from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.lock import LockHeld, RunLock
@@ -128,11 +129,6 @@ def run_suite(opts: RunOptions) -> int:
 # --- the suite's directories ------------------------------------------------------
 
 
-def _has_checkpoint(exp_dir: Path) -> bool:
-    ckpt = exp_dir / state.CHECKPOINT_DIR
-    return ckpt.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt.iterdir())
-
-
 def _old_dir_name(exp_dir: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = exp_dir.with_name(f"{exp_dir.name}{state.OLD_DIR_MARK}{stamp}")
@@ -144,13 +140,8 @@ def _old_dir_name(exp_dir: Path) -> Path:
 
 
 def _log_tail_since_launch(exp_dir: Path) -> str:
-    try:
-        with open(exp_dir / state.LOG_FILE, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+    """The end of train.log from the scheduler's last launch mark on (this attempt only)."""
+    text = tail_bytes(exp_dir / state.LOG_FILE, LOG_TAIL_BYTES).decode("utf-8", "replace")
     mark = text.rfind(LOG_MARK)
     return text[mark:] if mark >= 0 else text
 
@@ -300,11 +291,11 @@ class LocalRunner:
             elif current == state.STALE:
                 refusals.append(f"{exp.name} finished with an earlier config (stale)")
                 continue
-            elif changed and _has_checkpoint(exp_dir):
+            elif changed and state.last_checkpoint(exp_dir) is not None:
                 refusals.append(f"{exp.name} has checkpoints from an earlier config")
                 continue
             else:
-                job.action = "resume" if _has_checkpoint(exp_dir) else "run"
+                job.action = "resume" if state.last_checkpoint(exp_dir) is not None else "run"
                 if not changed and isinstance(recorded.get(RUNTIME_KEY), dict):
                     job.runtime = dict(recorded[RUNTIME_KEY])
             jobs.append(job)

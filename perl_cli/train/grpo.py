@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import state
-from perl_cli.methods import METHOD_NAMES, validate_method_settings
+from perl_cli.config import settings_problems
+from perl_cli.methods import METHOD_NAMES
 
 SECTIONS = ("model", "dataset", "peft", "training", "eval", "common")
 
@@ -24,48 +25,17 @@ def check_config(config: Any) -> list[str]:
     if missing:
         return [f"config.json lacks the section(s) {', '.join(missing)}"]
     t = config["training"]
-    problems: list[str] = []
-    method = config["peft"].get("type")
-    if method not in METHOD_NAMES:
-        return [f"peft.type {method!r} is not one of {', '.join(METHOD_NAMES)}"]
-    problems += validate_method_settings(method, config["peft"], max_steps=t.get("max_steps"))
+    if config["peft"].get("type") not in METHOD_NAMES:
+        return [f"peft.type {config['peft'].get('type')!r} is not one of {', '.join(METHOD_NAMES)}"]
     try:
-        generation_batch = int(t["per_device_train_batch_size"]) * int(t["gradient_accumulation_steps"])
-        if int(t["num_generations"]) < 2:
-            problems.append("training.num_generations must be >= 2 (GRPO compares completions within a group)")
-        elif generation_batch % int(t["num_generations"]):
-            problems.append(
-                "training.per_device_train_batch_size x gradient_accumulation_steps "
-                f"({t['per_device_train_batch_size']} x {t['gradient_accumulation_steps']} = {generation_batch} "
-                f"completions per step) must be a multiple of training.num_generations ({t['num_generations']}); "
-                "in TRL, per_device_train_batch_size counts completions, not prompts"
-            )
-        if int(t["max_steps"]) < 1:
-            problems.append("training.max_steps must be >= 1")
+        problems = settings_problems(config)
     except (KeyError, TypeError, ValueError) as exc:
-        problems.append(f"training section is incomplete or mistyped: {exc}")
+        return [f"config.json is incomplete or mistyped ({type(exc).__name__}: {exc}); regenerate it with `perl run`"]
     if t.get("use_vllm") and importlib.util.find_spec("vllm") is None:
         problems.append("training.use_vllm = true but vLLM is not installed; install vllm or set use_vllm = false")
     if t.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
         problems.append("training.use_liger_kernel = true but liger-kernel is not installed")
     return problems
-
-
-def checkpoint_dir(exp_dir: Path) -> Path:
-    return exp_dir / state.CHECKPOINT_DIR
-
-
-def last_checkpoint(exp_dir: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` (one with trainer_state.json), if any."""
-    best: tuple[int, Path] | None = None
-    root = checkpoint_dir(exp_dir)
-    if not root.is_dir():
-        return None
-    for path in root.glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and (path / "trainer_state.json").exists() and (best is None or int(suffix) > best[0]):
-            best = (int(suffix), path)
-    return best[1] if best else None
 
 
 def grpo_args(
@@ -77,7 +47,7 @@ def grpo_args(
     t = config["training"]
     warmup = float(t.get("warmup_ratio") or 0.0)
     kwargs: dict[str, Any] = {
-        "output_dir": str(checkpoint_dir(exp_dir)),
+        "output_dir": str(exp_dir / state.CHECKPOINT_DIR),
         "run_name": config.get("name"),
         "seed": int(config["common"]["seed"]),
         "max_steps": int(t["max_steps"]),

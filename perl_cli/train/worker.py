@@ -21,7 +21,7 @@ from typing import Any
 from perl_cli import state
 from perl_cli.data import countdown
 from perl_cli.models import ModelError
-from perl_cli.train.grpo import ConfigError, check_config, last_checkpoint
+from perl_cli.train.grpo import ConfigError, check_config
 from perl_cli.train.status import StatusWriter
 
 EXIT_OK = 0
@@ -103,7 +103,7 @@ def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: A
     from perl_cli.train.session import TrainingSession  # heavy imports happen here
 
     session = TrainingSession(exp_dir, config, status, stopper)
-    resume = last_checkpoint(exp_dir)
+    resume = state.last_checkpoint(exp_dir)
     session.prepare(resume)
     if stopper.received is None:
         session.train(resume)
