@@ -131,13 +131,9 @@ class Context:
 
     def setting(self, section: str, key: str) -> Any:
         """The value the worker ran with: the scheduler's adjustments ("runtime") first."""
-        for runtime in (self.config.get("runtime"), self.status.get("runtime")):
-            if isinstance(runtime, dict):
-                nested = runtime.get(section)
-                if isinstance(nested, dict) and key in nested:
-                    return nested[key]
-                if key in runtime:
-                    return runtime[key]
+        runtime = self.config.get(st.RUNTIME_KEY)
+        if section == "training" and isinstance(runtime, dict) and key in runtime:
+            return runtime[key]
         values = self.config.get(section)
         return values.get(key) if isinstance(values, dict) else None
 
@@ -575,7 +571,7 @@ def diagnose_experiment(
 def _context(view: ExperimentView, suite: str, config_path: Path | None, output: Path) -> Context:
     return Context(
         suite, view.name, view.config, view.status, config_path, output, expected=view.expected,
-        has_checkpoint=bool(view.dir and any((view.dir / st.CHECKPOINT_DIR).glob("checkpoint-*"))),
+        has_checkpoint=bool(view.dir and st.last_checkpoint(view.dir)),  # what `perl run` resumes from
     )
 
 

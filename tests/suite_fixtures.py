@@ -386,6 +386,7 @@ def write_experiment(
         c = d / st.CHECKPOINT_DIR / f"checkpoint-{(k + 1) * 10}"
         c.mkdir(parents=True, exist_ok=True)
         (c / "adapter_model.safetensors").write_bytes(b"\0" * 2048)
+        st.atomic_write_json(c / "trainer_state.json", {"global_step": (k + 1) * 10})
     return d
 
 

@@ -237,7 +237,7 @@ def test_oom_fix_keeps_the_effective_batch(tmp_path: Path) -> None:
     # The scheduler already halved the batch once (config.json "runtime"): halve what ran.
     failure(out / "core", core[1], "cuda_oom")
     resolved = st.read_json(out / "core" / core[1].name / st.CONFIG_FILE)
-    resolved["runtime"] = {"training": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 16}}
+    resolved["runtime"] = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 16}  # as the scheduler writes it
     st.atomic_write_json(out / "core" / core[1].name / st.CONFIG_FILE, resolved)
     odd = {e.name: e for e in configlib.expand(cfg, "odd")}
     failure(out / "odd", odd["lora_r16_s1"], "cuda_oom")   # batch 1 x 8

@@ -16,11 +16,11 @@ from perl_cli.scheduler.local import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    RUNTIME_KEY,
     RunError,
     RunOptions,
     run_suite,
 )
+from perl_cli.state import RUNTIME_KEY
 
 BACKENDS = ("local", "slurm")
 

@@ -53,7 +53,6 @@ from perl_cli.ui import human_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train")
-RUNTIME_KEY = state.RUNTIME_KEY
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError")
 EXIT_CONFIG_ERROR = 2  # worker: bad config, never retried
 EXIT_TEMPFAIL = 75  # worker: a temporary failure (EX_TEMPFAIL), worth a retry
@@ -296,8 +295,8 @@ class LocalRunner:
                 continue
             else:
                 job.action = "resume" if state.last_checkpoint(exp_dir) is not None else "run"
-                if not changed and isinstance(recorded.get(RUNTIME_KEY), dict):
-                    job.runtime = dict(recorded[RUNTIME_KEY])
+                if not changed and isinstance(recorded.get(state.RUNTIME_KEY), dict):
+                    job.runtime = dict(recorded[state.RUNTIME_KEY])
             jobs.append(job)
         return jobs, refusals
 
@@ -512,7 +511,7 @@ class LocalRunner:
         job.gpu = gpu
         config = job.exp.resolved()
         if job.runtime:
-            config[RUNTIME_KEY] = dict(job.runtime)
+            config[state.RUNTIME_KEY] = dict(job.runtime)
         state.atomic_write_json(job.dir / state.CONFIG_FILE, config)
         job.started = state.now()
         job.started_mono = time.monotonic()
@@ -534,8 +533,6 @@ class LocalRunner:
             "scheduler_pid": os.getpid(),
             "retries": previous.get("retries", []) if same else [],
         }
-        if job.runtime:
-            status[RUNTIME_KEY] = dict(job.runtime)
         state.write_status(job.dir, status)
         cmd = self._command(job)
         env = {**self.environ, **self._env_overrides(gpu)}
