@@ -13,10 +13,6 @@ from perl_cli.methods import METHOD_NAMES
 SECTIONS = ("model", "dataset", "peft", "training", "eval", "common")
 
 
-class ConfigError(Exception):
-    """config.json cannot be run as it is; the message names the key and the fix."""
-
-
 def check_config(config: Any) -> list[str]:
     """Problems that make the config unrunnable (empty when it is fine)."""
     if not isinstance(config, dict):

@@ -18,12 +18,13 @@ from transformers import PrinterCallback, set_seed
 from trl import GRPOTrainer
 
 from perl_cli import rewards, state
+from perl_cli.config import ConfigError
 from perl_cli.data import countdown
 from perl_cli.methods import Method, get_method
 from perl_cli.models import BUILTIN_MODELS, is_builtin, load_model, load_tokenizer
 from perl_cli.train import callbacks as cb
 from perl_cli.train.evaluate import evaluate_accuracy
-from perl_cli.train.grpo import ConfigError, grpo_args
+from perl_cli.train.grpo import grpo_args
 from perl_cli.train.status import StatusWriter
 from perl_cli.train.worker import BASE_EVAL_FILE, INITIAL_ADAPTER_DIR, atomic_save_adapter, peak_memory_mb
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import state
+from perl_cli.config import ConfigError  # one error type for an unrunnable config: exit 2
 from perl_cli.data import countdown
 from perl_cli.models import ModelError
-from perl_cli.train.grpo import ConfigError, check_config
+from perl_cli.train.grpo import check_config
 from perl_cli.train.status import StatusWriter
 
 EXIT_OK = 0
