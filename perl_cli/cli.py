@@ -15,6 +15,7 @@ import typer
 
 from perl_cli import config as configlib
 from perl_cli.config import ConfigError
+from perl_cli.names import RULE, name_problem
 
 app = typer.Typer(
     help=(
@@ -30,9 +31,23 @@ app = typer.Typer(
 
 EXIT_USAGE = 2
 
-SuiteArg = Annotated[str | None, typer.Argument(help="Suite name from experiments.toml, e.g. core-1.5b.", show_default=False)]
+def _suite_name(value: str | None) -> str | None:
+    """A suite name becomes <output>/<suite>/: the same rule as in experiments.toml."""
+    problem = None if value is None else name_problem(value)
+    if problem:
+        raise typer.BadParameter(f"{value!r} cannot be a suite name ({problem}); {RULE}.")
+    return value
+
+
+def _output_dir(value: Path) -> Path:
+    if value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file, not a directory. Pass a directory (it is created if missing).")
+    return value
+
+
+SuiteArg = Annotated[str | None, typer.Argument(help="Suite name from experiments.toml, e.g. core-1.5b.", show_default=False, callback=_suite_name)]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Experiments file (default: ./experiments.toml, else the built-in one).", show_default=False)]
-OutputOpt = Annotated[Path, typer.Option("--output", help="Output directory; each suite writes into <output>/<suite>/.")]
+OutputOpt = Annotated[Path, typer.Option("--output", help="Output directory; each suite writes into <output>/<suite>/.", callback=_output_dir)]
 OnlyOpt = Annotated[str | None, typer.Option("--only", help="Comma-separated experiment names to include.", show_default=False)]
 ExcludeOpt = Annotated[str | None, typer.Option("--exclude", help="Comma-separated experiment names to leave out.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -78,7 +93,7 @@ def plan(
         planlib.print_suites(cfg, json_out=json_out)
         return
     experiments = configlib.expand(
-        cfg, suite, only=configlib.split_names(only), exclude=configlib.split_names(exclude)
+        cfg, suite, only=configlib.split_names(only), exclude=configlib.split_names(exclude, "--exclude")
     )
     planlib.print_plan(suite, experiments, output / suite, json_out=json_out)
 
@@ -116,11 +131,13 @@ def run(
     if backend != "local":
         fail(f"--backend {backend} is not built yet in this version of PeRL; use --backend local.")
     try:
-        gpu_list = [int(g) for g in configlib.split_names(gpus)] if gpus is not None else None
+        gpu_list = [int(g) for g in configlib.split_names(gpus, "--gpus")] if gpus is not None else None
     except ValueError:
         fail(f"--gpus {gpus}: expected comma-separated GPU indices, e.g. --gpus 0,1,3.")
     cfg = configlib.load(config)
-    chosen = configlib.expand(cfg, suite, only=configlib.split_names(only), exclude=configlib.split_names(exclude), sets=sets or ())
+    chosen = configlib.expand(
+        cfg, suite, only=configlib.split_names(only), exclude=configlib.split_names(exclude, "--exclude"), sets=sets or ()
+    )
     whole = configlib.expand(cfg, suite, sets=sets or ())
     defaults = cfg.run_defaults(suite)
     options = scheduler.RunOptions(

@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perl_cli import schema
+from perl_cli import names, schema
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 DEFAULT_NAME_TEMPLATE = "{method}_r{rank}_s{seed}"
 PACKAGED_CONFIG = Path(__file__).with_name("experiments.toml")
 SUITE_KEYS = {"description", "name", "base", "matrix", "when", "experiments", "run"}
@@ -161,15 +160,26 @@ def load(path: Path | str | None = None) -> ConfigFile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}. Fix the file at that line.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables are nested too deeply to read. Fix the file.") from None
     cfg = ConfigFile(path=path, text=text, data=data)
     _check_keys(cfg, data, TOP_KEYS, "top level")
     suites = data.get("suites", {})
     if not isinstance(suites, dict) or not suites:
         raise ConfigError(f"{path}: no suites defined. Add a [suites.<name>] table.")
     for name, suite in suites.items():
+        problem = names.name_problem(name)
+        if problem:
+            raise ConfigError(
+                f"{path}{_line(cfg, name)}: suite name {name!r} is not allowed ({problem}): it becomes the "
+                f"directory <output>/<suite>/, so {names.RULE}. Rename the [suites.\"...\"] table."
+            )
         if not isinstance(suite, dict):
             raise ConfigError(f"{path}: suites.{name} must be a table.")
         _check_keys(cfg, suite, SUITE_KEYS, f"suites.{name}")
+        description = suite.get("description", "")
+        if not isinstance(description, str):
+            raise ConfigError(f"{path}{_line(cfg, 'description')}: suites.{name}.description must be a string, e.g. description = \"rank sweep\".")
     cfg.suites = suites
     base = data.get("base", {})
     _check_settings(cfg, base, "base")
@@ -209,7 +219,13 @@ def expand(
         config = _merge(base, values)
         config = _apply_when(config, rules)
         candidates.append((_render_name(cfg, template, config, where), config))
-    for i, extra in enumerate(raw.get("experiments", [])):
+    extras = raw.get("experiments", [])
+    if not isinstance(extras, list):
+        raise ConfigError(
+            f"{cfg.path}{_line(cfg, 'experiments')}: {where}.experiments must be an array of tables "
+            f"([[{where}.experiments]] with a name and its settings), not {type(extras).__name__}."
+        )
+    for i, extra in enumerate(extras):
         ewhere = f"{where}.experiments[{i}]"
         if not isinstance(extra, dict):
             raise ConfigError(f"{cfg.path}: {ewhere} must be a table.")
@@ -275,8 +291,12 @@ def parse_sets(sets: Iterable[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def split_names(text: str | None) -> list[str]:
-    return [n.strip() for n in (text or "").split(",") if n.strip()]
+def split_names(text: str | None, flag: str = "--only") -> list[str]:
+    """Comma-separated names; a flag that is given must name something (`--only ,` is an error)."""
+    found = [n.strip() for n in (text or "").split(",") if n.strip()]
+    if text is not None and not found:
+        raise ConfigError(f"{flag} {text!r}: names nothing. Give comma-separated names, e.g. {flag} lora_r16_s42,dora_r16_s42.")
+    return found
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -452,18 +472,19 @@ def _render_name(cfg: ConfigFile, template: str, config: dict, where: str) -> st
     fields["lr"] = f"{fields['lr']:g}"
     try:
         return template.format_map(fields)
-    except (KeyError, ValueError, IndexError) as exc:
+    except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
         raise ConfigError(
-            f"{cfg.path}{_line(cfg, 'name')}: {where}.name = {template!r}: cannot fill it in ({exc}). "
+            f"{cfg.path}{_line(cfg, 'name')}: {where}.name = {template!r}: cannot fill it in ({type(exc).__name__}: {exc}). "
             f"Use placeholders such as {{{'}, {'.join(schema.ALIASES)}}}."
         ) from None
 
 
 def _check_name(cfg: ConfigFile, name: Any, where: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+    problem = names.name_problem(name)
+    if problem:
         raise ConfigError(
-            f"{cfg.path}: experiment name {name!r} in {where} is not allowed: names become "
-            "directory names, so use only letters, digits, '_', '.', '-' and never '..'."
+            f"{cfg.path}: experiment name {name!r} in {where} is not allowed ({problem}): names become "
+            f"directory names, so {names.RULE}. Change the name or the {where}.name template."
         )
 
 

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from perl_cli import config as configlib
@@ -18,12 +19,13 @@ def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, js
     if json_out:
         print(json.dumps([e.summary() for e in experiments], indent=2))
         return
-    table = Table(title=f"suite {suite}: {len(experiments)} experiments → {suite_dir}/", title_justify="left")
+    # Names, paths, models and descriptions are user text: escaped, so "[core]" is shown, not parsed.
+    table = Table(title=escape(f"suite {suite}: {len(experiments)} experiments → {suite_dir}/"), title_justify="left")
     for column in ("name", "method", "rank", "alpha", "seed", "data size", "lr", "steps", "model"):
         table.add_column(column, justify="right" if column in ("rank", "alpha", "seed", "data size", "lr", "steps") else "left")
     for e in experiments:
         table.add_row(
-            e.name,
+            escape(e.name),
             e.method,
             str(e.rank),
             f"{e.alpha:g}",
@@ -31,7 +33,7 @@ def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, js
             "all" if e.data_size is None else str(e.data_size),
             f"{e.learning_rate:g}",
             str(e.max_steps),
-            e.model,
+            escape(e.model),
         )
     console = make_console()
     console.print(table)
@@ -55,12 +57,12 @@ def print_suites(cfg: ConfigFile, *, json_out: bool) -> None:
     if json_out:
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"suites in {cfg.path}", title_justify="left")
+    table = Table(title=escape(f"suites in {cfg.path}"), title_justify="left")
     table.add_column("suite")
     table.add_column("experiments", justify="right")
     table.add_column("description")
     for row in rows:
-        table.add_row(row["suite"], str(row["experiments"]), row["description"])
+        table.add_row(escape(row["suite"]), str(row["experiments"]), escape(row["description"]))
     console = make_console()
     console.print(table)
     console.print(f"[bold]{sum(r['experiments'] for r in rows)}[/] experiments in {len(rows)} suites. Show one with `perl plan SUITE`.")

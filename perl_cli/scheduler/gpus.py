@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 FAKE_GPUS_ENV = "PERL_FAKE_GPUS"
+MAX_FAKE_NUMBER = 2**53  # indices and MiB beyond this are typos (1e999 is infinity)
 MIB = 1024 * 1024
 
 
@@ -181,18 +182,23 @@ def _parse_fake(text: str) -> list[GPU]:
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise GPUInventoryError(f"{hint}; item {i} is not an object.")
-        try:
-            gpus.append(
-                GPU(
-                    index=int(item.get("index", i)),
-                    name=str(item.get("name", "fake GPU")),
-                    uuid=str(item.get("uuid", f"GPU-fake-{item.get('index', i)}")),
-                    memory_total_mb=int(item["memory_total_mb"]),
-                    memory_used_mb=int(item.get("memory_used_mb", 0)),
-                )
+        if "memory_total_mb" not in item:
+            raise GPUInventoryError(f"{hint}; item {i} has no memory_total_mb.")
+        fields = {}
+        for key, default in (("index", i), ("memory_total_mb", None), ("memory_used_mb", 0)):
+            value = item.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < MAX_FAKE_NUMBER:
+                raise GPUInventoryError(f"{hint}; item {i} has {key} = {value!r}: expected a whole number >= 0.")
+            fields[key] = int(value)
+        gpus.append(
+            GPU(
+                index=fields["index"],
+                name=str(item.get("name", "fake GPU")),
+                uuid=str(item.get("uuid", f"GPU-fake-{fields['index']}")),
+                memory_total_mb=fields["memory_total_mb"],
+                memory_used_mb=fields["memory_used_mb"],
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GPUInventoryError(f"{hint}; item {i} is missing or has a bad {exc}.") from None
+        )
     if len({g.index for g in gpus}) != len(gpus):
         raise GPUInventoryError(f"{hint}; two items have the same index.")
     return gpus

@@ -34,6 +34,7 @@ VOCAB = 152_064
 BUILTIN_VOCAB = 64
 DEFAULT_PARAMS = 1.5e9
 BUILTIN_PARAMS = 1e6
+MAX_BILLIONS = 10_000  # larger "sizes" in a name are not parameter counts: use the default
 METHOD_FACTOR = {"vera": 0.05, "ia3": 0.05, "ln_tuning": 0.05, "dora": 1.1, "adalora": 1.5}
 _SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])")
 _MB = 1024 * 1024
@@ -43,7 +44,9 @@ def model_parameters(name: str) -> float:
     if name.startswith("builtin:"):
         return BUILTIN_PARAMS
     match = _SIZE_RE.search(name.rsplit("/", 1)[-1])
-    return float(match.group(1)) * 1e9 if match else DEFAULT_PARAMS
+    billions = float(match.group(1)) if match else None
+    # A "size" of thousands of billions is not a model size (e.g. a long number in a path).
+    return billions * 1e9 if billions is not None and 0 < billions <= MAX_BILLIONS else DEFAULT_PARAMS
 
 
 def estimate_mb(config: dict[str, Any]) -> int:
