@@ -52,12 +52,28 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once: os.umask can only be read by setting it, which would race with threads that
+# create files (the worker's heartbeat thread). Nobody changes it inside PeRL's processes.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write `text` to `path` so that readers see the old or the new file, never half."""
+    """Write `text` to `path` so that readers see the old or the new file, never half.
+
+    The file gets the mode a plain open() would give it (0644 under umask 022), not
+    mkstemp's private 0600: colleagues on a shared machine read each other's results.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

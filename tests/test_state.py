@@ -1,7 +1,8 @@
-"""state.py: which checkpoint counts (the worker resumes from it, the scheduler decides by it)."""
+"""state.py: which checkpoint counts (the worker resumes from it, the scheduler decides by it); file modes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from perl_cli import state
@@ -17,3 +18,22 @@ def test_last_checkpoint_is_the_newest_complete_one(tmp_path: Path) -> None:
     (root / "checkpoint-x").mkdir()
     # Numeric order, not text order ("5" > "40" as text); the incomplete 100 does not count.
     assert state.last_checkpoint(tmp_path) == root / "checkpoint-40"
+
+
+def test_atomic_writes_honour_the_umask(tmp_path) -> None:
+    import stat
+    import subprocess
+    import sys
+
+    # A fresh process, so the module reads the umask it is started with.
+    code = (
+        "import sys; from perl_cli import state; "
+        "state.atomic_write_json(sys.argv[1] + '/status.json', {'state': 'completed'}); "
+        "state.atomic_write_text(sys.argv[1] + '/SUMMARY.md', 'x')"
+    )
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        out = tmp_path / oct(umask)
+        out.mkdir()
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, preexec_fn=lambda u=umask: os.umask(u))
+        for name in ("status.json", "SUMMARY.md"):
+            assert stat.S_IMODE((out / name).stat().st_mode) == mode, (oct(umask), name)
