@@ -42,7 +42,7 @@ PACKAGED_CONFIG = Path(__file__).with_name("experiments.toml")
 SUITE_KEYS = {"description", "name", "base", "matrix", "when", "experiments", "run"}
 # `[suites.X.run]`: the suite's defaults for `perl run` flags (the command line wins),
 # e.g. the demo runs two single-threaded CPU jobs at a time. name -> smallest value.
-RUN_DEFAULT_KEYS = {"jobs": 1, "jobs_per_gpu": 1, "retries": 0}
+RUN_DEFAULT_KEYS = {"jobs": 1, "jobs_per_gpu": 1, "retries": 0, "stall_timeout": 15}
 TOP_KEYS = {"base", "suites"}
 # Keys of the resolved config that are identity, not settings: kept out of the fingerprint.
 IDENTITY_KEYS = ("name", "suite", "fingerprint")

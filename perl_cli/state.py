@@ -12,6 +12,7 @@ All times are unix epoch seconds (floats).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -185,6 +186,31 @@ def read_status(exp_dir: Path | str) -> dict | None:
 def write_status(exp_dir: Path | str, status: dict) -> dict:
     """Write the whole status object (callers own the file while they write it)."""
     atomic_write_json(Path(exp_dir) / STATUS_FILE, status)
+    return status
+
+
+def write_status_best_effort(exp_dir: Path | str, **fields: Any) -> dict:
+    """update_status that still records a final state when the disk is full.
+
+    The atomic write needs a new block for its temporary file; on ENOSPC/EDQUOT the
+    status is rewritten in place instead (a short JSON file fits the block it already
+    has). If even that fails, the fields are returned unwritten: readers then see a
+    `running` experiment whose process is gone and flag it.
+    """
+    status = read_status(exp_dir) or {}
+    status.update(fields)
+    try:
+        return write_status(exp_dir, status)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+    text = json.dumps(status, indent=2, sort_keys=True) + "\n"
+    try:
+        with open(Path(exp_dir) / STATUS_FILE, "r+", encoding="utf-8") as f:
+            f.write(text)
+            f.truncate()
+    except OSError:
+        pass
     return status
 
 

@@ -12,7 +12,7 @@ checkpoint and exits 143 as `interrupted`. Knobs, all from the environment:
 - PERL_FAKE_LAUNCH_LOG: append one line "<name> <pid>" per launch
 - PERL_FAKE_TIMING_LOG: append one JSON line per exit: name, start, end, gpu env
 - PERL_FAKE_PLAN: JSON {experiment name: {"kill_self_at": N, "fail_at": N, "exit_code": N,
-  "ignore_term": true}}
+  "ignore_term": true, "freeze_at": N (SIGSTOP itself, on attempt 1 only)}}
 - PERL_TEST_FAIL_AT_STEP="N:oom": raise a CUDA out-of-memory error at step N, unless
   config.json's `runtime` already changed the batch (so the retry succeeds) — the same
   hook as the real worker's.
@@ -96,6 +96,8 @@ def main() -> None:
         step += 1
         if step == plan.get("kill_self_at"):
             os.kill(pid, signal.SIGKILL)
+        if step == plan.get("freeze_at") and (state.read_status(exp_dir) or {}).get("attempt") == 1:
+            os.kill(pid, signal.SIGSTOP)
         if step == oom_at:
             print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True)
             finish(exp_dir, name, 1, state.FAILED, error="OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")

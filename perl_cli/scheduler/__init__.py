@@ -12,6 +12,7 @@ lock), local.py (slots, placement, launching, retries, adoption), processes.py
 
 from perl_cli.scheduler.aggregate import build_run_status, write_run_status
 from perl_cli.scheduler.local import (
+    DEFAULT_STALL_TIMEOUT_S,
     DEFAULT_WORKER_CMD,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -26,6 +27,7 @@ BACKENDS = ("local", "slurm")
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_STALL_TIMEOUT_S",
     "DEFAULT_WORKER_CMD",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",

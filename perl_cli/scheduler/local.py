@@ -26,9 +26,11 @@ launches a worker and after it has reaped one; the worker writes it in between.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +51,7 @@ from perl_cli.scheduler.lock import LockHeld, RunLock
 from perl_cli.scheduler.memory import estimate_mb
 from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group, signal_group, signal_name
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
-from perl_cli.ui import human_seconds
+from perl_cli.ui import human_bytes, human_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train")
@@ -65,6 +67,18 @@ AGGREGATE_EVENT_S = 0.5
 INVENTORY_EVERY_S = 1.0
 LOG_TAIL_BYTES = 65536
 LOG_MARK = "[perl run "
+# A worker whose heartbeat (every 5 s, from a thread) is older than this is frozen
+# (SIGSTOP, a hung collective, a dead NFS mount): killed, recorded `stalled`, retried.
+# 600 s = 120 missed heartbeats, the same threshold at which `perl status` flags it.
+DEFAULT_STALL_TIMEOUT_S = 600.0
+STALL_CHECK_EVERY_S = 1.0
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DISK_LOW_BYTES = 16 * 1024 * 1024  # a failure with less free than this is blamed on the disk
+DISK_FULL_MARKERS = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 class RunError(ConfigError):
@@ -85,6 +99,7 @@ class RunOptions:
     dry_run: bool = False
     settle_seconds: float = 60.0
     grace_seconds: float = 30.0
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT_S
     worker_cmd: Sequence[str] = DEFAULT_WORKER_CMD
     tty: bool | None = None  # progress bars; None = when stdout is a terminal
     environ: dict[str, str] | None = None  # the workers' base environment (default: ours)
@@ -107,6 +122,7 @@ class Job:
     started_mono: float = 0.0
     stop_sent: bool = False
     killed: bool = False
+    stall_killed: bool = False  # killed by the scheduler for a heartbeat older than the stall timeout
 
     @property
     def name(self) -> str:
@@ -176,6 +192,8 @@ class LocalRunner:
         self._last_progress = 0.0
         self._aggregate_dirty = False
         self._said_waiting = False
+        self._last_stall_check = 0.0
+        self.disk_full: str | None = None  # what could not be written, once the disk is full
 
     # -- setup ------------------------------------------------------------------
 
@@ -356,6 +374,13 @@ class LocalRunner:
         finally:
             self._write_aggregate(force=True)
             self.reporter.close()
+        if self.disk_full:
+            print(
+                f"perl: error: the disk is full ({self.disk_full}); stopped launching. `perl diagnose "
+                f"{self.opts.suite}` says how much space is needed and where; after freeing it, "
+                f"`perl run {self.opts.suite}` resumes.",
+                file=sys.stderr,
+            )
         return self._exit_code()
 
     def _announce(self, jobs: list[Job]) -> None:
@@ -421,13 +446,19 @@ class LocalRunner:
         while self.queue or self.running:
             if self.stop_requests:
                 self._stop_all()
-            self._reap()
-            if not self.stopping:
-                self._dispatch()
-            if not self.queue and not self.running:
-                break
-            self._progress()
-            self._write_aggregate()
+            try:
+                self._reap()
+                self._check_stalls()
+                if not self.stopping and not self.disk_full:
+                    self._dispatch()
+                if not self.queue and not self.running:
+                    break
+                self._progress()
+                self._write_aggregate()
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._on_disk_full(exc)
             self._wait(POLL_S)
 
     def _wait(self, timeout: float) -> None:
@@ -487,7 +518,13 @@ class LocalRunner:
             job = self.queue.popleft()
             placed, gpu = self._choose(job, list(self.running.values()), now_mono)
             if placed:
-                self._launch(job, gpu)
+                try:
+                    self._launch(job, gpu)
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    self._launch_failed(job, exc)
+                    raise  # the loop stops launching (_on_disk_full)
             else:
                 waiting.append(job)
             if len(self.running) >= self._capacity():
@@ -552,6 +589,54 @@ class LocalRunner:
         self.reporter.started(job.name, job.gpu_label, job.attempt)
         self._aggregate_dirty = True
 
+    def _launch_failed(self, job: Job, exc: OSError) -> None:
+        """A launch cut short by a full disk: a started worker runs on; otherwise record why."""
+        if job.proc is not None and job.name not in self.running:
+            job.action = "resume"
+            self.running[job.name] = job  # it writes its own pid; it is reaped as usual
+            assert self.reporter is not None
+            self.reporter.started(job.name, job.gpu_label, job.attempt)
+            return
+        error = f"not started: {type(exc).__name__}: {exc}"
+        state.write_status_best_effort(job.dir, state=state.FAILED, cause="disk_full", error=error,
+                                       pid=None, ended=state.now())
+        self.results[job.name] = state.FAILED
+        assert self.reporter is not None
+        self.reporter.finished(job.name, state.FAILED, f"on {job.gpu_label}: {error}")
+
+    def _on_disk_full(self, exc: OSError) -> None:
+        """Stop launching: the queued experiments stay as they are for the next `perl run`."""
+        if self.disk_full is None:
+            self.disk_full = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+            assert self.reporter is not None
+            self.reporter.info(
+                f"disk full: {self.disk_full}. Launching nothing more; {len(self.running)} running "
+                f"worker(s) go on, {len(self.queue)} queued experiment(s) are left for the next `perl run`."
+            )
+        self.queue.clear()
+
+    def _check_stalls(self) -> None:
+        """Kill workers whose heartbeat is older than the stall timeout (frozen, not just slow)."""
+        now_mono = time.monotonic()
+        if now_mono - self._last_stall_check < STALL_CHECK_EVERY_S:
+            return
+        self._last_stall_check = now_mono
+        now = state.now()
+        for job in self.running.values():
+            if job.stall_killed or job.pid is None or job.stop_sent:
+                continue
+            status = state.read_status(job.dir) or {}
+            beat = status.get("heartbeat")
+            beat = beat if isinstance(beat, (int, float)) and not isinstance(beat, bool) else job.started
+            if now - max(beat, job.started) > self.opts.stall_timeout:
+                job.stall_killed = True
+                signal_group(job.pid, signal.SIGKILL)  # SIGTERM stays pending in a stopped process
+                message = (f"{job.name}: no heartbeat for {human_seconds(now - beat)} "
+                           f"(stall timeout {human_seconds(self.opts.stall_timeout)}): killed")
+                _append_log(job.dir, message)
+                assert self.reporter is not None
+                self.reporter.info(message)
+
     # -- reaping --------------------------------------------------------------------------
 
     def _reap(self) -> None:
@@ -575,7 +660,12 @@ class LocalRunner:
         status = state.read_status(job.dir) or {}
         worker_final = status.get("state") in TERMINAL and status.get("pid") in (None, job.pid)
         fields: dict[str, Any] = {}
-        if rc is not None and rc < 0:
+        if job.stall_killed:
+            fields.update(
+                state=state.FAILED, cause="stalled", exit_code=128 + signal.SIGKILL, signal="SIGKILL",
+                error=f"stalled: no heartbeat for {human_seconds(self.opts.stall_timeout)}; killed by perl run",
+            )
+        elif rc is not None and rc < 0:
             sig = -rc
             fields.update(exit_code=128 + sig, signal=signal_name(sig))
             if not worker_final or job.killed:
@@ -599,8 +689,22 @@ class LocalRunner:
                 fields.update(state=state.FAILED, error="worker ended while no scheduler was watching it (exit code unknown)")
         if status.get("ended") is None:
             fields["ended"] = state.now()
+        if fields.get("state", status.get("state")) == state.FAILED:
+            full = self._disk_full_evidence(job, fields.get("error") or status.get("error"))
+            if full:
+                fields.update(cause="disk_full", error=f"{fields.get('error') or status.get('error')} ({full})")
         if any(status.get(k) != v for k, v in fields.items()):
-            status = state.update_status(job.dir, **fields)
+            try:
+                status = state.update_status(job.dir, **fields)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                if fields.get("cause") != "disk_full":
+                    fields.update(cause="disk_full", error=f"{fields.get('error') or status.get('error')} "
+                                                           f"(the disk is full: {exc.strerror} writing {state.STATUS_FILE})")
+                status = state.write_status_best_effort(job.dir, **fields)
+        if status.get("cause") == "disk_full" and not self.disk_full:
+            self._on_disk_full(OSError(errno.ENOSPC, "No space left on device", str(job.dir)))
         final = status.get("state", state.FAILED)
         retry = None if self.stopping or final != state.FAILED else self._retry_plan(job, status, rc)
         assert self.reporter is not None
@@ -617,9 +721,30 @@ class LocalRunner:
             self.reporter.finished(job.name, final, detail)
         self._aggregate_dirty = True
 
+    def _disk_full_evidence(self, job: Job, error: str | None) -> str | None:
+        """Why a failed worker's failure looks like a full disk, or None.
+
+        A worker that ran out of space often cannot even write its traceback, so the
+        free space left on its file system counts as evidence too.
+        """
+        text = f"{error or ''}\n{_log_tail_since_launch(job.dir)}"
+        if any(marker in text for marker in DISK_FULL_MARKERS):
+            return "the disk is full: No space left on device"
+        try:
+            free = shutil.disk_usage(job.dir).free
+        except OSError:
+            return None
+        if free < DISK_LOW_BYTES:
+            return f"the disk is full: No space left on device, {human_bytes(free)} free at {job.dir}"
+        return None
+
     def _retry_plan(self, job: Job, status: dict, rc: int | None) -> tuple[str, dict] | None:
         """(cause, runtime overrides) when a retry can fix this failure, else None."""
-        if job.tries_left <= 0 or rc is None or rc == EXIT_CONFIG_ERROR or rc < 0:
+        if job.tries_left <= 0 or status.get("cause") == "disk_full":
+            return None
+        if job.stall_killed:
+            return "stalled (no heartbeat)", dict(job.runtime)  # resumes from its last checkpoint
+        if rc is None or rc == EXIT_CONFIG_ERROR or rc < 0:
             return None
         text = (status.get("error") or "") + "\n" + _log_tail_since_launch(job.dir)
         if any(marker in text for marker in OOM_MARKERS):
@@ -639,6 +764,7 @@ class LocalRunner:
         job.runtime = runtime
         job.proc = None
         job.pid = job.pid_start_time = None
+        job.stall_killed = job.stop_sent = job.killed = False
         change = ", ".join(f"{k}={v}" for k, v in runtime.items()) or "same settings"
         record = {"attempt": job.attempt, "cause": cause, "at": state.now(), **runtime}
         state.update_status(job.dir, retries=[*status.get("retries", []), record])
@@ -724,11 +850,20 @@ class LocalRunner:
             "queued": [j.name for j in self.queue],
         }
         self.suite_dir.mkdir(parents=True, exist_ok=True)
-        write_run_status(self.opts.suite, self.suite_dir, self.all_experiments, scheduler)
+        try:
+            write_run_status(self.opts.suite, self.suite_dir, self.all_experiments, scheduler)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # Derived data: readers never need it. Stop launching, keep reaping.
+            if self.reporter is not None:
+                self._on_disk_full(exc)
 
     def _exit_code(self) -> int:
         if self.stop_requests:
             return EXIT_INTERRUPTED
+        if self.disk_full:
+            return EXIT_FAILED
         wanted = {e.name for e in self.opts.experiments}
         for name in wanted:
             status = state.read_status(self.suite_dir / name)
