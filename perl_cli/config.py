@@ -18,6 +18,9 @@ The file has a shared `[base]` (like the seed's YAML `base:`), then one table pe
 
 Settings resolve in this order: schema defaults ← [base] ← suite base ← matrix values
 (or an extra experiment's own settings) ← matching `when` rules ← `--set` overrides.
+Then a method's own defaults (methods.METHOD_DEFAULTS, e.g. dropout 0 for PiSSA and
+MiLoRA) replace what the experiment did not set for itself: shared settings and `when`
+rules not conditioned on the method do not count (docs/fairness.md).
 Everything that is wrong is reported as a ConfigError naming the file, the key or line,
 and the fix.
 """
@@ -214,11 +217,11 @@ def expand(
     if not isinstance(template, str):
         raise ConfigError(f"{cfg.path}: {where}.name must be a string template like '{DEFAULT_NAME_TEMPLATE}'.")
 
-    candidates: list[tuple[str, dict]] = []  # (name, config) before --set
+    # (name, config before --set, the paths the experiment sets explicitly)
+    candidates: list[tuple[str, dict, set[str]]] = []
     for values in _matrix_points(cfg, raw.get("matrix", {}), where):
-        config = _merge(base, values)
-        config = _apply_when(config, rules)
-        candidates.append((_render_name(cfg, template, config, where), config))
+        config, by_when = _apply_when(_merge(base, values), rules)
+        candidates.append((_render_name(cfg, template, config, where), config, _paths(values) | by_when))
     extras = raw.get("experiments", [])
     if not isinstance(extras, list):
         raise ConfigError(
@@ -233,15 +236,16 @@ def expand(
         name = extra.pop("name", None)
         _check_settings(cfg, extra, ewhere)
         own = _as_paths(cfg, extra, ewhere)
-        config = _merge(_apply_when(_merge(base, own), rules), own)
+        config, by_when = _apply_when(_merge(base, own), rules)
+        config = _merge(config, own)
         if name is None:
             name = _render_name(cfg, template, config, ewhere)
-        candidates.append((name, config))
+        candidates.append((name, config, _paths(own) | by_when))
     if not candidates:
         raise ConfigError(f"{cfg.path}: suite '{suite}' has no experiments. Give it a [{where}.matrix] or [[{where}.experiments]].")
 
     seen: set[str] = set()
-    for name, _ in candidates:
+    for name, _, _ in candidates:
         _check_name(cfg, name, where)
         if name in seen:
             raise ConfigError(
@@ -251,13 +255,13 @@ def expand(
             )
         seen.add(name)
 
-    selected = _select(cfg, suite, [n for n, _ in candidates], only, exclude)
+    selected = _select(cfg, suite, [n for n, _, _ in candidates], only, exclude)
     overrides = parse_sets(sets)
     experiments = []
-    for name, config in candidates:
+    for name, config, explicit in candidates:
         if name not in selected:
             continue
-        config = _merge(config, overrides)
+        config = _method_defaults(_merge(config, overrides), explicit | _paths(overrides))
         _validate_resolved(cfg, config, f"experiment '{name}' of suite '{suite}'")
         experiments.append(Experiment(name, suite, config, fingerprint(config)))
     return experiments
@@ -368,10 +372,33 @@ def _parse_when(cfg: ConfigFile, rules: Any, where: str) -> list[tuple[dict[str,
     return parsed
 
 
-def _apply_when(config: dict, rules: list[tuple[dict[str, Any], dict]]) -> dict:
+def _apply_when(config: dict, rules: list[tuple[dict[str, Any], dict]]) -> tuple[dict, set[str]]:
+    """`config` with the matching rules applied, and the paths set by those conditioned on the method."""
+    paths: set[str] = set()
     for conditions, settings in rules:
         if all(_get(config, path) in values for path, values in conditions.items()):
             config = _merge(config, settings)
+            if "peft.type" in conditions:
+                paths |= _paths(settings)
+    return config, paths
+
+
+def _paths(table: dict[str, dict[str, Any]]) -> set[str]:
+    return {f"{section}.{key}" for section, values in table.items() for key in values}
+
+
+def _method_defaults(config: dict, explicit: set[str]) -> dict:
+    """The method's own defaults (methods.METHOD_DEFAULTS) for the paths not in `explicit`.
+
+    e.g. PiSSA and MiLoRA use dropout 0 even when [base] sets lora_dropout = 0.05.
+    """
+    from perl_cli.methods import METHOD_DEFAULTS
+
+    own = METHOD_DEFAULTS.get(config["peft"]["type"], {})
+    for path, value in own.items():
+        if path not in explicit:
+            section, key = path.split(".", 1)
+            config = _merge(config, {section: {key: value}})
     return config
 
 

@@ -4,22 +4,28 @@ Names are the ``peft.type`` values of experiments.toml (contract). Everything th
 needs torch or peft is imported inside functions: `validate_method_settings` runs at
 plan time, where importing torch would cost seconds.
 
-Method notes (see STACK-NOTES for the measurements behind them):
+Method notes (docs/fairness.md has the rules that keep the methods comparable):
 
 * ``rslora`` is LoRA with scaling alpha/sqrt(r); ``dora`` adds a learned magnitude.
 * ``pissa`` initialises A, B from the r *largest* singular triplets of W and trains on
   the residual; ``milora`` (not in peft) is its mirror, from the r *smallest*
   triplets: B = U_r sqrt(S_r/s), A = sqrt(S_r/s) V_rᵀ, W <- W - s·BA with s the LoRA
   scaling. Both change the base weights, so their final adapter is saved with peft's
-  weight conversion (a rank-2r LoRA that applies to the original base).
+  weight conversion (a rank-2r LoRA that applies to the original base). Their adapter
+  *is* part of W, so dropout on it would change the model: they use dropout 0 unless
+  an experiment sets it for them explicitly (`METHOD_DEFAULTS`, docs/fairness.md).
 * ``adalora`` reallocates rank during training; the worker calls
-  ``update_and_allocate`` every optimizer step (TRL never does). Its orthogonality
-  regulariser is not applied: GRPOTrainer computes its own loss.
+  ``update_and_allocate`` every optimizer step (TRL never does), and adds peft's
+  orthogonality regulariser to the GRPO loss (`adalora_orthogonality`), which peft
+  applies in the model's forward and TRL's loss never sees.
 * ``lora_plus`` trains B with ``lora_plus_ratio`` times A's learning rate; ``lora_fa``
   freezes A and projects B's gradient (peft's LoRA-FA optimizer).
 * ``vera``, ``miss`` take r, dropout and target modules, but no alpha.
 * ``ia3`` and ``ln_tuning`` have no rank; "all-linear" means each method's standard
   placement (IA3: keys, values and the FFN down projection; LN tuning: the norms).
+
+Every method trains float32 tensors, whatever the base dtype (peft's default for
+adapters; `build_adapter` enforces it for MiLoRA and LN tuning, docs/fairness.md).
 """
 
 from __future__ import annotations
@@ -48,6 +54,19 @@ class Method:
     uses_alpha: bool = True
     uses_dropout: bool = True
     reallocates_rank: bool = False
+    regulariser: Callable[[Any], Any] | None = None
+    """peft model -> scalar tensor added to the loss of every optimizer step."""
+
+
+# Settings a method uses instead of the shared ones, unless an experiment sets them for
+# it explicitly (a matrix value, a `when` rule, its own table, --set); applied by
+# config.expand so that config.json shows the value actually used.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # The adapter holds the principal/minor part of W: dropping it at random would make
+    # the model differ from the base at step 0, and TRL samples rollouts in train mode.
+    "pissa": {"peft.lora_dropout": 0.0},
+    "milora": {"peft.lora_dropout": 0.0},
+}
 
 
 # --- shared pieces -------------------------------------------------------------------
@@ -80,7 +99,7 @@ def _lora(**extra: Any) -> Callable[[dict[str, Any], dict[str, Any]], Any]:
 def _pissa_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
     from peft import LoraConfig
 
-    niter = int(peft.get("pissa_niter", 4))
+    niter = int(peft.get("pissa_niter", 16))
     init = "pissa" if niter == 0 else f"pissa_niter_{niter}"
     return LoraConfig(**_lora_kwargs(peft), init_lora_weights=init)
 
@@ -232,9 +251,63 @@ def milora_init(model: Any, peft: dict[str, Any]) -> None:
         root = (sigma / scale).sqrt()
         lora_b = u * root  # (out, r)
         lora_a = root[:, None] * v.T  # (r, in)
-        module.lora_A[adapter].weight.data = lora_a.to(weight.dtype)
-        module.lora_B[adapter].weight.data = lora_b.to(weight.dtype)
+        # A and B keep the adapter's dtype (float32, like every method's), not the base's.
+        module.lora_A[adapter].weight.data = lora_a.to(module.lora_A[adapter].weight.dtype)
+        module.lora_B[adapter].weight.data = lora_b.to(module.lora_B[adapter].weight.dtype)
         weight.data = (w - scale * lora_b @ lora_a).to(weight.dtype)
+
+
+def ln_tuning_in_float32(model: Any, peft: dict[str, Any]) -> None:
+    """Train LN tuning's norm copies in float32, like every other method's tensors.
+
+    peft leaves them in the base dtype (it skips adapter autocasting for LN tuning). The
+    output is cast back to the input's dtype so that the next layer, in the base dtype,
+    gets what it expects.
+    """
+    import torch
+    from peft.tuners.ln_tuning.layer import LNTuningLayer
+
+    for module in model.modules():
+        if isinstance(module, LNTuningLayer):
+            module.ln_tuning_layers.to(torch.float32)
+            module.register_forward_hook(_output_in_input_dtype)
+
+
+def _output_in_input_dtype(module: Any, args: tuple, output: Any) -> Any:
+    return output.to(args[0].dtype) if args and hasattr(args[0], "dtype") else output
+
+
+def adalora_orthogonality(model: Any) -> Any:
+    """peft's AdaLoRA regulariser: orth_reg_weight × mean over P and Q of ‖PPᵀ - I‖_F.
+
+    P are the lora_A (r × in) and Q the lora_B (out × r) matrices of the trained
+    adapter; for Q the Gram matrix is QᵀQ. peft adds this in AdaLoraModel.forward when
+    the model computes a loss itself, which GRPOTrainer's model never does.
+    """
+    import torch
+
+    adapter = model.base_model.trainable_adapter_name
+    weight = float(model.peft_config[adapter].orth_reg_weight)
+    norms = []
+    for name, p in model.base_model.model.named_parameters():
+        if adapter not in name or not ("lora_A" in name or "lora_B" in name):
+            continue
+        gram = p @ p.T if "lora_A" in name else p.T @ p
+        norms.append(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)))
+    if not norms:
+        return torch.zeros(())
+    return weight * torch.stack(norms).mean()
+
+
+def build_adapter(model: Any, peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    """The PeftModel of `peft.type` on `model`, initialised; its trainable tensors are float32."""
+    from peft import get_peft_model
+
+    method = get_method(peft["type"])
+    adapted = get_peft_model(model, method.build_config(peft, training))
+    if method.custom_init is not None:
+        method.custom_init(adapted, peft)
+    return adapted
 
 
 METHODS: dict[str, Method] = {
@@ -243,7 +316,13 @@ METHODS: dict[str, Method] = {
         Method("lora", "Low-Rank Adaptation", _lora()),
         Method("dora", "Weight-Decomposed LoRA (magnitude + direction)", _lora(use_dora=True)),
         Method("rslora", "rank-stabilised LoRA (alpha/sqrt(r) scaling)", _lora(use_rslora=True)),
-        Method("adalora", "adaptive rank allocation (SVD-form LoRA)", _adalora_config, reallocates_rank=True),
+        Method(
+            "adalora",
+            "adaptive rank allocation (SVD-form LoRA)",
+            _adalora_config,
+            reallocates_rank=True,
+            regulariser=adalora_orthogonality,
+        ),
         Method(
             "pissa", "LoRA from the principal singular components", _pissa_config, needs_weight_conversion_on_save=True
         ),
@@ -263,6 +342,7 @@ METHODS: dict[str, Method] = {
             "ln_tuning",
             "train the layer norms only",
             _ln_tuning_config,
+            custom_init=ln_tuning_in_float32,
             uses_rank=False,
             uses_alpha=False,
             uses_dropout=False,

@@ -1,12 +1,13 @@
 """Safe verifiers for Countdown completions, usable as TRL reward functions.
 
-Model output is untrusted input (DESIGN.md): an answer is parsed, never executed.
+Model output is untrusted input: an answer is parsed, never executed.
 
 The grammar of an answer is integer literals, the binary operators ``+ - * /`` and
 parentheses. Unary plus and minus are rejected: the task's operators are binary, and a
 leading minus would let the model invent numbers that were not given (``-3`` is not
 one of the numbers). Arithmetic is exact (``fractions.Fraction``), so ``7/2*2`` is 7
-and division by zero is simply a wrong answer.
+and division by zero is simply a wrong answer; the target is compared exactly too, so
+a target of 22.5 is met by 45/2 and never by an expression equal to 22.
 
 Every check that bounds work happens before the expensive step it protects: the
 answer's length before parsing, the character set and parenthesis depth before
@@ -18,6 +19,7 @@ so megabyte completions cost one linear scan and no regex backtracking.
 from __future__ import annotations
 
 import ast
+import math
 from collections import Counter
 from fractions import Fraction
 
@@ -133,6 +135,23 @@ def evaluate_answer(answer: str, numbers: list[int]) -> Fraction | None:
         return None
 
 
+def exact_target(target: object) -> Fraction | None:
+    """The target as an exact number: ints and Fractions as they are, a float or a
+    string by its decimal text (``0.1`` is 1/10); None for anything else (bool, NaN, inf)."""
+    if isinstance(target, bool):
+        return None
+    if isinstance(target, (int, Fraction)):
+        return Fraction(target)
+    if isinstance(target, float):
+        return Fraction(repr(target)) if math.isfinite(target) else None
+    if isinstance(target, str):
+        try:
+            return Fraction(target.strip())
+        except (ValueError, ZeroDivisionError):
+            return None
+    return None
+
+
 def countdown_correct(completion: str, numbers: list[int], target: int) -> bool:
     """True when the last ``<answer>`` uses each of `numbers` once and equals `target`.
 
@@ -142,8 +161,11 @@ def countdown_correct(completion: str, numbers: list[int], target: int) -> bool:
         answer = extract_answer(completion)
         if answer is None or len(answer) > MAX_ANSWER_CHARS:
             return False
+        goal = exact_target(target)
+        if goal is None:
+            return False
         value = evaluate_answer(answer, list(numbers))
-        return value is not None and value == Fraction(int(target))
+        return value is not None and value == goal
     except Exception:  # the contract is "never raises", whatever the inputs are
         return False
 

@@ -91,7 +91,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "type": Field("lora", "str", "PEFT method", choices=PEFT_METHODS),
         "r": Field(16, "int", "adapter rank", at_least(1)),
         "lora_alpha": Field(32, "float", "LoRA scaling numerator", greater_than(0)),
-        "lora_dropout": Field(0.05, "float", "dropout on the adapter input", between(0, 0.999)),
+        "lora_dropout": Field(
+            0.05, "float",
+            "dropout on the adapter input; PiSSA/MiLoRA use 0 unless set for them explicitly (docs/fairness.md)",
+            between(0, 0.999),
+        ),
         "target_modules": Field(
             "all-linear", "str_or_list", "modules that get adapters: all-linear or a list of names"
         ),
@@ -101,7 +105,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "adalora_tfinal": Field(None, "int", "AdaLoRA: final fine-tuning steps", at_least(0), nullable=True),
         "adalora_delta_t": Field(None, "int", "AdaLoRA: steps between reallocations", at_least(1), nullable=True),
         "vera_d_initial": Field(0.1, "float", "VeRA: initial value of the d vector", greater_than(0)),
-        "pissa_niter": Field(4, "int", "PiSSA/MiLoRA: fast-SVD iterations (0 = exact SVD)", at_least(0)),
+        "pissa_niter": Field(
+            16, "int", "PiSSA: fast-SVD iterations (16 ~ full SVD per peft; 0 = exact SVD); MiLoRA is always exact",
+            at_least(0),
+        ),
     },
     "training": {
         "learning_rate": Field(1e-5, "float", "peak learning rate", between_open(0, 1)),

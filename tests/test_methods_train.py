@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from training_support import make_config, shaped_reward_functions, write_experiment
+from training_support import make_config, read_metrics, shaped_reward_functions, write_experiment
 
 torch = pytest.importorskip("torch")
 
@@ -26,12 +26,18 @@ def _logits(model: Any, tokenizer: Any) -> Any:
 
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Run with a reward a random model can earn; keep the trained session for inspection."""
+    """Run with a reward a random model can earn; keep the trained session for inspection.
+
+    AdaLoRA's regulariser is wrapped to record the gradient that reaches it: there is
+    one only if the term is part of the loss that is back-propagated.
+    """
+    import dataclasses
+
     from perl_cli import rewards
     from perl_cli.train import session as session_mod
 
     monkeypatch.setattr(rewards, "reward_functions", shaped_reward_functions)
-    box: dict[str, Any] = {}
+    box: dict[str, Any] = {"regulariser_grads": []}
     original = session_mod.TrainingSession.finish
 
     def finish(self: Any, started: float) -> dict[str, Any]:
@@ -39,6 +45,14 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return original(self, started)
 
     monkeypatch.setattr(session_mod.TrainingSession, "finish", finish)
+    adalora = methods.METHODS["adalora"]
+
+    def recorded(model: Any) -> Any:
+        term = adalora.regulariser(model)
+        term.register_hook(lambda grad: box["regulariser_grads"].append(float(grad)))
+        return term
+
+    monkeypatch.setitem(methods.METHODS, "adalora", dataclasses.replace(adalora, regulariser=recorded))
     return box
 
 
@@ -47,8 +61,6 @@ def _overrides(method: str) -> dict[str, Any]:
     if method == "adalora":
         # Allocation from step 1, final ranks fixed at step 2 of 3.
         over.update(peft__adalora_init_r=8, peft__adalora_tinit=0, peft__adalora_tfinal=1, peft__adalora_delta_t=1)
-    if method == "pissa":
-        over["peft__pissa_niter"] = 0
     return over
 
 
@@ -70,6 +82,7 @@ def test_method_trains_saves_and_reloads(method: str, tmp_path: Path, captured: 
     assert results["method"] == method and 0 < results["trainable_params"] < results["total_params"]
 
     session = captured["session"]
+    _check_counts(method, exp, results, session, captured)
     tokenizer = load_tokenizer(config["model"])
     trained = _logits(session.model, tokenizer)
     base = load_model(config["model"], on_gpu=False)
@@ -85,6 +98,33 @@ def test_method_trains_saves_and_reloads(method: str, tmp_path: Path, captured: 
         assert results["adalora_initial_rank"] == 8
         assert any(r != 8 for r in ranks.values()), ranks  # ranks were reallocated
         assert sum(ranks.values()) == 4 * len(ranks)  # down to the target budget r=4 per layer
+        assert results["adalora_rank_budget_initial"] == 8 * len(ranks)
+        assert results["adalora_rank_budget_final"] == 4 * len(ranks)
+        assert 0 < results["trainable_params_final"] < results["trainable_params"]
+
+
+def _check_counts(method: str, exp: Path, results: dict[str, Any], session: Any, captured: dict[str, Any]) -> None:
+    """Trainable parameters are what the optimizer updates; the adapter size is at its own rank."""
+    optimizer = session.trainer.optimizer
+    updated = {id(p): p.numel() for g in optimizer.param_groups for p in g["params"] if p.requires_grad}
+    assert results["trainable_params"] == sum(updated.values())
+    assert results["trainable_params"] == sum(p.numel() for p in session.model.parameters() if p.requires_grad)
+    if method == "lora_fa":  # A is frozen by the optimizer: only B counts
+        assert results["trainable_params"] == sum(
+            p.numel() for n, p in session.model.named_parameters() if "lora_B" in n
+        )
+    on_disk = (exp / "adapter_model.safetensors").stat().st_size
+    if method in ("pissa", "milora"):
+        assert results["converted_adapter_size_bytes"] == on_disk
+        own = sum(p.numel() * p.element_size() for n, p in session.model.named_parameters() if "lora_" in n)
+        assert own < results["adapter_size_bytes"] < own + 8192 < on_disk  # rank r, not the rank-2r file
+    else:
+        assert "converted_adapter_size_bytes" not in results and results["adapter_size_bytes"] == on_disk
+    if method == "adalora":
+        rows = read_metrics(exp)
+        assert all(r["regulariser"] > 0 for r in rows), rows
+        # The term is back-propagated once per micro-batch, scaled for gradient accumulation.
+        assert captured["regulariser_grads"] and all(g == 1.0 for g in captured["regulariser_grads"])
 
 
 def test_milora_init_uses_minor_components_and_keeps_the_output() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -165,3 +166,26 @@ def test_reward_functions_per_prompt_format() -> None:
     assert weights == [1.0, rewards.FORMAT_WEIGHT]
     funcs, _ = rewards.reward_functions("compact")
     assert funcs[1] is rewards.format_reward
+
+
+def test_non_integer_target_is_compared_exactly() -> None:
+    assert not countdown_correct("<answer>3+7*9/3</answer>", [3, 7, 9, 3], 24.5)  # = 24, not 24.5
+    assert countdown_correct("<answer>5*9/2</answer>", [5, 9, 2], 22.5)  # = 45/2
+    assert not countdown_correct("<answer>2*9+4</answer>", [2, 9, 4], 22.5)  # = 22 (was accepted: int(22.5))
+    assert countdown_correct("<answer>2*9+4</answer>", [2, 9, 4], 22.0)
+    assert not countdown_correct("<answer>2*9+4</answer>", [2, 9, 4], float("nan"))
+    assert not countdown_correct("<answer>2*9+4</answer>", [2, 9, 4], True)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 100), min_size=2, max_size=4),
+    st.fractions(min_value=0, max_value=1, max_denominator=1000).filter(lambda f: 0 < f < 1),
+    st.booleans(),
+)
+def test_a_sum_never_meets_a_target_off_by_a_fraction(numbers: list[int], offset: Fraction, as_float: bool) -> None:
+    equation = "+".join(map(str, numbers))
+    target = sum(numbers) + offset
+    shown = float(target) if as_float else target
+    assert not countdown_correct(f"<answer>{equation}</answer>", numbers, shown)  # type: ignore[arg-type]
+    assert countdown_correct(f"<answer>{equation}</answer>", numbers, float(sum(numbers)))  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Trainer callbacks: metrics and progress, graceful stop, AdaLoRA, the failure test hook.
 
-Training logic lives here rather than in a fork of GRPOTrainer (STYLE.md), so TRL
-upgrades stay cheap.
+Training logic lives here rather than in a fork of GRPOTrainer, so TRL upgrades stay
+cheap; the one exception is a method's loss term (trainer.py), which no callback reaches.
 """
 
 from __future__ import annotations
@@ -196,15 +196,32 @@ class AdaLoraAllocator(TrainerCallback):
         self.config.rank_pattern, self._held = self._held, None
 
 
-def adalora_ranks(model: Any) -> dict[str, int]:
-    """The current rank of every AdaLoRA layer (non-zero singular values)."""
+def adalora_budget(model: Any) -> dict[str, Any]:
+    """AdaLoRA's rank budget at the start and as finally allocated, for eval.json.
+
+    ``adalora_rank_pattern``: each layer's current rank (its non-zero singular values);
+    ``adalora_rank_budget_initial`` / ``_final``: the ranks summed over layers;
+    ``trainable_params_final``: the parameters of the kept ranks (a rank of a layer with
+    shapes in × out is one row of A, one column of B and one singular value).
+    """
     from peft.tuners.adalora import AdaLoraLayer
 
+    init_r = int(model.peft_config["default"].init_r)
     ranks: dict[str, int] = {}
+    final_params = 0
     for name, module in model.named_modules():
         if isinstance(module, AdaLoraLayer) and "default" in module.lora_E:
-            ranks[name.removeprefix("base_model.model.")] = int((module.lora_E["default"] != 0).sum().item())
-    return ranks
+            kept = int((module.lora_E["default"] != 0).sum().item())
+            ranks[name.removeprefix("base_model.model.")] = kept
+            out_f, in_f = module.lora_B["default"].shape[0], module.lora_A["default"].shape[1]
+            final_params += kept * (in_f + out_f + 1)
+    return {
+        "adalora_rank_pattern": ranks,
+        "adalora_initial_rank": init_r,
+        "adalora_rank_budget_initial": init_r * len(ranks),
+        "adalora_rank_budget_final": sum(ranks.values()),
+        "trainable_params_final": final_params,
+    }
 
 
 class FailAtStep(TrainerCallback):

@@ -82,7 +82,7 @@ def grpo_args(
     if on_gpu:
         kwargs["bf16"] = bool(t.get("bf16", True))
     else:
-        # GRPOConfig defaults to bf16 and refuses it without CUDA (STACK-NOTES).
+        # GRPOConfig defaults to bf16 and refuses it without CUDA.
         kwargs.update(use_cpu=True, bf16=False)
     if kwargs["epsilon_high"] is None:
         del kwargs["epsilon_high"]  # TRL's default: same as epsilon

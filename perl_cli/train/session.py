@@ -13,20 +13,25 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import get_peft_model
 from transformers import PrinterCallback, set_seed
-from trl import GRPOTrainer
 
 from perl_cli import rewards, state
 from perl_cli.config import ConfigError
 from perl_cli.data import countdown
-from perl_cli.methods import Method, get_method
+from perl_cli.methods import Method, build_adapter, get_method
 from perl_cli.models import BUILTIN_MODELS, is_builtin, load_model, load_tokenizer
 from perl_cli.train import callbacks as cb
 from perl_cli.train.evaluate import evaluate_accuracy
 from perl_cli.train.grpo import grpo_args
 from perl_cli.train.status import StatusWriter
-from perl_cli.train.worker import BASE_EVAL_FILE, INITIAL_ADAPTER_DIR, atomic_save_adapter, peak_memory_mb
+from perl_cli.train.trainer import MethodGRPOTrainer, optimizer_trainable_params
+from perl_cli.train.worker import (
+    BASE_EVAL_FILE,
+    INITIAL_ADAPTER_DIR,
+    adapter_size,
+    atomic_save_adapter,
+    peak_memory_mb,
+)
 
 
 class TrainingSession:
@@ -44,7 +49,8 @@ class TrainingSession:
         self.global_step = 0
         self.base_eval: dict[str, Any] | None = None
         self.progress: cb.ProgressCallback | None = None
-        self.trainer: GRPOTrainer | None = None
+        self.trainer: MethodGRPOTrainer | None = None
+        self.trainable_params = 0
         self.train_seconds = 0.0
 
     # --- setup -------------------------------------------------------------------------
@@ -74,21 +80,13 @@ class TrainingSession:
             model = model.to("cuda")
         self.base_eval = self._base_eval(model, resumed=resume is not None)
         set_seed(self.seed)  # adapter init must not depend on what ran before it
-        model = get_peft_model(model, self.method.build_config(self.peft_section, self.training))
-        if self.method.custom_init is not None:
-            self.method.custom_init(model, self.peft_section)
+        model = build_adapter(model, self.peft_section, self.training)
         if self.method.needs_weight_conversion_on_save:
             self._save_initial_adapter(model)
         if self.training.get("gradient_checkpointing"):
             model.enable_input_require_grads()  # checkpointed PEFT layers need input grads
         self.model = model
-        trainable, total = model.get_nb_trainable_parameters()
-        self.trainable_params, self.total_params = int(trainable), int(total)
-        print(
-            f"[perl] {self.method.name}: {self.trainable_params:,} trainable of {self.total_params:,} parameters "
-            f"({100 * self.trainable_params / max(1, self.total_params):.3f}%)",
-            flush=True,
-        )
+        self.total_params = int(model.get_nb_trainable_parameters()[1])
         if float(self.training.get("beta", 0.0)) > 0 and self.method.needs_weight_conversion_on_save:
             print(
                 f"[perl] warning: beta > 0 with {self.method.name}: TRL's reference model is the adapter-disabled "
@@ -234,7 +232,7 @@ class TrainingSession:
         if self.method.optimizer is not None:
             optimizer = self.method.optimizer(self.model, self.peft_section, self.training)
         train_ds = Dataset.from_list(countdown.to_records(self.train_problems, self.prompt_format))
-        self.trainer = GRPOTrainer(
+        self.trainer = MethodGRPOTrainer(
             model=self.model,
             reward_funcs=reward_funcs,
             args=args,
@@ -242,6 +240,15 @@ class TrainingSession:
             processing_class=self.tokenizer,
             callbacks=callbacks,
             optimizers=(optimizer, None),
+            regulariser=self.method.regulariser,
+        )
+        # Counted on the optimizer, after every freezing step (LoRA-FA's optimizer freezes A).
+        self.trainer.create_optimizer()
+        self.trainable_params = optimizer_trainable_params(self.trainer.optimizer)
+        print(
+            f"[perl] {self.method.name}: {self.trainable_params:,} trainable of {self.total_params:,} parameters "
+            f"({100 * self.trainable_params / max(1, self.total_params):.3f}%)",
+            flush=True,
         )
         # With tqdm off, Trainer prints every raw log dict; ProgressCallback prints a summary.
         self.trainer.remove_callback(PrinterCallback)
@@ -275,8 +282,7 @@ class TrainingSession:
             "trainable_pct": 100 * self.trainable_params / max(1, self.total_params),
         }
         if self.method.reallocates_rank:
-            results["adalora_rank_pattern"] = cb.adalora_ranks(self.model)
-            results["adalora_initial_rank"] = int(self.model.peft_config["default"].init_r)
+            results.update(cb.adalora_budget(self.model))
         # Evaluate before saving: conversion on save touches the adapter weights.
         if self.config["eval"].get("enabled", True):
             t0 = time.time()
@@ -288,7 +294,12 @@ class TrainingSession:
             if self.base_eval is not None:
                 results["base_accuracy_greedy"] = self.base_eval["accuracy_greedy"]
                 results["base_accuracy_sampled"] = self.base_eval["accuracy_sampled"]
-        results["adapter_size_bytes"] = atomic_save_adapter(self.model, self.exp_dir, **save_kwargs)
+        # The adapter's own size at its rank; PiSSA/MiLoRA also keep the converted file
+        # (rank 2r, applies to the original base), whose size is reported separately.
+        results["adapter_size_bytes"] = adapter_size(self.model, self.exp_dir)
+        saved = atomic_save_adapter(self.model, self.exp_dir, **save_kwargs)
+        if self.method.needs_weight_conversion_on_save:
+            results["converted_adapter_size_bytes"] = saved
         results.update(self._reward_summary())
         step_seconds = self.progress.step_seconds if self.progress else []
         results["seconds_per_step"] = sum(step_seconds) / len(step_seconds) if step_seconds else None

@@ -1,6 +1,6 @@
 """The worker's side of status.json: lifecycle fields and a heartbeat thread.
 
-While the worker is alive it is the file's only writer (DESIGN.md); the main thread
+While the worker is alive it is the file's only writer; the main thread
 (step updates, final state) and the heartbeat thread both write through one lock, so
 updates never interleave.
 """

@@ -143,16 +143,37 @@ def peak_memory_mb(on_gpu: bool) -> float:
 
 
 def atomic_save_adapter(model: Any, exp_dir: Path, **save_kwargs: Any) -> int:
-    """save_pretrained into a temporary directory, then rename the files into place."""
+    """save_pretrained into a temporary directory, then rename the files into place.
+
+    Returns the size in bytes of the adapter's weights file(s).
+    """
     tmp = exp_dir / ".adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), **save_kwargs)
-    size = 0
+    size = _weights_size(tmp)
     for path in sorted(tmp.iterdir()):
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
-            size += path.stat().st_size if path.name.startswith("adapter_model") else 0
             os.replace(path, exp_dir / path.name)
     shutil.rmtree(tmp, ignore_errors=True)
     return size
+
+
+def adapter_size(model: Any, exp_dir: Path) -> int:
+    """Bytes of the adapter's weights file as saved at its own rank, without keeping it.
+
+    Measured the same way for every method (a plain save_pretrained), so that PiSSA and
+    MiLoRA are not charged for their rank-2r converted file.
+    """
+    tmp = exp_dir / ".adapter-size.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp))
+        return _weights_size(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _weights_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and p.name.startswith("adapter_model"))
