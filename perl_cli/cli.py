@@ -118,7 +118,16 @@ def run(
     settle_seconds: Annotated[float, typer.Option("--settle-seconds", min=0, help="A new job's memory counts as reserved on its GPU for this long (until NVML shows it).")] = 60.0,
     grace_seconds: Annotated[float, typer.Option("--grace-seconds", min=0, help="On Ctrl+C, how long workers get to save a checkpoint before they are killed.")] = 30.0,
     stall_timeout: Annotated[float | None, typer.Option("--stall-timeout", min=15, help="Kill and retry a worker with no heartbeat for this many seconds (it beats every 5 s; default: the suite's run table, else 600).", show_default=False)] = None,
-    backend: Annotated[str, typer.Option("--backend", help="Where to run: local or slurm.")] = "local",
+    backend: Annotated[str, typer.Option("--backend", help="Where to run: local (this machine) or slurm (one Slurm array task per experiment).")] = "local",
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm: the partition (default: the cluster's default).", rich_help_panel="Slurm", show_default=False)] = None,
+    account: Annotated[str | None, typer.Option("--account", help="Slurm: the account to charge.", rich_help_panel="Slurm", show_default=False)] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", help="Slurm: time limit per task, e.g. 4:00:00 (default: the partition's). Tasks that hit it are requeued from their checkpoint, up to --retries times.", rich_help_panel="Slurm", show_default=False)] = None,
+    gpus_per_job: Annotated[int | None, typer.Option("--gpus-per-job", help="Slurm: GPUs per task, as GRES gpu:N (default 1; 0 = CPU only).", rich_help_panel="Slurm", show_default=False)] = None,
+    cpus_per_job: Annotated[int | None, typer.Option("--cpus-per-job", help="Slurm: CPUs per task.", rich_help_panel="Slurm", show_default=False)] = None,
+    mem: Annotated[str | None, typer.Option("--mem", help="Slurm: memory per task, e.g. 64G.", rich_help_panel="Slurm", show_default=False)] = None,
+    array_parallelism: Annotated[int | None, typer.Option("--array-parallelism", help="Slurm: at most this many tasks of the array at once.", rich_help_panel="Slurm", show_default=False)] = None,
+    slurm_args: Annotated[list[str] | None, typer.Option("--slurm-arg", help="Slurm: another sbatch option as KEY=VALUE, e.g. qos=high. Repeatable.", rich_help_panel="Slurm", show_default=False)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Slurm: stay and show progress until every task has ended (default: submit and return).", rich_help_panel="Slurm")] = False,
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
 ) -> None:
@@ -129,8 +138,13 @@ def run(
         fail("which suite? Give its name, e.g. `perl run demo`; list them with `perl plan`.")
     if backend not in scheduler.BACKENDS:
         fail(f"--backend {backend}: unknown backend. Use one of: {', '.join(scheduler.BACKENDS)}.")
-    if backend != "local":
-        fail(f"--backend {backend} is not built yet in this version of PeRL; use --backend local.")
+    slurm_cli = {"partition": partition, "account": account, "time": time_limit, "gpus_per_job": gpus_per_job,
+                 "cpus_per_job": cpus_per_job, "mem": mem, "array_parallelism": array_parallelism,
+                 "slurm_args": slurm_args, "wait": wait or None}
+    if backend == "local":
+        given = [f"--{k.replace('_', '-').replace('slurm-args', 'slurm-arg')}" for k, v in slurm_cli.items() if v]
+        if given:
+            fail(f"{', '.join(given)}: Slurm options need --backend slurm.")
     try:
         gpu_list = [int(g) for g in configlib.split_names(gpus, "--gpus")] if gpus is not None else None
     except ValueError:
@@ -147,8 +161,27 @@ def run(
         retries=retries if retries is not None else defaults.get("retries", 1), fresh=fresh, dry_run=dry_run,
         settle_seconds=settle_seconds, grace_seconds=grace_seconds,
         stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S),
+        slurm=scheduler.slurm_options(slurm_cli, cfg.slurm_defaults(suite)) if backend == "slurm" else None,
     )
     raise typer.Exit(scheduler.run_suite(options))
+
+
+@app.command(rich_help_panel="Run")
+@user_errors
+def cancel(
+    suite: SuiteArg = None,
+    only: OnlyOpt = None,
+    wait_seconds: Annotated[float, typer.Option("--wait-seconds", min=0, help="How long to wait for running experiments to save a checkpoint and record `interrupted`.")] = 60.0,
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
+    """Stop a suite's queued and running experiments (Slurm tasks and a local perl run); they resume on the next run."""
+    from perl_cli import scheduler
+
+    if suite is None:
+        fail("which suite? Give its name, e.g. `perl cancel demo`.")
+    names = configlib.split_names(only) if only is not None else None
+    raise typer.Exit(scheduler.cancel_suite(suite, output=output, names=names, wait_s=wait_seconds))
 
 
 StallOpt = Annotated[float, typer.Option("--stall-after", help="Seconds without a worker heartbeat before a running experiment is flagged stalled.")]

@@ -42,11 +42,17 @@ from perl_cli import names, schema
 
 DEFAULT_NAME_TEMPLATE = "{method}_r{rank}_s{seed}"
 PACKAGED_CONFIG = Path(__file__).with_name("experiments.toml")
-SUITE_KEYS = {"description", "name", "base", "matrix", "when", "experiments", "run"}
+SUITE_KEYS = {"description", "name", "base", "matrix", "when", "experiments", "run", "slurm"}
 # `[suites.X.run]`: the suite's defaults for `perl run` flags (the command line wins),
 # e.g. the demo runs two single-threaded CPU jobs at a time. name -> smallest value.
 RUN_DEFAULT_KEYS = {"jobs": 1, "jobs_per_gpu": 1, "retries": 0, "stall_timeout": 15}
-TOP_KEYS = {"base", "suites"}
+TOP_KEYS = {"base", "suites", "slurm"}
+# `[slurm]` (every suite) and `[suites.X.slurm]` (one suite): defaults for `perl run --backend
+# slurm` options (the command line wins). key -> (type, smallest value for whole numbers).
+SLURM_DEFAULT_KEYS: dict[str, tuple[type, int]] = {
+    "partition": (str, 0), "account": (str, 0), "time": (str, 0), "mem": (str, 0),
+    "gpus_per_job": (int, 0), "cpus_per_job": (int, 1), "array_parallelism": (int, 1), "args": (dict, 0),
+}
 # Keys of the resolved config that are identity, not settings: kept out of the fingerprint.
 IDENTITY_KEYS = ("name", "suite", "fingerprint")
 
@@ -137,6 +143,26 @@ class ConfigFile:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{self.path}{_line(self, key)}: {where}.{key} = {value!r} must be a whole number >= {low}.")
         return dict(table)
+
+    def slurm_defaults(self, suite: str) -> dict[str, Any]:
+        """`[slurm]` overlaid with `[suites.X.slurm]`, type-checked (values are checked by the backend)."""
+        merged: dict[str, Any] = {}
+        for where, table in (("slurm", self.data.get("slurm", {})), (f"suites.{suite}.slurm", self.suites.get(suite, {}).get("slurm", {}))):
+            if not isinstance(table, dict):
+                raise ConfigError(f"{self.path}: {where} must be a table, e.g. partition = \"gpu\".")
+            _check_keys(self, table, set(SLURM_DEFAULT_KEYS), where)
+            for key, value in table.items():
+                kind, low = SLURM_DEFAULT_KEYS[key]
+                ok = isinstance(value, kind) and not isinstance(value, bool)
+                if ok and kind is int:
+                    ok = value >= low
+                if ok and kind is dict:
+                    ok = all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value.values())
+                if not ok:
+                    want = {str: "a string", int: f"a whole number >= {low}", dict: "a table of sbatch options, e.g. { qos = \"high\" }"}[kind]
+                    raise ConfigError(f"{self.path}{_line(self, key)}: {where}.{key} = {value!r} must be {want}.")
+            merged.update(table)
+        return merged
 
 
 # --- loading --------------------------------------------------------------------

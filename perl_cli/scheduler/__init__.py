@@ -1,4 +1,4 @@
-"""Running a suite's experiments: backends (local today, Slurm next) behind one call.
+"""Running a suite's experiments: two backends (this machine, Slurm) behind one call.
 
     from perl_cli.scheduler import RunOptions, run_suite
     code = run_suite(RunOptions(suite="demo", experiments=exps, output=Path("output")))
@@ -6,11 +6,15 @@
 `run_suite` returns the exit code (0 all completed, 1 some failed, 130 interrupted) and
 raises `RunError` (a ConfigError: exit 2) when it refuses to start. Modules: gpus.py
 (NVML inventory, PERL_FAKE_GPUS), memory.py (the memory estimate), lock.py (the run
-lock), local.py (slots, placement, launching, retries, adoption), processes.py
-(finding and signalling workers), aggregate.py (run_status.json), progress.py (output).
+lock), local.py (slots, placement, launching, retries, adoption), handles.py (one
+interface to a running job: local child, adopted process, Slurm task), slurm.py,
+slurm_task.py and slurm_cli.py (the Slurm backend), cancel.py (`perl cancel`),
+processes.py (finding and signalling workers), aggregate.py (run_status.json),
+progress.py (output). What an ending means: perl_cli/outcomes.py.
 """
 
 from perl_cli.scheduler.aggregate import build_run_status, write_run_status
+from perl_cli.scheduler.cancel import cancel_suite
 from perl_cli.scheduler.local import (
     DEFAULT_STALL_TIMEOUT_S,
     DEFAULT_WORKER_CMD,
@@ -21,6 +25,8 @@ from perl_cli.scheduler.local import (
     RunOptions,
     run_suite,
 )
+from perl_cli.scheduler.slurm import SlurmOptions
+from perl_cli.scheduler.slurm import options_from as slurm_options
 from perl_cli.state import RUNTIME_KEY
 
 BACKENDS = ("local", "slurm")
@@ -35,6 +41,9 @@ __all__ = [
     "RUNTIME_KEY",
     "RunError",
     "RunOptions",
+    "SlurmOptions",
+    "cancel_suite",
+    "slurm_options",
     "build_run_status",
     "run_suite",
     "write_run_status",

@@ -42,24 +42,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perl_cli import state
+from perl_cli import outcomes, state
 from perl_cli.config import ConfigError, Experiment
 from perl_cli.logtail import tail_bytes
 from perl_cli.scheduler import gpus as gpulib
 from perl_cli.scheduler.aggregate import write_run_status
+from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
 from perl_cli.scheduler.lock import LockHeld, RunLock
 from perl_cli.scheduler.memory import estimate_mb
-from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group, signal_group, signal_name
+from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group, signal_group
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
+from perl_cli.scheduler.slurm import SlurmBackend, SlurmOptions, slurm_tasks_in_flight
 from perl_cli.ui import human_bytes, human_seconds
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # perl run's own exit codes
 DEFAULT_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train")
-OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError")
-EXIT_CONFIG_ERROR = 2  # worker: bad config, never retried
-EXIT_TEMPFAIL = 75  # worker: a temporary failure (EX_TEMPFAIL), worth a retry
-INTERRUPTED_CODES = (130, 143)
-TERMINAL = (state.COMPLETED, state.FAILED, state.INTERRUPTED)
+TERMINAL = outcomes.TERMINAL
 POLL_S = 0.25  # loop wake-up when no child exits: adopted workers, progress, deadlines
 PROGRESS_EVERY_S = 1.0
 AGGREGATE_EVERY_S = 10.0  # progress-only refresh; events refresh it within AGGREGATE_EVENT_S
@@ -74,7 +72,6 @@ DEFAULT_STALL_TIMEOUT_S = 600.0
 STALL_CHECK_EVERY_S = 1.0
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_LOW_BYTES = 16 * 1024 * 1024  # a failure with less free than this is blamed on the disk
-DISK_FULL_MARKERS = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -103,6 +100,7 @@ class RunOptions:
     worker_cmd: Sequence[str] = DEFAULT_WORKER_CMD
     tty: bool | None = None  # progress bars; None = when stdout is a terminal
     environ: dict[str, str] | None = None  # the workers' base environment (default: ours)
+    slurm: SlurmOptions | None = None  # --backend slurm: submit array tasks instead of running workers here
 
 
 @dataclass
@@ -123,6 +121,7 @@ class Job:
     stop_sent: bool = False
     killed: bool = False
     stall_killed: bool = False  # killed by the scheduler for a heartbeat older than the stall timeout
+    kill_at: float | None = None  # monotonic time to SIGKILL a worker cancelled by `perl cancel --only`
 
     @property
     def name(self) -> str:
@@ -181,6 +180,7 @@ class LocalRunner:
         self.running: dict[str, Job] = {}
         self.results: dict[str, str] = {}
         self.skipped: list[str] = []
+        self.watched: list[tuple[Job, str]] = []  # (job, Slurm task id) already queued or running in Slurm
         self.stop_requests = 0
         self.stopping = False
         self.kill_deadline = 0.0
@@ -268,8 +268,17 @@ class LocalRunner:
         jobs: list[Job] = []
         refusals: list[str] = []
         here = state.hostname()
+        in_slurm = slurm_tasks_in_flight(self.suite_dir, [e.name for e in self.opts.experiments])
         for exp in self.opts.experiments:
             exp_dir = self.suite_dir / exp.name
+            if exp.name in in_slurm:
+                task = in_slurm[exp.name]
+                if self.opts.slurm is not None and not self.opts.fresh:
+                    self.watched.append((Job(exp, exp_dir, 0), task))  # submitted by an earlier run: not twice
+                else:
+                    refusals.append(f"{exp.name} is queued or running in Slurm (task {task}): stop it with "
+                                    f"`perl cancel {self.opts.suite} --only {exp.name}` first")
+                continue
             status = state.read_status(exp_dir) or {}
             recorded = state.read_json(exp_dir / state.CONFIG_FILE) or {}
             recorded_fp = status.get("fingerprint") or recorded.get("fingerprint")
@@ -350,11 +359,14 @@ class LocalRunner:
     # -- the run ------------------------------------------------------------------------
 
     def _run_locked(self) -> int:
+        read_cancel_request(self.suite_dir / CANCEL_FILE)  # a request left by an earlier run is not ours
         live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
         jobs, refusals = self._classify(live)
         if refusals:
             self._write_aggregate(force=True)
             raise RunError(self._refusal_message(refusals))
+        if self.opts.slurm is not None:
+            return self._run_slurm(jobs)
         self._check_fit(jobs)
         total = len(jobs)
         self.reporter = make_reporter(total, tty=self.opts.tty)
@@ -382,6 +394,29 @@ class LocalRunner:
                 file=sys.stderr,
             )
         return self._exit_code()
+
+    def _run_slurm(self, jobs: list[Job]) -> int:
+        assert self.opts.slurm is not None
+        backend = SlurmBackend(self, self.opts.slurm)
+        backend.preflight()  # exit-2 errors (no sbatch, unknown partition) before any directory is touched
+        local = [j for j in jobs if j.action == "adopt"]
+        if local:
+            raise RunError(
+                "; ".join(f"{j.name} is running here (pid {j.pid})" for j in local) + ". Let it finish (or stop it "
+                f"with `perl cancel {self.opts.suite}`) before submitting it to Slurm."
+            )
+        self.reporter = make_reporter(len(jobs) + len(self.watched), tty=self.opts.tty)
+        try:
+            parts = [f"{len(jobs)} to submit"]
+            if self.skipped:
+                parts.append(f"{len(self.skipped)} already completed (skipped)")
+            self.reporter.info(f"suite {self.opts.suite} → {self.suite_dir}: " + ", ".join(parts) + ".")
+            for job in jobs:
+                if job.action == "fresh":
+                    self._start_fresh(job)
+            return backend.run(jobs, self.watched)
+        finally:
+            self.reporter.close()
 
     def _announce(self, jobs: list[Job]) -> None:
         assert self.reporter is not None and self.inventory is not None
@@ -447,6 +482,8 @@ class LocalRunner:
             if self.stop_requests:
                 self._stop_all()
             try:
+                self._check_cancel_request()
+                self._kill_overdue()
                 self._reap()
                 self._check_stalls()
                 if not self.stopping and not self.disk_full:
@@ -540,16 +577,20 @@ class LocalRunner:
                 f"the chosen GPUs is {best:,} MB (used by other processes); it starts when that frees up."
             )
 
-    def _launch(self, job: Job, gpu: int | None) -> None:
+    def _prepare_dir(self, job: Job) -> None:
+        """The experiment directory and its config.json, as the worker will read it."""
         job.dir.mkdir(parents=True, exist_ok=True)
-        previous = state.read_status(job.dir) or {}
-        same = previous.get("fingerprint") == job.exp.fingerprint
-        job.attempt = (previous.get("attempt") or 0) + 1 if same else 1
-        job.gpu = gpu
         config = job.exp.resolved()
         if job.runtime:
             config[state.RUNTIME_KEY] = dict(job.runtime)
         state.atomic_write_json(job.dir / state.CONFIG_FILE, config)
+
+    def _launch(self, job: Job, gpu: int | None) -> None:
+        previous = state.read_status(job.dir) or {}
+        same = previous.get("fingerprint") == job.exp.fingerprint
+        job.attempt = (previous.get("attempt") or 0) + 1 if same else 1
+        job.gpu = gpu
+        self._prepare_dir(job)
         job.started = state.now()
         job.started_mono = time.monotonic()
         status = {
@@ -658,35 +699,9 @@ class LocalRunner:
         """Record the final state of a worker that has exited (rc None: not our child)."""
         del self.running[job.name]
         status = state.read_status(job.dir) or {}
-        worker_final = status.get("state") in TERMINAL and status.get("pid") in (None, job.pid)
-        fields: dict[str, Any] = {}
-        if job.stall_killed:
-            fields.update(
-                state=state.FAILED, cause="stalled", exit_code=128 + signal.SIGKILL, signal="SIGKILL",
-                error=f"stalled: no heartbeat for {human_seconds(self.opts.stall_timeout)}; killed by perl run",
-            )
-        elif rc is not None and rc < 0:
-            sig = -rc
-            fields.update(exit_code=128 + sig, signal=signal_name(sig))
-            if not worker_final or job.killed:
-                if job.stop_sent:
-                    fields.update(state=state.INTERRUPTED, error=f"stopped by perl run ({signal_name(sig)})")
-                else:
-                    fields.update(state=state.FAILED, error=f"killed by {signal_name(sig)}")
-        elif rc is not None:
-            fields["exit_code"] = rc
-            if not worker_final:
-                if rc == 0:
-                    fields["state"] = state.COMPLETED
-                elif rc in INTERRUPTED_CODES:
-                    fields["state"] = state.INTERRUPTED
-                else:
-                    fields.update(state=state.FAILED, error=status.get("error") or f"worker exited with code {rc}; see train.log")
-        elif not worker_final:
-            if job.stop_sent:
-                fields.update(state=state.INTERRUPTED, error="stopped by perl run")
-            else:
-                fields.update(state=state.FAILED, error="worker ended while no scheduler was watching it (exit code unknown)")
+        ending = outcomes.Ending(rc, pid=job.pid, stop_sent=job.stop_sent, killed=job.killed,
+                                 stall_killed=job.stall_killed, stall_timeout=human_seconds(self.opts.stall_timeout))
+        fields = outcomes.final_fields(ending, status)
         if status.get("ended") is None:
             fields["ended"] = state.now()
         if fields.get("state", status.get("state")) == state.FAILED:
@@ -706,7 +721,10 @@ class LocalRunner:
         if status.get("cause") == "disk_full" and not self.disk_full:
             self._on_disk_full(OSError(errno.ENOSPC, "No space left on device", str(job.dir)))
         final = status.get("state", state.FAILED)
-        retry = None if self.stopping or final != state.FAILED else self._retry_plan(job, status, rc)
+        retry = None
+        if not self.stopping and final == state.FAILED:
+            retry = outcomes.retry_plan(ending, status, _log_tail_since_launch(job.dir), tries_left=job.tries_left,
+                                        training=job.exp.config["training"], runtime=job.runtime)
         assert self.reporter is not None
         duration = human_seconds(status.get("ended", state.now()) - (status.get("started") or job.started))
         if final == state.FAILED:
@@ -728,7 +746,7 @@ class LocalRunner:
         free space left on its file system counts as evidence too.
         """
         text = f"{error or ''}\n{_log_tail_since_launch(job.dir)}"
-        if any(marker in text for marker in DISK_FULL_MARKERS):
+        if outcomes.mentions(text, outcomes.DISK_FULL_MARKERS):
             return "the disk is full: No space left on device"
         try:
             free = shutil.disk_usage(job.dir).free
@@ -738,33 +756,14 @@ class LocalRunner:
             return f"the disk is full: No space left on device, {human_bytes(free)} free at {job.dir}"
         return None
 
-    def _retry_plan(self, job: Job, status: dict, rc: int | None) -> tuple[str, dict] | None:
-        """(cause, runtime overrides) when a retry can fix this failure, else None."""
-        if job.tries_left <= 0 or status.get("cause") == "disk_full":
-            return None
-        if job.stall_killed:
-            return "stalled (no heartbeat)", dict(job.runtime)  # resumes from its last checkpoint
-        if rc is None or rc == EXIT_CONFIG_ERROR or rc < 0:
-            return None
-        text = (status.get("error") or "") + "\n" + _log_tail_since_launch(job.dir)
-        if any(marker in text for marker in OOM_MARKERS):
-            training = job.exp.config["training"]
-            batch = job.runtime.get("per_device_train_batch_size", training["per_device_train_batch_size"])
-            accum = job.runtime.get("gradient_accumulation_steps", training["gradient_accumulation_steps"])
-            if batch < 2 or batch % 2:
-                return None
-            return "CUDA out of memory", {"per_device_train_batch_size": batch // 2, "gradient_accumulation_steps": accum * 2}
-        if rc == EXIT_TEMPFAIL:
-            return "temporary failure", dict(job.runtime)
-        return None
-
-    def _schedule_retry(self, job: Job, status: dict, retry: tuple[str, dict]) -> None:
-        cause, runtime = retry
+    def _schedule_retry(self, job: Job, status: dict, retry: outcomes.Retry) -> None:
+        cause, runtime = retry.cause, retry.runtime
         job.tries_left -= 1
         job.runtime = runtime
         job.proc = None
         job.pid = job.pid_start_time = None
         job.stall_killed = job.stop_sent = job.killed = False
+        job.kill_at = None
         change = ", ".join(f"{k}={v}" for k, v in runtime.items()) or "same settings"
         record = {"attempt": job.attempt, "cause": cause, "at": state.now(), **runtime}
         state.update_status(job.dir, retries=[*status.get("retries", []), record])
@@ -775,6 +774,34 @@ class LocalRunner:
         self.queue.appendleft(job)
 
     # -- stopping --------------------------------------------------------------------------
+
+    def _check_cancel_request(self) -> None:
+        """`perl cancel --only A,B` while we run: stop those (checkpoint, `interrupted`, no retry)."""
+        path = self.suite_dir / CANCEL_FILE
+        if not path.exists():
+            return
+        names = set(read_cancel_request(path))
+        dropped = [j for j in self.queue if j.name in names]
+        self.queue = deque(j for j in self.queue if j.name not in names)
+        assert self.reporter is not None
+        for job in dropped:
+            self.results[job.name] = state.INTERRUPTED
+            self.reporter.finished(job.name, state.INTERRUPTED, "cancelled by perl cancel before it started")
+        for job in self.running.values():
+            if job.name in names and not job.stop_sent and job.pid is not None:
+                job.stop_sent = True
+                job.kill_at = time.monotonic() + self.opts.grace_seconds
+                signal_group(job.pid, signal.SIGTERM)
+                self.reporter.info(f"{job.name}: cancelled by perl cancel; asked it to save a checkpoint and exit")
+        self._aggregate_dirty = True
+
+    def _kill_overdue(self) -> None:
+        """Kill cancelled workers that outlived the grace period."""
+        now = time.monotonic()
+        for job in self.running.values():
+            if job.kill_at is not None and now >= job.kill_at and not job.killed and job.pid is not None:
+                job.killed = True
+                signal_group(job.pid, signal.SIGKILL)
 
     def _stop_all(self) -> None:
         assert self.reporter is not None
@@ -826,13 +853,20 @@ class LocalRunner:
     # -- reporting ------------------------------------------------------------------------
 
     def _progress(self) -> None:
+        self._progress_of([(j.name, j.gpu_label, j.dir) for j in self.running.values()])
+
+    def _progress_of(self, rows: list[tuple[str, str, Path]]) -> None:
+        """Refresh the progress display with (name, where, directory) of what is running."""
         if self.reporter is None or time.monotonic() - self._last_progress < PROGRESS_EVERY_S:
             return
         self._last_progress = time.monotonic()
-        self.reporter.update([read_progress(j.name, j.gpu_label, j.dir) for j in self.running.values()])
+        self.reporter.update([read_progress(name, where, exp_dir) for name, where, exp_dir in rows])
 
-    def _write_aggregate(self, force: bool = False) -> None:
-        """Rewrite run_status.json: at once when forced, soon after an event, else now and then."""
+    def _write_aggregate(self, force: bool = False, backend: dict[str, Any] | None = None) -> None:
+        """Rewrite run_status.json: at once when forced, soon after an event, else now and then.
+
+        `backend`: the Slurm backend's fields for its `scheduler` object (job ids, partition).
+        """
         since = time.monotonic() - self._last_aggregate
         if not force and since < (AGGREGATE_EVENT_S if self._aggregate_dirty else AGGREGATE_EVERY_S):
             return
@@ -848,6 +882,7 @@ class LocalRunner:
             "state": "stopping" if self.stopping else ("running" if self.running or self.queue else "idle"),
             "running": sorted(self.running),
             "queued": [j.name for j in self.queue],
+            **(backend or {}),
         }
         self.suite_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -84,3 +84,21 @@ def _held_message(path: Path, holder: dict) -> str:
         f"Watch it with `perl status {suite_dir.name}`, or stop it (Ctrl+C in its terminal, or "
         f"`kill {pid}`) before starting it again."
     )
+
+
+def holder(suite_dir: Path) -> dict | None:
+    """Who holds the suite's run lock ({pid, pid_start_time, host, started}), or None if nobody does."""
+    path = Path(suite_dir) / state.RUN_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd) or {"pid": None}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

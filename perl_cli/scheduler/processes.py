@@ -31,13 +31,6 @@ def find_live_workers(suite_dir: Path) -> dict[Path, tuple[int, float | None]]:
     return found
 
 
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def signal_group(pid: int, sig: int) -> None:
     """Signal the worker's whole process group (its own session), or the pid alone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
