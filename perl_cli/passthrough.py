@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-COMMANDS = frozenset({"plan", "run", "status", "diagnose", "report", "watch"})
+COMMANDS = frozenset({"plan", "run", "cancel", "status", "diagnose", "report", "watch"})
 # Flags that mean "PeRL" rather than "Perl" when they come first.
 OUR_FLAGS = frozenset({"--help", "--install-completion", "--show-completion"})
 _MARKER = b"perl_cli"
