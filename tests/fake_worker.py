@@ -12,7 +12,8 @@ checkpoint and exits 143 as `interrupted`. Knobs, all from the environment:
 - PERL_FAKE_LAUNCH_LOG: append one line "<name> <pid>" per launch
 - PERL_FAKE_TIMING_LOG: append one JSON line per exit: name, start, end, gpu env
 - PERL_FAKE_PLAN: JSON {experiment name: {"kill_self_at": N, "fail_at": N, "exit_code": N,
-  "ignore_term": true, "freeze_at": N (SIGSTOP itself, on attempt 1 only)}}
+  "ignore_term": true, "freeze_at": N (SIGSTOP itself, on attempt 1 only),
+  "first_attempt_step_seconds": S (seconds per step on attempt 1 only: to outlive a time limit once)}}
 - PERL_TEST_FAIL_AT_STEP="N:oom": raise a CUDA out-of-memory error at step N, unless
   config.json's `runtime` already changed the batch (so the retry succeeds) — the same
   hook as the real worker's.
@@ -74,6 +75,8 @@ def main() -> None:
     if plan.get("ignore_term"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     step_s = float(os.environ.get("PERL_FAKE_STEP_SECONDS", "0.02"))
+    if "first_attempt_step_seconds" in plan and (state.read_status(exp_dir) or {}).get("attempt") == 1:
+        step_s = float(plan["first_attempt_step_seconds"])
     oom_at = None
     hook = os.environ.get("PERL_TEST_FAIL_AT_STEP", "")
     if hook.endswith(":oom") and "per_device_train_batch_size" not in config.get("runtime", {}):

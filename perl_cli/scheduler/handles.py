@@ -114,12 +114,14 @@ class SlurmTaskHandle:
         from perl_cli.scheduler import slurm_cli
 
         self.status = state.read_status(self.dir) or {}
-        if self.status.get("state") in outcomes.TERMINAL:
+        self.slurm_state = None if states is None else states.get(self.task_id)
+        active = self.slurm_state in slurm_cli.ACTIVE_STATES
+        if self.status.get("state") in outcomes.TERMINAL and not active:
+            # While the task is active a final state may be a step of a requeue (interrupted → queued).
             return outcomes.Ending(self.status.get("exit_code"), pid=self.status.get("pid"))
         if states is None:
             return None
-        self.slurm_state = states.get(self.task_id)
-        if self.slurm_state in slurm_cli.ACTIVE_STATES:
+        if active:
             self._gone_since = None
             return None
         now = time.monotonic()

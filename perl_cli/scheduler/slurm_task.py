@@ -29,6 +29,7 @@ from typing import Any
 from perl_cli import outcomes, state
 
 STOP_GRACE_S = 25.0  # how long the worker gets to save a checkpoint after SIGTERM
+POLL_S = 0.2
 
 
 def slurm_ids(environ: dict[str, str] | os._Environ = os.environ) -> dict[str, Any]:
@@ -89,7 +90,10 @@ class SlurmTask:
                 env=env, preexec_fn=_ignore_usr2,
             )
         state.update_status(exp_dir, pid=self._proc.pid, pid_start_time=state.process_start_time(self._proc.pid))
-        rc = self._proc.wait()
+        # Poll, never a blocking wait(): checkpoint() runs in a signal handler on top of this
+        # frame and must be able to reap the worker itself (a blocking Popen.wait holds a lock).
+        while (rc := self._reap()) is None:
+            time.sleep(POLL_S)
         if not self._decided:
             self._record(outcomes.Ending(rc, pid=self._proc.pid))
         return rc
@@ -132,19 +136,35 @@ class SlurmTask:
         return SlurmTask(self.exp_dir, self.worker_cmd, requeues_left=self.requeues_left - 1,
                          time_limit_s=self.time_limit_s, signal_delay_s=self.signal_delay_s)
 
+    def _reap(self) -> int | None:
+        """The worker's exit code once it has ended (Popen's convention), else None."""
+        proc = self._proc
+        assert proc is not None
+        if proc.returncode is not None:
+            return proc.returncode
+        try:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            return proc.returncode
+        if pid == 0:
+            return None
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode
+
     def _stop_worker(self) -> int | None:
         """SIGTERM the worker (it checkpoints and exits 143); SIGKILL after the grace period."""
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=min(STOP_GRACE_S, max(1.0, self.signal_delay_s - 5.0)))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        if self._reap() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + min(STOP_GRACE_S, max(1.0, self.signal_delay_s - 5.0))
+            while self._reap() is None and time.monotonic() < deadline:
+                time.sleep(POLL_S)
+            if self._reap() is None:
+                self._proc.kill()
+                while self._reap() is None:
+                    time.sleep(POLL_S)
+        return self._proc.returncode
 
 
 def _ignore_usr2() -> None:
