@@ -96,6 +96,12 @@ def plan(
         cfg, suite, only=configlib.split_names(only), exclude=configlib.split_names(exclude, "--exclude")
     )
     planlib.print_plan(suite, experiments, output / suite, json_out=json_out)
+    _warn_coverage(experiments)
+
+
+def _warn_coverage(experiments: list[configlib.Experiment]) -> None:
+    for line in configlib.coverage_warnings(experiments):
+        typer.echo(f"perl: warning: {line}", err=True)
 
 
 def _not_built(command: str) -> None:
@@ -141,6 +147,7 @@ def run(
     )
     whole = configlib.expand(cfg, suite, sets=sets or ())
     defaults = cfg.run_defaults(suite)
+    _warn_coverage(chosen)
     options = scheduler.RunOptions(
         suite=suite, experiments=chosen, suite_experiments=whole, output=output, gpus=gpu_list,
         jobs_per_gpu=jobs_per_gpu or defaults.get("jobs_per_gpu", 1), jobs=jobs or defaults.get("jobs"),

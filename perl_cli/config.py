@@ -267,6 +267,36 @@ def expand(
     return experiments
 
 
+def prompts_per_step(config: dict[str, Any]) -> float:
+    """Distinct prompts one optimizer step trains on (one process per experiment).
+
+    TRL counts `per_device_train_batch_size` in completions, `num_generations` of each prompt.
+    """
+    t = config["training"]
+    return t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] / t["num_generations"]
+
+
+def coverage_warnings(experiments: Iterable[Experiment]) -> list[str]:
+    """One line per group of experiments that stop before they have seen their data once.
+
+    Such runs cannot tell their data sizes apart: two sizes above max_steps x prompts per
+    step train on the same number of prompts.
+    """
+    short: dict[tuple[int, float], list[str]] = {}
+    for e in experiments:
+        size = e.data_size
+        per_step = prompts_per_step(e.config)
+        if size is not None and e.max_steps * per_step < size:
+            short.setdefault((e.max_steps, per_step), []).append(f"{e.name} ({size:,})")
+    return [
+        f"{len(names)} experiment(s) stop after {steps:,} steps x {per_step:g} prompts = {steps * per_step:,.0f} "
+        f"prompts, fewer than their data_size, so part of their data is never seen and larger sizes train "
+        f"like smaller ones: {', '.join(names)}. For a data-size study, derive training.max_steps from the "
+        f"size (e.g. max_steps = data_size / {per_step:g} for one pass)."
+        for (steps, per_step), names in short.items()
+    ]
+
+
 def fingerprint(config: dict[str, Any]) -> str:
     """Hash of the resolved settings: any change that could change results changes it."""
     settings = {k: v for k, v in config.items() if k not in IDENTITY_KEYS}
