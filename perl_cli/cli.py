@@ -18,13 +18,8 @@ from perl_cli.config import ConfigError
 from perl_cli.names import RULE, name_problem
 
 app = typer.Typer(
-    help=(
-        "PeRL runs matrices of parameter-efficient RL experiments (PEFT method x seed x "
-        "rank x data size) on the GPUs of one machine, and tells you where they stand, "
-        "why they failed, and how the methods compare."
-    ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["--help"]},
 )
@@ -51,6 +46,36 @@ OutputOpt = Annotated[Path, typer.Option("--output", help="Output directory; eac
 OnlyOpt = Annotated[str | None, typer.Option("--only", help="Comma-separated experiment names to include.", show_default=False)]
 ExcludeOpt = Annotated[str | None, typer.Option("--exclude", help="Comma-separated experiment names to leave out.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _version_text(verbose: bool = False) -> str:
+    """PeRL's version, and with verbose the training stack's, read from package metadata (no imports)."""
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    text = f"PeRL {version('perl-cli')}"
+    if verbose:
+        stack = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "typer", "rich", "textual", "wandb", "nvidia-ml-py")
+        text += "\n" + "\n".join(f"  {dist} {version(dist)}" for dist in stack)
+    return text
+
+
+def _perl_version(value: bool) -> None:
+    if value:
+        typer.echo(_version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    perl_version: Annotated[bool, typer.Option("--perl-version", callback=_perl_version, is_eager=True, help="Print PeRL's version and exit (`perl --version` stays the Perl interpreter's).")] = False,
+) -> None:
+    """PeRL runs matrices of parameter-efficient RL experiments (PEFT method x seed x rank x data size) on the GPUs of one machine, and tells you where they stand, why they failed, and how the methods compare."""
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -238,3 +263,11 @@ def report(
     from perl_cli import report as reportlib
 
     raise typer.Exit(reportlib.command(suite, config_path=config, output=output, stdout=stdout, stall_after_s=stall_after))
+
+
+@app.command(rich_help_panel="Set up")
+def version(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also the versions of the training stack.")] = False,
+) -> None:
+    """PeRL's version (`perl --version` is the Perl interpreter's)."""
+    typer.echo(_version_text(verbose))
