@@ -28,6 +28,7 @@ and the fix.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -337,17 +338,23 @@ def split_names(text: str | None, flag: str = "--only") -> list[str]:
 
 
 def _select(cfg: ConfigFile, suite: str, names: list[str], only: Iterable[str], exclude: Iterable[str]) -> set[str]:
+    """--only/--exclude: names or shell-style globs ('lora_*', '*_s42'); each must match something."""
     only, exclude = list(only), list(exclude)
     for flag, wanted in (("--only", only), ("--exclude", exclude)):
-        unknown = [w for w in wanted if w not in names]
+        unknown = [w for w in wanted if not matching(names, w)]
         if unknown:
             hint = _did_you_mean(unknown[0], names)
             raise ConfigError(
                 f"{flag}: {', '.join(unknown)} matches no experiment of suite '{suite}'{hint}. "
                 f"See the names with `perl plan {suite}`."
             )
-    chosen = set(only) if only else set(names)
-    return chosen - set(exclude)
+    chosen = {n for w in only for n in matching(names, w)} if only else set(names)
+    return chosen - {n for w in exclude for n in matching(names, w)}
+
+
+def matching(names: Iterable[str], pattern: str) -> list[str]:
+    """The names equal to `pattern` or matching it as a glob (*, ?, [...])."""
+    return [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
 
 
 def _matrix_points(cfg: ConfigFile, matrix: Any, where: str) -> list[dict[str, dict[str, Any]]]:

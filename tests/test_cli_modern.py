@@ -11,6 +11,7 @@ from test_cli import PERL_SCRIPT, REPO, needs_system_perl, venv_env
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from perl_cli import config as configlib
 from perl_cli import passthrough
 from perl_cli.cli import app
 from perl_cli.ui import human_bytes
@@ -92,3 +93,11 @@ def test_help_is_fast_without_heavy_imports() -> None:
     code = "import sys; from perl_cli.cli import app; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','textual')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}).stdout
     assert out.strip() == "[]"
+
+
+def test_only_and_exclude_accept_globs() -> None:
+    cfg = configlib.load(REPO / "experiments.toml")
+    names = [e.name for e in configlib.expand(cfg, "core-1.5b", only=["lora_*"], exclude=["*_s456"])]
+    assert names == ["lora_r16_s42", "lora_r16_s123", "lora_plus_r16_s42", "lora_plus_r16_s123"]
+    result = CliRunner().invoke(app, ["plan", "core-1.5b", "--only", "zzz_*", "--config", str(REPO / "experiments.toml")])
+    assert result.exit_code == 2 and "zzz_* matches no experiment" in result.output

@@ -40,3 +40,4 @@ def test_run_dry_run_warns_too(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "stress-data-fixed-steps", "--dry-run", "--only", "lora_r16_n17000_s42",
                                       "--config", str(REPO_CONFIG), "--output", str(tmp_path)])
     assert "fewer than their data_size" in result.stderr
+
