@@ -149,6 +149,7 @@ def run(
     settle_seconds: Annotated[float, typer.Option("--settle-seconds", min=0, help="A new job's memory counts as reserved on its GPU for this long (until NVML shows it).")] = 60.0,
     grace_seconds: Annotated[float, typer.Option("--grace-seconds", min=0, help="On Ctrl+C, how long workers get to save a checkpoint before they are killed.")] = 30.0,
     stall_timeout: Annotated[float | None, typer.Option("--stall-timeout", min=15, help="Kill and retry a worker with no heartbeat for this many seconds (it beats every 5 s; default: the suite's run table, else 600).", show_default=False)] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU, ignoring GPUs; needed without a GPU for models over 0.2B parameters.")] = False,
     backend: Annotated[str, typer.Option("--backend", help="Where to run: local or slurm.")] = "local",
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
@@ -178,7 +179,7 @@ def run(
         jobs_per_gpu=jobs_per_gpu or defaults.get("jobs_per_gpu", 1), jobs=jobs or defaults.get("jobs"),
         retries=retries if retries is not None else defaults.get("retries", 1), fresh=fresh, dry_run=dry_run,
         settle_seconds=settle_seconds, grace_seconds=grace_seconds,
-        stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S),
+        stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S), cpu=cpu,
     )
     raise typer.Exit(scheduler.run_suite(options))
 

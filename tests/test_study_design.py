@@ -1,4 +1,4 @@
-"""Suites measure what their names say: a data-size study really varies the data seen."""
+"""Suites measure what their names say (a data-size study varies the data seen) and run where they can."""
 
 from __future__ import annotations
 
@@ -41,3 +41,16 @@ def test_run_dry_run_warns_too(tmp_path: Path) -> None:
                                       "--config", str(REPO_CONFIG), "--output", str(tmp_path)])
     assert "fewer than their data_size" in result.stderr
 
+
+
+def test_a_large_model_without_a_gpu_needs_cpu_explicitly(tmp_path: Path) -> None:
+    env = {"PERL_FAKE_GPUS": "[]"}
+    args = ["run", "core-1.5b", "--dry-run", "--config", str(REPO_CONFIG), "--output", str(tmp_path)]
+    refused = CliRunner().invoke(app, args, env=env)
+    assert refused.exit_code == 2
+    message = " ".join(refused.output.split())
+    assert "24 experiment(s) use a model of more than 0.2B parameters" in message and "--cpu" in message
+    allowed = CliRunner().invoke(app, [*args, "--cpu"], env=env)
+    assert allowed.exit_code == 0, allowed.output
+    demo = CliRunner().invoke(app, ["run", "demo", "--dry-run", "--config", str(REPO_CONFIG), "--output", str(tmp_path)], env=env)
+    assert demo.exit_code == 0, demo.output
