@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -11,7 +12,9 @@ def main() -> None:
     from perl_cli.passthrough import exec_system_perl, is_perl_invocation
 
     args = sys.argv[1:]
-    if is_perl_invocation(args, stdin_is_tty=sys.stdin.isatty()):
+    # Shell completion calls us with no arguments and _PERL_COMPLETE set: that is ours.
+    completing = "_PERL_COMPLETE" in os.environ
+    if not completing and is_perl_invocation(args, stdin_is_tty=sys.stdin.isatty()):
         exec_system_perl(args, our_script=sys.argv[0])
     from perl_cli.cli import app
 

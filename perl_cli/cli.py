@@ -18,13 +18,8 @@ from perl_cli.config import ConfigError
 from perl_cli.names import RULE, name_problem
 
 app = typer.Typer(
-    help=(
-        "PeRL runs matrices of parameter-efficient RL experiments (PEFT method x seed x "
-        "rank x data size) on the GPUs of one machine, and tells you where they stand, "
-        "why they failed, and how the methods compare."
-    ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["--help"]},
 )
@@ -51,6 +46,36 @@ OutputOpt = Annotated[Path, typer.Option("--output", help="Output directory; eac
 OnlyOpt = Annotated[str | None, typer.Option("--only", help="Comma-separated experiment names to include.", show_default=False)]
 ExcludeOpt = Annotated[str | None, typer.Option("--exclude", help="Comma-separated experiment names to leave out.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _version_text(verbose: bool = False) -> str:
+    """PeRL's version, and with verbose the training stack's, read from package metadata (no imports)."""
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    text = f"PeRL {version('perl-cli')}"
+    if verbose:
+        stack = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "typer", "rich", "textual", "wandb", "nvidia-ml-py")
+        text += "\n" + "\n".join(f"  {dist} {version(dist)}" for dist in stack)
+    return text
+
+
+def _perl_version(value: bool) -> None:
+    if value:
+        typer.echo(_version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    perl_version: Annotated[bool, typer.Option("--perl-version", callback=_perl_version, is_eager=True, help="Print PeRL's version and exit (`perl --version` stays the Perl interpreter's).")] = False,
+) -> None:
+    """PeRL runs matrices of parameter-efficient RL experiments (PEFT method x seed x rank x data size) on the GPUs of one machine, and tells you where they stand, why they failed, and how the methods compare."""
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
@@ -96,6 +121,12 @@ def plan(
         cfg, suite, only=configlib.split_names(only), exclude=configlib.split_names(exclude, "--exclude")
     )
     planlib.print_plan(suite, experiments, output / suite, json_out=json_out)
+    _warn_coverage(experiments)
+
+
+def _warn_coverage(experiments: list[configlib.Experiment]) -> None:
+    for line in configlib.coverage_warnings(experiments):
+        typer.echo(f"perl: warning: {line}", err=True)
 
 
 def _not_built(command: str) -> None:
@@ -118,6 +149,7 @@ def run(
     settle_seconds: Annotated[float, typer.Option("--settle-seconds", min=0, help="A new job's memory counts as reserved on its GPU for this long (until NVML shows it).")] = 60.0,
     grace_seconds: Annotated[float, typer.Option("--grace-seconds", min=0, help="On Ctrl+C, how long workers get to save a checkpoint before they are killed.")] = 30.0,
     stall_timeout: Annotated[float | None, typer.Option("--stall-timeout", min=15, help="Kill and retry a worker with no heartbeat for this many seconds (it beats every 5 s; default: the suite's run table, else 600).", show_default=False)] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU, ignoring GPUs; needed without a GPU for models over 0.2B parameters.")] = False,
     backend: Annotated[str, typer.Option("--backend", help="Where to run: local (this machine) or slurm (one Slurm array task per experiment).")] = "local",
     partition: Annotated[str | None, typer.Option("--partition", help="Slurm: the partition (default: the cluster's default).", rich_help_panel="Slurm", show_default=False)] = None,
     account: Annotated[str | None, typer.Option("--account", help="Slurm: the account to charge.", rich_help_panel="Slurm", show_default=False)] = None,
@@ -155,12 +187,13 @@ def run(
     )
     whole = configlib.expand(cfg, suite, sets=sets or ())
     defaults = cfg.run_defaults(suite)
+    _warn_coverage(chosen)
     options = scheduler.RunOptions(
         suite=suite, experiments=chosen, suite_experiments=whole, output=output, gpus=gpu_list,
         jobs_per_gpu=jobs_per_gpu or defaults.get("jobs_per_gpu", 1), jobs=jobs or defaults.get("jobs"),
         retries=retries if retries is not None else defaults.get("retries", 1), fresh=fresh, dry_run=dry_run,
         settle_seconds=settle_seconds, grace_seconds=grace_seconds,
-        stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S),
+        stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S), cpu=cpu,
         slurm=scheduler.slurm_options(slurm_cli, cfg.slurm_defaults(suite)) if backend == "slurm" else None,
     )
     raise typer.Exit(scheduler.run_suite(options))
@@ -264,3 +297,11 @@ def report(
     from perl_cli import report as reportlib
 
     raise typer.Exit(reportlib.command(suite, config_path=config, output=output, stdout=stdout, stall_after_s=stall_after))
+
+
+@app.command(rich_help_panel="Set up")
+def version(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also the versions of the training stack.")] = False,
+) -> None:
+    """PeRL's version (`perl --version` is the Perl interpreter's)."""
+    typer.echo(_version_text(verbose))

@@ -28,6 +28,7 @@ and the fix.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -293,6 +294,36 @@ def expand(
     return experiments
 
 
+def prompts_per_step(config: dict[str, Any]) -> float:
+    """Distinct prompts one optimizer step trains on (one process per experiment).
+
+    TRL counts `per_device_train_batch_size` in completions, `num_generations` of each prompt.
+    """
+    t = config["training"]
+    return t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] / t["num_generations"]
+
+
+def coverage_warnings(experiments: Iterable[Experiment]) -> list[str]:
+    """One line per group of experiments that stop before they have seen their data once.
+
+    Such runs cannot tell their data sizes apart: two sizes above max_steps x prompts per
+    step train on the same number of prompts.
+    """
+    short: dict[tuple[int, float], list[str]] = {}
+    for e in experiments:
+        size = e.data_size
+        per_step = prompts_per_step(e.config)
+        if size is not None and e.max_steps * per_step < size:
+            short.setdefault((e.max_steps, per_step), []).append(f"{e.name} ({size:,})")
+    return [
+        f"{len(names)} experiment(s) stop after {steps:,} steps x {per_step:g} prompts = {steps * per_step:,.0f} "
+        f"prompts, fewer than their data_size, so part of their data is never seen and larger sizes train "
+        f"like smaller ones: {', '.join(names)}. For a data-size study, derive training.max_steps from the "
+        f"size (e.g. max_steps = data_size / {per_step:g} for one pass)."
+        for (steps, per_step), names in short.items()
+    ]
+
+
 def fingerprint(config: dict[str, Any]) -> str:
     """Hash of the resolved settings: any change that could change results changes it."""
     settings = {k: v for k, v in config.items() if k not in IDENTITY_KEYS}
@@ -333,17 +364,23 @@ def split_names(text: str | None, flag: str = "--only") -> list[str]:
 
 
 def _select(cfg: ConfigFile, suite: str, names: list[str], only: Iterable[str], exclude: Iterable[str]) -> set[str]:
+    """--only/--exclude: names or shell-style globs ('lora_*', '*_s42'); each must match something."""
     only, exclude = list(only), list(exclude)
     for flag, wanted in (("--only", only), ("--exclude", exclude)):
-        unknown = [w for w in wanted if w not in names]
+        unknown = [w for w in wanted if not matching(names, w)]
         if unknown:
             hint = _did_you_mean(unknown[0], names)
             raise ConfigError(
                 f"{flag}: {', '.join(unknown)} matches no experiment of suite '{suite}'{hint}. "
                 f"See the names with `perl plan {suite}`."
             )
-    chosen = set(only) if only else set(names)
-    return chosen - set(exclude)
+    chosen = {n for w in only for n in matching(names, w)} if only else set(names)
+    return chosen - {n for w in exclude for n in matching(names, w)}
+
+
+def matching(names: Iterable[str], pattern: str) -> list[str]:
+    """The names equal to `pattern` or matching it as a glob (*, ?, [...])."""
+    return [n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)]
 
 
 def _matrix_points(cfg: ConfigFile, matrix: Any, where: str) -> list[dict[str, dict[str, Any]]]:

@@ -8,12 +8,14 @@ stdin, stdout and exit status).
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 
-COMMANDS = frozenset({"plan", "run", "cancel", "status", "diagnose", "report", "watch"})
-# Flags that mean "PeRL" rather than "Perl" when they come first.
-OUR_FLAGS = frozenset({"--help", "--install-completion", "--show-completion"})
+# Kept in step with cli.py's commands by a test (importing Typer here would slow git's perl calls).
+COMMANDS = frozenset({"plan", "run", "status", "diagnose", "report", "watch", "cancel", "logs", "version"})
+# Flags that mean "PeRL" rather than "Perl" when they come first (`--version`, `-h`, `-v` stay Perl's).
+OUR_FLAGS = frozenset({"--help", "--install-completion", "--show-completion", "--perl-version"})
 _MARKER = b"perl_cli"
 
 
@@ -24,6 +26,17 @@ def is_perl_invocation(args: list[str], *, stdin_is_tty: bool) -> bool:
         return not stdin_is_tty
     first = args[0]
     return first not in COMMANDS and first not in OUR_FLAGS
+
+
+def near_miss(args: list[str]) -> str | None:
+    """The PeRL command the user probably meant (`perl stauts`), or None.
+
+    Only for a first argument that is no file (a Perl script) and no flag: those are Perl's.
+    """
+    if not args or args[0].startswith("-") or os.path.exists(args[0]):
+        return None
+    match = difflib.get_close_matches(args[0], sorted(COMMANDS), n=1, cutoff=0.7)
+    return match[0] if match else None
 
 
 def find_system_perl(our_script: str, path: str | None = None) -> str | None:
@@ -52,10 +65,16 @@ def _is_perl_cli_script(path: str) -> bool:
 
 
 def exec_system_perl(args: list[str], *, our_script: str) -> None:
+    meant = near_miss(args)
+    if meant:
+        sys.stderr.write(
+            f"perl: '{args[0]}' is not a PeRL command; did you mean `perl {meant}`? "
+            "Handing it to the Perl interpreter, as for any non-PeRL arguments.\n"
+        )
     perl = find_system_perl(our_script)
     if perl is None:
         sys.stderr.write(
-            "perl: this is PeRL (commands: plan, run, status, diagnose, report, watch), "
+            f"perl: this is PeRL (commands: {', '.join(sorted(COMMANDS))}), "
             "and no Perl interpreter was found on PATH to hand these arguments to.\n"
         )
         sys.exit(127)

@@ -13,6 +13,11 @@ from perl_cli import config as configlib
 from perl_cli import schema
 from perl_cli.config import ConfigFile, Experiment
 from perl_cli.ui import console as make_console
+from perl_cli.ui import fit_columns
+
+PLAN_COLUMNS = ("name", "method", "rank", "alpha", "seed", "data size", "lr", "steps", "model")
+# Dropped in this order when the terminal is too narrow; the name is never cut.
+PLAN_OPTIONAL_COLUMNS = ["model", "alpha", "data size", "lr", "method", "steps", "rank", "seed"]
 
 
 def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, json_out: bool) -> None:
@@ -20,22 +25,23 @@ def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, js
         print(json.dumps([e.summary() for e in experiments], indent=2))
         return
     # Names, paths, models and descriptions are user text: escaped, so "[core]" is shown, not parsed.
-    table = Table(title=escape(f"suite {suite}: {len(experiments)} experiments → {suite_dir}/"), title_justify="left")
-    for column in ("name", "method", "rank", "alpha", "seed", "data size", "lr", "steps", "model"):
-        table.add_column(column, justify="right" if column in ("rank", "alpha", "seed", "data size", "lr", "steps") else "left")
-    for e in experiments:
-        table.add_row(
-            escape(e.name),
-            e.method,
-            str(e.rank),
-            f"{e.alpha:g}",
-            str(e.seed),
-            "all" if e.data_size is None else str(e.data_size),
-            f"{e.learning_rate:g}",
-            str(e.max_steps),
-            escape(e.model),
-        )
+    def build(dropped: set[str]) -> Table:
+        table = Table(title=escape(f"suite {suite}: {len(experiments)} experiments → {suite_dir}/"), title_justify="left")
+        shown = [c for c in PLAN_COLUMNS if c not in dropped]
+        for column in shown:
+            table.add_column(column, justify="left" if column in ("name", "method", "model") else "right",
+                             no_wrap=column == "name", overflow="fold")
+        for e in experiments:
+            cells = {
+                "name": escape(e.name), "method": e.method, "rank": str(e.rank), "alpha": f"{e.alpha:g}",
+                "seed": str(e.seed), "data size": "all" if e.data_size is None else str(e.data_size),
+                "lr": f"{e.learning_rate:g}", "steps": str(e.max_steps), "model": escape(e.model),
+            }
+            table.add_row(*(cells[c] for c in shown))
+        return table
+
     console = make_console()
+    table, dropped = fit_columns(console, build, PLAN_OPTIONAL_COLUMNS)
     console.print(table)
     methods = Counter(e.method for e in experiments)
     steps = sum(e.max_steps for e in experiments)
@@ -43,6 +49,9 @@ def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, js
         f"[bold]{len(experiments)}[/] experiments, {len(methods)} methods "
         f"({', '.join(f'{m} {n}' for m, n in methods.items())}), {steps:,} optimizer steps in all."
     )
+    if dropped:
+        left_out = ", ".join(c for c in PLAN_COLUMNS if c in dropped)
+        console.print(f"[dim]Left out to fit {console.width} columns: {left_out} (a wider terminal or --json shows them).[/]")
 
 
 def print_suites(cfg: ConfigFile, *, json_out: bool) -> None:

@@ -49,7 +49,7 @@ from perl_cli.scheduler import gpus as gpulib
 from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
 from perl_cli.scheduler.lock import LockHeld, RunLock
-from perl_cli.scheduler.memory import estimate_mb
+from perl_cli.scheduler.memory import CPU_MAX_PARAMS, estimate_mb, too_big_for_cpu
 from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group, signal_group
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
 from perl_cli.scheduler.slurm import SlurmBackend, SlurmOptions, slurm_tasks_in_flight
@@ -97,6 +97,7 @@ class RunOptions:
     settle_seconds: float = 60.0
     grace_seconds: float = 30.0
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_S
+    cpu: bool = False  # --cpu: run on the CPU (ignoring GPUs), large models included
     worker_cmd: Sequence[str] = DEFAULT_WORKER_CMD
     tty: bool | None = None  # progress bars; None = when stdout is a terminal
     environ: dict[str, str] | None = None  # the workers' base environment (default: ours)
@@ -220,6 +221,12 @@ class LocalRunner:
         except gpulib.GPUInventoryError as exc:
             raise RunError(str(exc)) from None
         available = self.inventory.by_index()
+        if self.opts.cpu:
+            if self.opts.gpus is not None:
+                raise RunError("--cpu and --gpus contradict each other: leave out one of them.")
+            self.gpus = {}
+            self.inventory.reason = "--cpu"
+            return
         if self.opts.gpus is not None:
             if not available:
                 raise RunError(
@@ -337,8 +344,16 @@ class LocalRunner:
         )
 
     def _check_fit(self, jobs: list[Job]) -> None:
-        """Refuse up front a job that no chosen GPU could ever hold."""
+        """Refuse up front a job that no chosen GPU could ever hold, or a large model on a CPU unasked."""
         if self.cpu_mode:
+            big = too_big_for_cpu([j.exp for j in jobs if j.action != "adopt"])
+            if big and not self.opts.cpu:
+                raise RunError(
+                    f"no GPU ({self.inventory.reason if self.inventory else 'none found'}), and {len(big)} experiment(s) "
+                    f"use a model of more than {CPU_MAX_PARAMS / 1e9:g}B parameters, far too slow to train on a CPU: "
+                    f"{', '.join(big[:5])}{' ...' if len(big) > 5 else ''}. Run on a GPU machine (or with "
+                    "--backend slurm), try the `demo` suite, or pass --cpu to run them on the CPU anyway."
+                )
             return
         assert self.inventory is not None
 

@@ -69,3 +69,13 @@ def estimate_mb(config: dict[str, Any]) -> int:
     logits = tokens * vocab * 4
     total = (weights + optimizer + activations + logits) * SAFETY / _MB + CUDA_CONTEXT_MB
     return int(round(total))
+
+
+# Beyond this a model trains far too slowly on a CPU to be what the user meant (a 1.5B
+# model's 1000 GRPO steps would take weeks): `perl run` asks for --cpu first.
+CPU_MAX_PARAMS = 2e8
+
+
+def too_big_for_cpu(experiments: list[Any]) -> list[str]:
+    """Names of the experiments whose model is too large to train on a CPU unasked."""
+    return [e.name for e in experiments if model_parameters(e.model) > CPU_MAX_PARAMS]
