@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perl_cli import schema
+from perl_cli import outcomes, schema
 from perl_cli import state as st
 from perl_cli.logtail import last_json_rows, tail_lines
 from perl_cli.status import ExperimentView, SuiteView
@@ -50,10 +50,6 @@ CHAIN_MARKERS = (
 )
 RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")
 EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt|Exit|Enabled)\b.*")
-SIGKILL_CODES = {137, -9}
-# The worker exits 130 on SIGINT and 143 on SIGTERM after checkpointing; 2 on a config error.
-INTERRUPT_CODES = {130, 143, -2, -15}
-CONFIG_EXIT_CODE = 2
 
 
 @dataclass
@@ -71,12 +67,10 @@ class Evidence:
     @property
     def signal(self) -> str | None:
         sig = self.status.get("signal")
-        if isinstance(sig, int):
-            return {9: "SIGKILL", 2: "SIGINT", 15: "SIGTERM", 6: "SIGABRT", 11: "SIGSEGV"}.get(sig, f"signal {sig}")
-        return sig.upper() if isinstance(sig, str) else None
+        return outcomes.signal_name(sig) if isinstance(sig, (int, str)) and not isinstance(sig, bool) else None
 
     def killed(self) -> bool:
-        return self.signal == "SIGKILL" or self.status.get("exit_code") in SIGKILL_CODES
+        return outcomes.was_killed(self.status)
 
 
 @dataclass
@@ -195,9 +189,9 @@ def fix_cuda_oom(ctx: Context, ev: Evidence) -> Fix:
     accum = _int(ctx.setting("training", "gradient_accumulation_steps"))
     gens = _int(ctx.setting("training", "num_generations")) or 1
     if batch and accum and batch > 1:
-        new_batch = _smaller_divisor(batch, batch * accum)
-        if new_batch:
-            new_accum = batch * accum // new_batch
+        smaller = outcomes.smaller_batch(batch, accum)  # the same remedy as perl run's OOM retry
+        if smaller:
+            new_batch, new_accum = smaller
             return Fix(
                 f"The GPU ran out of memory at {batch} completions per micro-step. Use {new_batch} per "
                 f"micro-step and {new_accum} accumulation steps: the effective batch stays {batch * accum} completions, "
@@ -221,6 +215,29 @@ def fix_cuda_oom(ctx: Context, ev: Evidence) -> Fix:
             [ctx.run({"training.max_completion_length": length // 2})],
         )
     return Fix("The GPU ran out of memory at the smallest settings: run it on a GPU with more memory.")
+
+
+def fix_time_limit(ctx: Context, ev: Evidence) -> Fix:
+    from perl_cli.scheduler.slurm_cli import format_time
+
+    requeues = len(ev.status.get("requeues") or [])
+    slurm = ev.status.get("slurm") if isinstance(ev.status.get("slurm"), dict) else {}
+    limit = _int(slurm.get("time_limit_s"))
+    more = f" --time {format_time(2 * limit)}" if limit else ""
+    return Fix(
+        f"The Slurm task hit its time limit{' (' + format_time(limit) + ')' if limit else ''} and had no requeue "
+        f"left (requeued {requeues} time(s)). Give it more time (--time) or more requeues (--retries); it resumes "
+        "from its last checkpoint.",
+        [ctx.run() + f" --backend slurm{more}"],
+    )
+
+
+def fix_preempted(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        "Slurm preempted the task (a higher-priority job took its node) and it had no requeue left. "
+        "Run it again (more --retries lets Slurm requeue it); it resumes from its last checkpoint.",
+        [ctx.run() + " --backend slurm"],
+    )
 
 
 def fix_host_oom(ctx: Context, ev: Evidence) -> Fix:
@@ -379,11 +396,7 @@ def fix_unknown(ctx: Context, ev: Evidence) -> Fix:
 
 
 def _interrupted(ev: Evidence) -> bool:
-    return (
-        ev.status.get("state") == st.INTERRUPTED
-        or ev.signal in ("SIGINT", "SIGTERM")
-        or ev.status.get("exit_code") in INTERRUPT_CODES
-    )
+    return outcomes.was_interrupted(ev.status)
 
 
 def _killed_silently(ev: Evidence) -> bool:
@@ -400,24 +413,24 @@ def _non_finite_metrics(ev: Evidence) -> bool:
 
 
 RULES: tuple[Rule, ...] = (
+    # Recorded by the Slurm task (perl_cli/scheduler/slurm_task.py): before `interrupted`, since the
+    # worker itself exited 143 after saving its checkpoint.
+    Rule(outcomes.CAUSE_TIME_LIMIT, "Slurm time limit (no requeue left)", fix_time_limit,
+         when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_TIME_LIMIT),
+    Rule(outcomes.CAUSE_PREEMPTED, "preempted by Slurm (no requeue left)", fix_preempted,
+         when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_PREEMPTED),
     Rule("interrupted", "interrupted (Ctrl+C, scheduler or cluster)", fix_interrupted,
          patterns=(r"^KeyboardInterrupt\s*$",), when=_interrupted),
     Rule("stalled", "stalled: running, but no heartbeat", fix_stalled, when=lambda ev: ev.stalled),
     Rule("host_oom", "killed (SIGKILL, exit 137): host out of memory or killed from outside", fix_host_oom,
          when=_killed_silently),
-    Rule("cuda_oom", "CUDA out of memory", fix_cuda_oom, patterns=(
-        r"CUDA out of memory", r"OutOfMemoryError", r"CUDA error: out of memory",
-        r"CUBLAS_STATUS_ALLOC_FAILED", r"HIP out of memory",
-    )),
+    Rule(outcomes.CAUSE_CUDA_OOM, "CUDA out of memory", fix_cuda_oom, patterns=outcomes.CUDA_OOM_PATTERNS),
     Rule("nan", "NaN or Inf loss or gradients", fix_nan, when=_non_finite_metrics, patterns=(
         r"\bloss\b[^\n]*\b(?:nan|inf)\b", r"\b(?:nan|inf)\b[^\n]*\bloss\b",
         r"returned nan values", r"probability tensor contains either `?inf`?, `?nan`? or element < 0",
         r"non-finite", r"\bgrad(?:ient)?s?\b[^\n]*\b(?:nan|inf)\b",
     )),
-    Rule("disk_full", "disk full or quota exceeded", fix_disk_full, patterns=(
-        r"No space left on device", r"\[Errno 28\]", r"Disk quota exceeded", r"\[Errno 122\]",
-        r"PytorchStreamWriter failed writing file",
-    )),
+    Rule(outcomes.CAUSE_DISK_FULL, "disk full or quota exceeded", fix_disk_full, patterns=outcomes.DISK_FULL_PATTERNS),
     Rule("hub_gated", "model hub refused access (gated, private or misspelled)", fix_hub_gated, patterns=(
         r"GatedRepoError", r"Cannot access gated repo", r"trying to access a gated repo",
         r"RepositoryNotFoundError", r"is not a valid model identifier listed on",
@@ -455,7 +468,7 @@ RULES: tuple[Rule, ...] = (
     Rule("config_error", "configuration error", fix_config, patterns=(
         r"\bConfigError\b", r"must be evenly divisible by", r"^ValueError: .*(?:config|must be|invalid|expected)",
         r"^perl: error:",
-    ), when=lambda ev: ev.status.get("exit_code") == CONFIG_EXIT_CODE),
+    ), when=lambda ev: ev.status.get("exit_code") == outcomes.EXIT_CONFIG_ERROR),
     Rule("host_oom", "host out of memory", fix_host_oom, patterns=(
         r"^MemoryError\b", r"^Killed\s*$", r"oom-kill", r"Out of memory: Killed process",
         r"Cannot allocate memory",
@@ -636,11 +649,6 @@ def _excerpt(tail: list[str], rule: Rule, n: int) -> list[str]:
     hit = rule.matching_line(tail)
     end = len(tail) if hit is None else min(len(tail), hit + 3)
     return tail[max(0, end - n) : end]
-
-
-def _smaller_divisor(batch: int, product: int) -> int | None:
-    """The per-device batch after an OOM: half if it divides the effective batch, else the next divisor down."""
-    return next((b for b in range(batch // 2, 0, -1) if product % b == 0), None)
 
 
 def _missing_path(text: str) -> str | None:

@@ -24,11 +24,12 @@ from typing import Any
 # Experiment states (contract).
 PENDING = "pending"
 RUNNING = "running"
+QUEUED = "queued"  # submitted to Slurm, waiting for a node (the Slurm backend writes it)
 COMPLETED = "completed"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 STALE = "stale"
-STATES = (PENDING, RUNNING, COMPLETED, FAILED, INTERRUPTED, STALE)
+STATES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED, STALE)
 
 # File names inside an experiment directory (contract).
 CONFIG_FILE = "config.json"

@@ -42,10 +42,11 @@ DEFAULT_STALL_AFTER_S = 600.0
 RATE_WINDOW = 20
 # Without --verbose: this many recently finished completed experiments are listed too.
 RECENT_COMPLETED = 5
-ATTENTION_ORDER = (st.RUNNING, st.FAILED, st.INTERRUPTED, st.STALE, st.COMPLETED, st.PENDING)
-DISPLAY_ORDER = (st.COMPLETED, st.RUNNING, st.FAILED, st.INTERRUPTED, st.STALE, st.PENDING)
+ATTENTION_ORDER = (st.RUNNING, st.FAILED, st.INTERRUPTED, st.STALE, st.QUEUED, st.COMPLETED, st.PENDING)
+DISPLAY_ORDER = (st.COMPLETED, st.RUNNING, st.QUEUED, st.FAILED, st.INTERRUPTED, st.STALE, st.PENDING)
 STATE_STYLE = {
     st.PENDING: "dim",
+    st.QUEUED: "blue",
     st.RUNNING: "cyan",
     st.COMPLETED: "green",
     st.FAILED: "bold red",
@@ -54,6 +55,7 @@ STATE_STYLE = {
 }
 STATE_MARK = {
     st.PENDING: "○",
+    st.QUEUED: "…",
     st.RUNNING: "⧗",
     st.COMPLETED: "✓",
     st.FAILED: "✗",
@@ -159,7 +161,7 @@ class SuiteView:
         mean_rate = statistics.fmean(rates)
         running_left = [e.eta_s if e.eta_s is not None else _left(e) * mean_rate for e in running]
         queued = sum(
-            _left(e) * mean_rate for e in self.experiments if e.state in (st.PENDING, st.INTERRUPTED)
+            _left(e) * mean_rate for e in self.experiments if e.state in (st.PENDING, st.QUEUED, st.INTERRUPTED)
         )
         return max(max(running_left), (sum(running_left) + queued) / len(running))
 

@@ -4,6 +4,7 @@
 #
 #   scripts/local-slurm.sh install   # apt-get the Debian packages (root; once per machine)
 #   scripts/local-slurm.sh start     # munged, mariadb, slurmdbd, slurmctld, slurmd; idempotent
+#   scripts/local-slurm.sh status    # exit 0 when the cluster is up (an idle, mixed or busy node)
 #   scripts/local-slurm.sh env       # the line to eval: export SLURM_CONF=...
 #   scripts/local-slurm.sh stop      # stops every daemon this script started; idempotent
 #
@@ -234,6 +235,7 @@ case "${1:-}" in
   install) install ;;
   start) start ;;
   stop) t0=$SECONDS; stop_all; say "stopped in $((SECONDS - t0))s." ;;
+  status) pid_alive "$DIR/run/slurmctld.pid" && pid_alive "$DIR/run/slurmd.pid" && pid_alive "$DIR/run/slurmdbd.pid" && node_idle ;;
   env) echo "export SLURM_CONF=$SLURM_CONF" ;;
-  *) echo "usage: $0 install|start|stop|env" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|status|stop|env" >&2; exit 2 ;;
 esac

@@ -44,7 +44,7 @@ description = "room for one experiment per failure kind"
 name = "{method}_r{rank}_s{seed}"
 [suites.wide.matrix]
 method = ["lora", "dora", "adalora", "milora", "lora_plus", "pissa"]
-seed = [1, 2, 3]
+seed = [1, 2, 3, 4]
 
 [suites.rank]
 description = "methods x ranks"
@@ -263,6 +263,15 @@ warning: request timeout while syncing to W&B, retrying (error 503)
 {'loss': 0.0301, 'grad_norm': 0.5, 'learning_rate': 1e-05, 'reward': 0.22, 'epoch': 0.01}
 """
 
+# A Slurm task stopped at its time limit with no requeue left (perl_cli/scheduler/slurm_task.py):
+# the worker saved a checkpoint on SIGTERM and exited 143; the task recorded the cause.
+SLURM_TIME_LIMIT = """{'loss': 0.0199, 'grad_norm': 0.31, 'learning_rate': 1e-05, 'reward': 0.41, 'epoch': 0.2}
+[perl] interrupted at step 212; exiting with 143
+
+[perl run 2026-11-23 03:12:44] the Slurm time limit: stopped at step 212; no requeue left
+"""
+SLURM_PREEMPTED = SLURM_TIME_LIMIT.replace("the Slurm time limit", "preemption")
+
 # cause -> (log text, status fields); state defaults to failed.
 FAILURE_LOGS: dict[str, tuple[str, dict]] = {
     "cuda_oom": (CUDA_OOM, {"exit_code": 1, "error": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.32 GiB."}),
@@ -284,6 +293,11 @@ FAILURE_LOGS: dict[str, tuple[str, dict]] = {
     "unknown": (UNKNOWN, {"exit_code": 1}),
     "worker_hub_error": (WORKER_HUB_ERROR, {"exit_code": 1, "error": "ModelError: could not load model"}),
     "worker_config_error": (WORKER_CONFIG_ERROR, {"exit_code": 2}),
+    "time_limit": (SLURM_TIME_LIMIT, {"exit_code": 143, "cause": "time_limit", "requeues": [{"cause": "time_limit"}],
+                                      "slurm": {"job_id": "4242_7", "time_limit_s": 14400},
+                                      "error": "stopped by the Slurm time limit after 1 requeue(s); none left"}),
+    "preempted": (SLURM_PREEMPTED, {"exit_code": 143, "cause": "preempted",
+                                    "error": "stopped by preemption after 0 requeue(s); none left"}),
 }
 # The cause each FAILURE_LOGS entry must be classified as.
 EXPECTED_CAUSE = {key: key for key in FAILURE_LOGS} | {

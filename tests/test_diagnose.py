@@ -32,7 +32,7 @@ from perl_cli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 # `perl run` flags a suggested command may use (DESIGN.md's contract for `perl run`).
-RUN_FLAGS_WITH_VALUE = {"--only", "--set", "--config", "--output"}
+RUN_FLAGS_WITH_VALUE = {"--only", "--set", "--config", "--output", "--backend", "--time"}
 RUN_FLAGS = {"--fresh"}
 
 

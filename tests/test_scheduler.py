@@ -407,8 +407,9 @@ def test_gpu_selection_errors(tmp_path: Path) -> None:
     write_config(tmp_path, methods=("lora",), seeds=(1,))
     result = perl(tmp_path, "--gpus", "0,5", env=env_for(tmp_path, gpus=fake_gpus(8000, 8000)))
     assert result.returncode == 2 and "no GPU with index 5" in result.stderr
-    result = perl(tmp_path, "--backend", "slurm", env=env_for(tmp_path, gpus=fake_gpus(8000)))
-    assert result.returncode == 2 and "not built yet" in result.stderr
+    # Slurm options without the Slurm backend are a usage error, not silently ignored.
+    result = perl(tmp_path, "--partition", "gpu", env=env_for(tmp_path, gpus=fake_gpus(8000)))
+    assert result.returncode == 2 and "--partition: Slurm options need --backend slurm" in result.stderr
     result = perl(tmp_path, env=env_for(tmp_path, gpus="[{not json"))
     assert result.returncode == 2 and "PERL_FAKE_GPUS" in result.stderr
 

@@ -58,7 +58,8 @@ def test_states_of_a_partial_suite(mixed) -> None:
         "pissa_r16_s42": ("pending", False),
         "pissa_r16_s123": ("pending", False),
     }
-    assert view.counts == {"pending": 4, "running": 2, "completed": 2, "failed": 2, "interrupted": 1, "stale": 1}
+    assert view.counts == {"pending": 4, "queued": 0, "running": 2, "completed": 2, "failed": 2, "interrupted": 1,
+                           "stale": 1}
     assert view.stalled == 1
     assert 0 < view.progress < 1
     assert view.size_bytes > 0

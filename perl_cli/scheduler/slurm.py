@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,7 @@ class SlurmBackend:
         from submitit.core.utils import FailedJobError
 
         previous = {job.name: state.read_status(job.dir) for job in jobs}
+        created = [job.dir for job in jobs if not job.dir.exists()]
         for job in jobs:
             self.runner._prepare_dir(job)
             state.update_status(
@@ -173,7 +175,7 @@ class SlurmBackend:
                     submitted = [executor.submit(task) for task in tasks]
         except FailedJobError as exc:
             for job in jobs:
-                _restore(job.dir, previous[job.name])
+                _restore(job.dir, previous[job.name], created=job.dir in created)
             message = str(exc).strip() or captured.getvalue().strip()
             raise SlurmError(f"Slurm rejected the submission: {message}") from None
         ids = [str(s.job_id) for s in submitted]
@@ -194,7 +196,7 @@ class SlurmBackend:
             array = ids[0].split("_")[0]
             where = f" on partition {self.sopts.partition}" if self.sopts.partition else ""
             r.info(f"submitted {len(ids)} experiment(s) as Slurm job array {array} (tasks 0-{len(ids) - 1}){where}, "
-                   f"time limit {_hms(time_limit_s)}, {self.sopts.gpus_per_job} GPU(s) each.")
+                   f"time limit {slurm_cli.format_time(time_limit_s)}, {self.sopts.gpus_per_job} GPU(s) each.")
         if watched:
             r.info(f"{len(watched)} already queued or running in Slurm: "
                    + ", ".join(f"{job.name} ({tid})" for job, tid in watched) + ".")
@@ -248,15 +250,11 @@ def _detail(status: dict) -> str:
     return f"on {status.get('host') or '?'}{again}"
 
 
-def _hms(seconds: int) -> str:
-    days, rest = divmod(seconds, 86400)
-    text = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
-    return f"{days}-{text}" if days else text
-
-
-def _restore(exp_dir: Path, previous: dict | None) -> None:
-    """Undo the `queued` mark of a submission Slurm refused."""
-    if previous is None:
+def _restore(exp_dir: Path, previous: dict | None, *, created: bool) -> None:
+    """Undo the `queued` mark of a submission Slurm refused (and the directory it created)."""
+    if created:
+        shutil.rmtree(exp_dir, ignore_errors=True)
+    elif previous is None:
         with contextlib.suppress(FileNotFoundError):
             (exp_dir / state.STATUS_FILE).unlink()
     else:

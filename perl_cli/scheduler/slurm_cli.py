@@ -134,6 +134,13 @@ def parse_time(value: str) -> int:
     return total
 
 
+def format_time(seconds: int) -> str:
+    """Seconds in Slurm's D-HH:MM:SS (HH:MM:SS under a day)."""
+    days, rest = divmod(int(seconds), 86400)
+    text = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}-{text}" if days else text
+
+
 _MEM = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
 _KEY = re.compile(r"^[a-z][a-z0-9-]*$")
 

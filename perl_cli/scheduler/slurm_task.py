@@ -72,7 +72,8 @@ class SlurmTask:
         state.update_status(
             exp_dir, state=state.RUNNING, attempt=attempt, host=state.hostname(), gpu=gpu_field(visible),
             started=self._started, heartbeat=self._started, ended=None, exit_code=None, signal=None,
-            error=None, cause=None, pid=None, pid_start_time=None, slurm={**previous.get("slurm", {}), **slurm_ids()},
+            error=None, cause=None, pid=None, pid_start_time=None,
+            slurm={**previous.get("slurm", {}), **slurm_ids(), "time_limit_s": self.time_limit_s},
         )
         env = {
             **os.environ,

@@ -35,6 +35,7 @@ STATE_STYLE = {
     st.INTERRUPTED: "yellow",
     st.STALE: "magenta",
     st.PENDING: "dim",
+    st.QUEUED: "blue",
 }
 LOG_LINES = 200
 # Bytes of new log text read per poll at most: a chatty worker cannot freeze the screen.

@@ -1,0 +1,275 @@
+"""`perl run --backend slurm` and `perl cancel` against a real one-node Slurm (no mocks).
+
+The cluster is scripts/local-slurm.sh's: slurmctld, slurmd, slurmdbd + MariaDB and munge
+on 127.0.0.1, 2 CPUs and 4 fake GPUs as GRES. The session fixture starts it when it is
+not running (and stops it afterwards); .ci/run starts and stops it around pytest. Most
+tests use the synthetic worker (tests/fake_worker.py) so they take seconds; the real
+worker runs once (marked slow). Tests that need the cluster are marked `slurm` and are
+skipped, loudly, only where Slurm is not installed (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_scheduler import SUITE, env_for, launches, perl, statuses, timings, wait_until, write_config
+
+from perl_cli import state
+
+HERE = Path(__file__).parent
+SCRIPT = HERE.parent / "scripts" / "local-slurm.sh"
+slurm = pytest.mark.slurm
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local Slurm cluster, started for this session unless it already runs."""
+    up = subprocess.run([str(SCRIPT), "status"], capture_output=True, timeout=60).returncode == 0
+    if not up:
+        started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, f"scripts/local-slurm.sh start failed:\n{started.stderr}"
+    yield
+    if not up:
+        subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def cluster(slurm_cluster, tmp_path: Path):
+    """One test's use of the cluster; whatever it left in the queue is cancelled afterwards."""
+    yield
+    subprocess.run(["scancel", "--quiet", "--name", f"perl-{SUITE}"], capture_output=True, timeout=30)
+
+
+def squeue_ids() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "--name", f"perl-{SUITE}"], capture_output=True,
+                         text=True, timeout=30)
+    return out.stdout.split()
+
+
+def task_of(tmp: Path, name: str) -> str:
+    return state.read_status(tmp / "out" / SUITE / name)["slurm"]["job_id"]
+
+
+def perl_cmd(tmp: Path, *args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A read-side or cancel command (the real CLI; no worker involved)."""
+    return subprocess.run([sys.executable, "-m", "perl_cli", *args, "--output", str(tmp / "out")],
+                          env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp)
+
+
+def tree(root: Path) -> set[str]:
+    """Relative paths of an experiment directory's files (checkpoints by name)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@slurm
+def test_array_completes_with_the_files_of_a_local_run_and_gres_gpus(tmp_path: Path, cluster) -> None:
+    write_config(tmp_path, steps=10, save_steps=5, methods=("lora", "dora", "vera"), seeds=(1,))
+    env = env_for(tmp_path, gpus="[]", step_s=0.05)
+    t0 = time.monotonic()
+    result = perl(tmp_path, "--backend", "slurm", "--wait", "--cpus-per-job", "1", env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "submitted 3 experiment(s) as Slurm job array" in result.stdout
+    print(f"submit -> 3 tasks completed: {time.monotonic() - t0:.1f}s")
+    final = statuses(tmp_path)
+    assert {s["state"] for s in final.values()} == {"completed"} and len(final) == 3
+    rows = timings(tmp_path)
+    # CUDA_VISIBLE_DEVICES comes from Slurm's GRES: a fake GPU index per task, never shared at once.
+    assert all(r["gpu"] in {"0", "1", "2", "3"} and r["perl_gpu"] == r["gpu"] for r in rows)
+    for a in rows:
+        for b in rows:
+            if a is not b and a["start"] < b["end"] and b["start"] < a["end"]:
+                assert a["gpu"] != b["gpu"], rows
+    assert all(isinstance(s["gpu"], int) for s in final.values())
+    assert all(s["slurm"]["job_id"].startswith(s["slurm"]["array_job_id"] + "_") for s in final.values())
+
+    # The same files as a local run of the same suite.
+    local = tmp_path / "local"
+    local.mkdir()
+    write_config(local, steps=10, save_steps=5, methods=("lora", "dora", "vera"), seeds=(1,))
+    assert perl(local, env=env_for(local, gpus="[]")).returncode == 0
+    for name in final:
+        assert tree(tmp_path / "out" / SUITE / name) == tree(local / "out" / SUITE / name)
+    # Readers work unchanged.
+    shown = json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)
+    assert shown["counts"]["completed"] == 3
+
+    # --gpus-per-job 2: two GRES GPUs per task; 0: none (the CPU).
+    result = perl(tmp_path, "--backend", "slurm", "--wait", "--fresh", "--only", "lora_s1", "--gpus-per-job", "2",
+                  env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(timings(tmp_path)[-1]["gpu"].split(",")) == 2
+    result = perl(tmp_path, "--backend", "slurm", "--wait", "--fresh", "--only", "lora_s1", "--gpus-per-job", "0",
+                  env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert timings(tmp_path)[-1]["gpu"] == "" and timings(tmp_path)[-1]["perl_gpu"] == "cpu"
+
+
+@slurm
+def test_scancel_of_a_running_task_then_perl_run_resumes_from_its_checkpoint(tmp_path: Path, cluster) -> None:
+    write_config(tmp_path, steps=80, save_steps=1000, methods=("lora",), seeds=(1,))
+    env = env_for(tmp_path, gpus="[]", step_s=0.1)
+    result = perl(tmp_path, "--backend", "slurm", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "perl status" in result.stdout and "perl cancel" in result.stdout  # how to watch and stop
+    exp = tmp_path / "out" / SUITE / "lora_s1"
+    wait_until(lambda: ((state.read_status(exp) or {}).get("step") or 0) >= 5, timeout=60, what="task stepping")
+    subprocess.run(["scancel", task_of(tmp_path, "lora_s1")], check=True, timeout=30)
+    wait_until(lambda: (state.read_status(exp) or {}).get("state") == "interrupted", timeout=60, what="interrupted")
+    stopped = state.read_status(exp)
+    assert stopped["exit_code"] == 143  # the worker got SIGTERM and saved a checkpoint
+    assert state.last_checkpoint(exp).name == f"checkpoint-{stopped['step']}"
+
+    result = perl(tmp_path, "--backend", "slurm", "--wait", env={**env, "PERL_FAKE_STEP_SECONDS": "0.01"}, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    final = state.read_status(exp)
+    assert final["state"] == "completed" and final["resumed_from"] == stopped["step"] and final["attempt"] == 2
+    assert launches(tmp_path) == ["lora_s1", "lora_s1"]
+
+
+@slurm
+def test_time_limit_requeues_from_the_checkpoint_and_a_spent_budget_fails_with_cause_time_limit(
+    tmp_path: Path, cluster,
+) -> None:
+    # Attempt 1 is slow (2 s a step): it outlives --time 1 (one minute); attempt 2 is fast.
+    write_config(tmp_path, steps=60, save_steps=2, methods=("lora", "dora"), seeds=(1,))
+    plan = {"lora_s1": {"first_attempt_step_seconds": 2}, "dora_s1": {"first_attempt_step_seconds": 2}}
+    env = env_for(tmp_path, gpus="[]", step_s=0.02, PERL_FAKE_PLAN=json.dumps(plan))
+    # Submitted separately, so that they run side by side: one requeue allowed, then none.
+    assert perl(tmp_path, "--backend", "slurm", "--time", "1", "--retries", "1", "--only", "lora_s1",
+                env=env).returncode == 0
+    t0 = time.monotonic()
+    result = perl(tmp_path, "--backend", "slurm", "--time", "1", "--retries", "0", "--only", "dora_s1", "--wait",
+                  env=env, timeout=240)
+    assert result.returncode == 1, result.stdout + result.stderr
+    spent = statuses(tmp_path)["dora_s1"]
+    assert spent["state"] == "failed" and spent["cause"] == "time_limit", spent
+    diagnosis = json.loads(perl_cmd(tmp_path, "diagnose", SUITE, "--json", env=env).stdout)
+    assert {e["name"]: e["cause"] for e in diagnosis["experiments"]}["dora_s1"] == "time_limit"
+
+    exp = tmp_path / "out" / SUITE / "lora_s1"
+    wait_until(lambda: (state.read_status(exp) or {}).get("state") == "completed", timeout=240, what="requeued task")
+    print(f"time limit -> requeue -> completed: {time.monotonic() - t0:.1f}s")
+    final = state.read_status(exp)
+    assert [r["cause"] for r in final["requeues"]] == ["time_limit"]
+    assert final["attempt"] == 2 and final["resumed_from"] == final["requeues"][0]["step"]
+    assert "requeued" in (exp / state.LOG_FILE).read_text()
+
+
+@slurm
+def test_status_shows_queued_tasks_while_the_node_is_busy_and_perl_cancel_cancels_everything(
+    tmp_path: Path, cluster,
+) -> None:
+    # 2 CPUs, one per task: two run, two wait in the queue.
+    write_config(tmp_path, steps=400, save_steps=1000, methods=("lora", "dora"), seeds=(1, 2))
+    env = env_for(tmp_path, gpus="[]", step_s=0.05)
+    assert perl(tmp_path, "--backend", "slurm", "--cpus-per-job", "1", env=env).returncode == 0
+    wait_until(lambda: sum(s.get("state") == "running" for s in statuses(tmp_path).values()) == 2,
+               timeout=60, what="two running tasks")
+    shown = json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)
+    assert shown["counts"]["running"] == 2 and shown["counts"]["queued"] == 2, shown["counts"]
+    queued = [e for e in shown["experiments"] if e["state"] == "queued"]
+    assert len(queued) == 2
+    # Submitting again does not submit twice.
+    again = perl(tmp_path, "--backend", "slurm", env=env)
+    assert again.returncode == 0 and "4 already queued or running in Slurm" in again.stdout, again.stdout
+
+    result = perl_cmd(tmp_path, "cancel", SUITE, env=env)
+    assert result.returncode == 0, result.stderr
+    assert not squeue_ids() or all(
+        s in ("CANCELLED", "COMPLETED") for s in _slurm_states(squeue_ids())
+    )
+    final = statuses(tmp_path)
+    assert {s["state"] for s in final.values()} == {"interrupted"}, final
+    shown = json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)
+    assert shown["counts"]["interrupted"] == 4
+
+
+def _slurm_states(ids: list[str]) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%T", "-j", ",".join({i.split('_')[0] for i in ids})],
+                         capture_output=True, text=True, timeout=30)
+    return out.stdout.split()
+
+
+@slurm
+def test_clear_errors_before_anything_is_submitted(tmp_path: Path, cluster) -> None:
+    write_config(tmp_path, methods=("lora",), seeds=(1,))
+    env = env_for(tmp_path, gpus="[]")
+    cases = [
+        (("--partition", "nosuch"), "--partition nosuch: this cluster has no such partition; it has debug"),
+        (("--time", "1:99:00"), "--time 1:99:00: not a Slurm time limit"),
+        (("--mem", "lots"), "--mem lots: expected a size"),
+        (("--slurm-arg", "qos"), "--slurm-arg qos: expected KEY=VALUE"),
+        (("--slurm-arg", "array=0-3"), "PeRL sets --array itself"),
+        # Slurm itself refuses: its own message is shown.
+        (("--mem", "999999G"), "Slurm rejected the submission: sbatch: error:"),
+    ]
+    for args, message in cases:
+        result = perl(tmp_path, "--backend", "slurm", *args, env=env)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not launches(tmp_path) and not squeue_ids()
+    assert not statuses(tmp_path)  # a refused submission leaves no `queued` behind
+
+
+def test_no_sbatch_on_path_is_a_clear_error(tmp_path: Path) -> None:
+    write_config(tmp_path, methods=("lora",), seeds=(1,))
+    env = {**env_for(tmp_path, gpus="[]"), "PATH": str(Path(sys.executable).parent)}
+    result = perl(tmp_path, "--backend", "slurm", env=env)
+    assert result.returncode == 2
+    assert "`sbatch` is not on PATH" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / SUITE / "lora_s1").exists()
+
+
+REAL_CONFIG = """
+[suites.{suite}]
+name = "{{method}}_s{{seed}}"
+[suites.{suite}.base.model]
+model_name_or_path = "builtin:tiny-random"
+[suites.{suite}.base.dataset]
+dataset_name_or_path = "builtin:countdown"
+data_size = 32
+eval_size = 8
+[suites.{suite}.base.training]
+max_steps = 3
+save_steps = 2
+logging_steps = 1
+per_device_train_batch_size = 4
+gradient_accumulation_steps = 1
+num_generations = 2
+max_prompt_length = 32
+max_completion_length = 8
+bf16 = false
+[suites.{suite}.base.wandb]
+use_wandb = false
+[suites.{suite}.matrix]
+method = ["lora", "dora"]
+seed = [1]
+"""
+
+
+@slurm
+@pytest.mark.slow
+def test_real_worker_suite_on_slurm(tmp_path: Path, cluster) -> None:
+    (tmp_path / "experiments.toml").write_text(REAL_CONFIG.format(suite=SUITE))
+    env = {**os.environ, "PERL_CACHE_DIR": os.environ.get("PERL_CACHE_DIR", str(tmp_path / "cache"))}
+    t0 = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "perl_cli", "run", SUITE, "--backend", "slurm", "--wait",
+                             "--cpus-per-job", "1", "--output", str(tmp_path / "out")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"real worker, 2 experiments on Slurm: {time.monotonic() - t0:.1f}s")
+    for name in ("lora_s1", "dora_s1"):
+        exp = tmp_path / "out" / SUITE / name
+        status = state.read_status(exp)
+        assert status["state"] == "completed" and status["step"] == 3 and status["slurm"]["job_id"]
+        assert (exp / "adapter_model.safetensors").exists() and (exp / state.EVAL_FILE).exists()
+    report = subprocess.run([sys.executable, "-m", "perl_cli", "report", SUITE, "--stdout", "--output",
+                             str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "lora_s1" in report.stdout
