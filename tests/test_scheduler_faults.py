@@ -88,8 +88,10 @@ def test_a_full_disk_stops_launching_marks_disk_full_and_a_rerun_resumes(tmp_pat
 
     diagnosis = CliRunner().invoke(app, ["diagnose", SUITE, "--json", "--config", str(tmp_path / "experiments.toml"),
                                          "--output", str(small_disk)])
-    causes = {e["name"]: e["cause"] for e in json.loads(diagnosis.output)["experiments"]}
-    assert all(causes[n] == "disk_full" for n in failed), causes
+    report = {e["name"]: e for e in json.loads(diagnosis.output)["experiments"]}
+    assert all(report[n]["cause"] == "disk_full" for n in failed), report
+    fix = " ".join(report[failed[0]]["fix"].split()) if isinstance(report[failed[0]]["fix"], str) else json.dumps(report[failed[0]]["fix"])
+    assert f"{small_disk} has" in fix and "free; it needs at least" in fix and "two checkpoints of" in fix, fix
 
     filler.unlink()
     (tmp_path / "launches.log").unlink()
