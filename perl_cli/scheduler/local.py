@@ -56,6 +56,7 @@ from perl_cli.ui import human_bytes, human_seconds
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train")
 OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError")
+OOM_CAUSE = "CUDA out of memory"
 EXIT_CONFIG_ERROR = 2  # worker: bad config, never retried
 EXIT_TEMPFAIL = 75  # worker: a temporary failure (EX_TEMPFAIL), worth a retry
 INTERRUPTED_CODES = (130, 143)
@@ -729,8 +730,7 @@ class LocalRunner:
         else:
             detail = f"in {duration} on {job.gpu_label}"
         if retry is not None:
-            self.reporter.finished(job.name, final, detail + " — retrying", counts=False)
-            self._schedule_retry(job, status, retry)
+            self._schedule_retry(job, status, retry, detail)
         else:
             self.results[job.name] = final
             self.reporter.finished(job.name, final, detail)
@@ -768,12 +768,12 @@ class LocalRunner:
             accum = job.runtime.get("gradient_accumulation_steps", training["gradient_accumulation_steps"])
             if batch < 2 or batch % 2:
                 return None
-            return "CUDA out of memory", {"per_device_train_batch_size": batch // 2, "gradient_accumulation_steps": accum * 2}
+            return OOM_CAUSE, {"per_device_train_batch_size": batch // 2, "gradient_accumulation_steps": accum * 2}
         if rc == EXIT_TEMPFAIL:
             return "temporary failure", dict(job.runtime)
         return None
 
-    def _schedule_retry(self, job: Job, status: dict, retry: tuple[str, dict]) -> None:
+    def _schedule_retry(self, job: Job, status: dict, retry: tuple[str, dict], detail: str) -> None:
         cause, runtime = retry
         job.tries_left -= 1
         job.runtime = runtime
@@ -783,10 +783,11 @@ class LocalRunner:
         change = ", ".join(f"{k}={v}" for k, v in runtime.items()) or "same settings"
         record = {"attempt": job.attempt, "cause": cause, "at": state.now(), **runtime}
         state.update_status(job.dir, retries=[*status.get("retries", []), record])
-        message = f"{job.name}: {cause} on attempt {job.attempt}; retrying with {change} (same effective batch)" if runtime else f"{job.name}: {cause} on attempt {job.attempt}; retrying"
-        _append_log(job.dir, message)
+        how = f"with {change} (same effective batch)" if runtime and cause == OOM_CAUSE else "from its last checkpoint"
+        message = f"{cause} on attempt {job.attempt} ({detail.split(':', 1)[0]}); retrying {how}"
+        _append_log(job.dir, f"{job.name}: {message}")
         assert self.reporter is not None
-        self.reporter.info(message)
+        self.reporter.retrying(job.name, message)
         self.queue.appendleft(job)
 
     # -- stopping --------------------------------------------------------------------------
