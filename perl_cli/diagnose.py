@@ -22,7 +22,9 @@ JSON object of `perl diagnose SUITE --json` (contract; fields are only ever adde
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 import shlex
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from perl_cli import outcomes, schema
 from perl_cli import state as st
 from perl_cli.logtail import last_json_rows, tail_lines
 from perl_cli.status import ExperimentView, SuiteView
+from perl_cli.ui import human_bytes
 
 DEFAULT_LINES = 30
 # Lines of the log tail that classification looks at (independent of --lines).
@@ -268,13 +271,53 @@ def fix_nan(ctx: Context, ev: Evidence) -> Fix:
 
 
 def fix_disk_full(ctx: Context, ev: Evidence) -> Fix:
+    exp_dir = Path(ctx.output) / ctx.suite / ctx.name
+    mount, free = _mount_and_free(exp_dir)
+    checkpoint = _largest_checkpoint_bytes(exp_dir)
+    # Saving the next checkpoint writes a full new one before the old is removed.
+    need = f"at least {human_bytes(2 * checkpoint)} free (two checkpoints of {human_bytes(checkpoint)})" if checkpoint else "space for its checkpoints and logs"
+    where = f"{mount} has {human_bytes(free)} free; it needs {need}" if mount else f"it needs {need}"
     return Fix(
-        f"The disk or quota is full (`df -h {ctx.output}`, `du -sh {ctx.output}/*`). Free space, e.g. "
+        f"The disk or quota is full: {where} (`df -h {ctx.output}`, `du -sh {ctx.output}/*`). Free space, e.g. "
         f"delete kept previous attempts ({ctx.output}/{ctx.suite}/*.old-*); for the next suites keep "
         "fewer checkpoints (training.save_total_limit = 1). Then run it again: it resumes from its "
         "last complete checkpoint.",
         [ctx.run()],
     )
+
+
+def _mount_and_free(path: Path) -> tuple[str | None, int | None]:
+    """The mount point holding `path` and the bytes free there (None, None if unknown)."""
+    import shutil
+
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None, None
+    mount = path
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    return str(mount), free
+
+
+def _largest_checkpoint_bytes(exp_dir: Path) -> int:
+    """The size of the experiment's largest checkpoint directory (0 when it has none)."""
+    best = 0
+    try:
+        checkpoints = [p for p in (exp_dir / st.CHECKPOINT_DIR).iterdir() if p.name.startswith("checkpoint-")]
+    except OSError:
+        return 0
+    for ckpt in checkpoints[:100]:
+        size = 0
+        for root, _dirs, files in os.walk(ckpt):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    size += os.lstat(os.path.join(root, name)).st_size
+        best = max(best, size)
+    return best
 
 
 def fix_hub_gated(ctx: Context, ev: Evidence) -> Fix:

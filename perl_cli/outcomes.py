@@ -170,6 +170,9 @@ def smaller_batch(batch: int, accumulation: int) -> tuple[int, int] | None:
     return None if new is None else (new, product // new)
 
 
+CUDA_OOM_RETRY = "CUDA out of memory"  # the retry cause recorded in status.json's `retries`
+
+
 @dataclass(frozen=True)
 class Retry:
     cause: str  # shown and recorded in status.json's `retries`
@@ -195,6 +198,6 @@ def retry_plan(
         smaller = smaller_batch(batch, accum)
         if smaller is None:
             return None
-        return Retry("CUDA out of memory", {"per_device_train_batch_size": smaller[0],
+        return Retry(CUDA_OOM_RETRY, {"per_device_train_batch_size": smaller[0],
                                              "gradient_accumulation_steps": smaller[1]})
     return None

@@ -88,8 +88,10 @@ def test_a_full_disk_stops_launching_marks_disk_full_and_a_rerun_resumes(tmp_pat
 
     diagnosis = CliRunner().invoke(app, ["diagnose", SUITE, "--json", "--config", str(tmp_path / "experiments.toml"),
                                          "--output", str(small_disk)])
-    causes = {e["name"]: e["cause"] for e in json.loads(diagnosis.output)["experiments"]}
-    assert all(causes[n] == "disk_full" for n in failed), causes
+    report = {e["name"]: e for e in json.loads(diagnosis.output)["experiments"]}
+    assert all(report[n]["cause"] == "disk_full" for n in failed), report
+    fix = " ".join(report[failed[0]]["fix"].split()) if isinstance(report[failed[0]]["fix"], str) else json.dumps(report[failed[0]]["fix"])
+    assert f"{small_disk} has" in fix and "free; it needs at least" in fix and "two checkpoints of" in fix, fix
 
     filler.unlink()
     (tmp_path / "launches.log").unlink()
@@ -99,3 +101,18 @@ def test_a_full_disk_stops_launching_marks_disk_full_and_a_rerun_resumes(tmp_pat
     assert all(s["state"] == "completed" for s in final.values()) and len(final) == 3
     log = (small_disk / SUITE / failed[0] / "train.log").read_text()
     assert "resuming from its last checkpoint" in log
+
+
+def test_an_oom_that_a_retry_fixes_prints_one_line_not_a_failure(tmp_path: Path) -> None:
+    from test_scheduler import fake_gpus
+
+    write_config(tmp_path, methods=("lora",), seeds=(1,))
+    env = env_for(tmp_path, gpus=fake_gpus(8000), PERL_TEST_FAIL_AT_STEP="2:oom")
+    result = perl(tmp_path, env=env)
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = [line for line in result.stdout.splitlines() if "lora_s1" in line]
+    retry = [line for line in lines if "retrying" in line]
+    assert len(retry) == 1, lines
+    assert "CUDA out of memory on attempt 1" in retry[0]
+    assert "with per_device_train_batch_size=2, gradient_accumulation_steps=4 (same effective batch)" in retry[0]
+    assert not [line for line in lines if " failed " in f" {line} "], lines

@@ -747,8 +747,7 @@ class LocalRunner:
         else:
             detail = f"in {duration} on {job.gpu_label}"
         if retry is not None:
-            self.reporter.finished(job.name, final, detail + " — retrying", counts=False)
-            self._schedule_retry(job, status, retry)
+            self._schedule_retry(job, status, retry, detail)
         else:
             self.results[job.name] = final
             self.reporter.finished(job.name, final, detail)
@@ -771,7 +770,7 @@ class LocalRunner:
             return f"the disk is full: No space left on device, {human_bytes(free)} free at {job.dir}"
         return None
 
-    def _schedule_retry(self, job: Job, status: dict, retry: outcomes.Retry) -> None:
+    def _schedule_retry(self, job: Job, status: dict, retry: outcomes.Retry, detail: str) -> None:
         cause, runtime = retry.cause, retry.runtime
         job.tries_left -= 1
         job.runtime = runtime
@@ -782,10 +781,11 @@ class LocalRunner:
         change = ", ".join(f"{k}={v}" for k, v in runtime.items()) or "same settings"
         record = {"attempt": job.attempt, "cause": cause, "at": state.now(), **runtime}
         state.update_status(job.dir, retries=[*status.get("retries", []), record])
-        message = f"{job.name}: {cause} on attempt {job.attempt}; retrying with {change} (same effective batch)" if runtime else f"{job.name}: {cause} on attempt {job.attempt}; retrying"
-        _append_log(job.dir, message)
+        how = f"with {change} (same effective batch)" if runtime and cause == outcomes.CUDA_OOM_RETRY else "from its last checkpoint"
+        message = f"{cause} on attempt {job.attempt} ({detail.split(':', 1)[0]}); retrying {how}"
+        _append_log(job.dir, f"{job.name}: {message}")
         assert self.reporter is not None
-        self.reporter.info(message)
+        self.reporter.retrying(job.name, message)
         self.queue.appendleft(job)
 
     # -- stopping --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from perl_cli import state
@@ -93,6 +94,9 @@ class PlainReporter:
             self.done += 1
         self._line(f"{final_state:<9} {name}{' ' + detail if detail else ''}  [{self.done}/{self.total}]")
 
+    def retrying(self, name: str, detail: str) -> None:
+        self._line(f"retrying  {name} {detail}")
+
     def update(self, running: list[Running]) -> None:
         if time.monotonic() - self._last_summary < PLAIN_SUMMARY_EVERY_S:
             return
@@ -125,7 +129,7 @@ class RichReporter:
         self.progress.start()
 
     def info(self, text: str) -> None:
-        self.progress.console.print(text)
+        self.progress.console.print(escape(text))
 
     def started(self, name: str, gpu: str, attempt: int) -> None:
         extra = f" (attempt {attempt})" if attempt > 1 else ""
@@ -139,7 +143,14 @@ class RichReporter:
             self.done += 1
             self.progress.update(self.suite_task, completed=self.done)
         colour = {"completed": "green", "failed": "red", "interrupted": "yellow"}.get(final_state, "white")
-        self.progress.console.print(f"[{colour}]{final_state:<9}[/] {name}{' ' + detail if detail else ''}")
+        self.progress.console.print(f"[{colour}]{final_state:<9}[/] {escape(name)}{' ' + escape(detail) if detail else ''}")
+
+    def retrying(self, name: str, detail: str) -> None:
+        """One line for a failure a retry fixes (an OOM), not a red `failed` then `retrying`."""
+        task = self.tasks.pop(name, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.progress.console.print(f"[yellow]retrying [/] {escape(name)} {escape(detail)}")
 
     def update(self, running: list[Running]) -> None:
         for row in running:
