@@ -467,7 +467,10 @@ def test_job_waits_for_memory_instead_of_failing(tmp_path: Path) -> None:
     gpu_file = tmp_path / "gpus.json"
     gpu_file.write_text(fake_gpus(4000, used=3500))  # a file is re-read: its "used" memory can change
     proc = start_perl(tmp_path, env=env_for(tmp_path, gpus=str(gpu_file)))
-    time.sleep(1.5)
+    # That it does not start is placement's decision (tests/test_placement.py); here: the run waits.
+    aggregate = tmp_path / "out" / SUITE / state.RUN_STATUS_FILE
+    wait_until(lambda: ((state.read_json(aggregate) or {}).get("scheduler") or {}).get("queued") == ["lora_s1"],
+               what="the job queued")
     assert launches(tmp_path) == [] and proc.poll() is None
     gpu_file.write_text(fake_gpus(4000, used=0))
     out, err = proc.communicate(timeout=20)

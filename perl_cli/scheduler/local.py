@@ -50,6 +50,7 @@ from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
 from perl_cli.scheduler.lock import LockHeld, RunLock
 from perl_cli.scheduler.memory import CPU_MAX_PARAMS, estimate_mb, too_big_for_cpu
+from perl_cli.scheduler.placement import Placed, choose_slot
 from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group, signal_group
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
 from perl_cli.scheduler.slurm import SlurmBackend, SlurmOptions, slurm_tasks_in_flight
@@ -525,38 +526,15 @@ class LocalRunner:
 
     # -- placing and launching -------------------------------------------------------------
 
-    def _available_mb(self, gpu: gpulib.GPU, running: list[Job], now_mono: float) -> int:
-        """Free memory minus what jobs started within the settle period have reserved.
-
-        NVML does not yet show a just-started job's memory; fake GPUs never do, so there
-        a job reserves its estimate for as long as it runs.
-        """
-        assert self.inventory is not None
-        reserved = sum(
-            j.estimate_mb
-            for j in running
-            if j.gpu == gpu.index and (self.inventory.fake or now_mono - j.started_mono < self.opts.settle_seconds)
-        )
-        return gpu.memory_free_mb - reserved
-
     def _choose(self, job: Job, running: list[Job], now_mono: float) -> tuple[bool, int | None]:
-        """(placed, gpu index or None for CPU)."""
-        if len(running) >= self._capacity():
-            return False, None
-        if self.cpu_mode:
-            return True, None
-        best: tuple[int, int, int] | None = None
-        for index, gpu in self.gpus.items():
-            used_slots = sum(1 for j in running if j.gpu == index)
-            if used_slots >= self.opts.jobs_per_gpu:
-                continue
-            free = self._available_mb(gpu, running, now_mono)
-            if job.estimate_mb > free:
-                continue
-            key = (free, -used_slots, -index)  # most free memory, then fewest jobs, then lowest index
-            if best is None or key > best:
-                best = key
-        return (True, -best[2]) if best is not None else (False, None)
+        """(placed, gpu index or None for CPU): placement.choose_slot over the current inventory."""
+        assert self.inventory is not None or self.cpu_mode
+        return choose_slot(
+            job.estimate_mb, {i: g.memory_free_mb for i, g in self.gpus.items()},
+            [Placed(j.gpu, j.estimate_mb, j.started_mono) for j in running],
+            capacity=self._capacity(), jobs_per_gpu=self.opts.jobs_per_gpu, now=now_mono,
+            settle_s=self.opts.settle_seconds, reserve_always=bool(self.inventory and self.inventory.fake),
+        )
 
     def _dispatch(self) -> None:
         if not self.queue:
