@@ -2,7 +2,7 @@
 
 The built-in models need no download. ``builtin:tiny-countdown`` is a ~1M-parameter
 Qwen2 with a character-level tokenizer, warm-started by a short supervised run on
-Countdown solutions so that GRPO has reward to work with (STACK-NOTES: RL needs about
+Countdown solutions so that GRPO has reward to work with (measured: RL needs about
 30% accuracy to start from). ``builtin:tiny-random`` is a smaller random model for
 fast tests. Both are built once per machine under
 ``${PERL_CACHE_DIR:-~/.cache/perl}/models/<name>-<recipe hash>/``; a file lock makes
@@ -92,7 +92,7 @@ def build_char_tokenizer() -> Any:
 
     Loaded through PreTrainedTokenizerFast (not AutoTokenizer, which would pick
     Qwen2's class from the model config and replace the pre-tokenizer, losing spaces
-    and newlines — STACK-NOTES).
+    and newlines).
     """
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast

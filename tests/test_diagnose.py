@@ -31,7 +31,7 @@ from perl_cli import status as statuslib
 from perl_cli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
-# `perl run` flags a suggested command may use (DESIGN.md's contract for `perl run`).
+# `perl run` flags a suggested command may use (README.md's command table; the Slurm ones: docs/architecture.md).
 RUN_FLAGS_WITH_VALUE = {"--only", "--set", "--config", "--output", "--backend", "--time"}
 RUN_FLAGS = {"--fresh"}
 

@@ -1,7 +1,7 @@
 """`run_status.json`: the suite's aggregate, derived from the experiment directories.
 
 Derived data: a missing or corrupt file is rebuilt from the directories and never
-trusted over them (DESIGN.md).
+trusted over them (docs/architecture.md).
 """
 
 from __future__ import annotations
