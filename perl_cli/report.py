@@ -66,7 +66,7 @@ class Row:
     @property
     def accuracy(self) -> float | None:
         """Held-out sampled pass@1: greedy accuracy on 200 problems moves by noise alone
-        (docs/fairness.md), so the sampled figure leads, and greedy is the fallback."""
+        (measured on the demo suite), so the sampled figure leads, and greedy is the fallback."""
         sampled = _number(self.eval.get("accuracy_sampled"))
         return sampled if sampled is not None else self.greedy
 

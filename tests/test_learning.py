@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from training_support import make_config, write_experiment
 
-# The demo suite's LoRA settings (the measured recipe of docs/fairness.md, under TRL 1.16's batch semantics:
+# The demo suite's LoRA settings (a measured recipe, under TRL 1.16's batch semantics:
 # 64 completions per step = 8 prompts x 8 generations).
 DEMO_TRAINING = {
     "training__learning_rate": 5e-4,
