@@ -273,3 +273,14 @@ def test_real_worker_suite_on_slurm(tmp_path: Path, cluster) -> None:
     report = subprocess.run([sys.executable, "-m", "perl_cli", "report", SUITE, "--stdout", "--output",
                              str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "lora_s1" in report.stdout
+
+
+def test_dry_run_describes_the_array_and_asks_nothing_of_slurm(tmp_path: Path) -> None:
+    write_config(tmp_path, methods=("lora", "dora"), seeds=(1,))
+    env = {**env_for(tmp_path, gpus="[]"), "PATH": str(Path(sys.executable).parent)}  # no Slurm client at all
+    result = perl(tmp_path, "--backend", "slurm", "--dry-run", "--time", "2:00:00", "--gpus-per-job", "2",
+                  "--slurm-arg", "qos=high", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "sbatch: time=2:00:00, gres=gpu:2, qos=high" in result.stdout
+    assert "dry run: 2 to submit as one job array" in result.stdout
+    assert not (tmp_path / "out").exists()

@@ -906,6 +906,12 @@ class LocalRunner:
         live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
         jobs, refusals = self._classify(live)
         out: Callable[[str], None] = print
+        if self.opts.slurm is not None:
+            for line in SlurmBackend(self, self.opts.slurm).describe(jobs):
+                out(line)
+            if refusals:
+                raise RunError(self._refusal_message(refusals))
+            return EXIT_OK
         mode = "CPU" if self.cpu_mode else ("fake GPUs" if self.inventory and self.inventory.fake else "GPUs")
         if self.cpu_mode and self.inventory is not None:
             out(f"no GPU ({self.inventory.reason}): would run on the CPU, {self._capacity()} at a time.")

@@ -123,6 +123,21 @@ class SlurmBackend:
         slurm_cli.check_partition(self.sopts.partition)
         return self.time_limit_s()
 
+    def describe(self, jobs: list[Any]) -> list[str]:
+        """What `perl run --backend slurm --dry-run` prints: the tasks and the sbatch options; nothing is asked of Slurm."""
+        o = self.sopts
+        options = {"partition": o.partition, "account": o.account, "time": o.time or "the partition's default",
+                   "gres": f"gpu:{o.gpus_per_job}" if o.gpus_per_job else None, "cpus-per-task": o.cpus_per_job,
+                   "mem": o.mem, "array parallelism": o.array_parallelism, **o.extra}
+        lines = [f"{job.name}  [{job.action}]  dir: {job.dir}" for job in jobs]
+        lines += [f"{job.name}  [already in Slurm: task {task}]" for job, task in self.runner.watched]
+        lines.append("sbatch: " + ", ".join(f"{k}={v}" for k, v in options.items() if v is not None))
+        lines.append(f"each task runs: {' '.join(self.opts.worker_cmd)} <dir> (requeued up to {self.opts.retries}x "
+                     "on time limit or preemption)")
+        lines.append(f"dry run: {len(jobs)} to submit as one job array, {len(self.runner.watched)} already in Slurm, "
+                     f"{len(self.runner.skipped)} completed (skip); nothing was submitted.")
+        return lines
+
     # -- submitting ------------------------------------------------------------------------
 
     def executor(self, time_limit_s: int, count: int) -> Any:
