@@ -246,6 +246,9 @@ class SlurmBackend:
                 if status.get("state") == state.RUNNING and name not in announced:
                     announced.add(name)
                     r.started(name, handle.where, status.get("attempt") or 1)
+                elif status.get("state") == outcomes.QUEUED and name in announced:
+                    announced.discard(name)  # requeued: it is announced again when it restarts
+                    r.info(f"{name}: {status.get('error') or 'requeued'}")
                 if ending is None:
                     continue
                 del pending[name]
@@ -258,11 +261,17 @@ class SlurmBackend:
 
 
 def _detail(status: dict) -> str:
+    from perl_cli.ui import human_seconds
+
     requeues = len(status.get("requeues") or [])
     again = f", requeued {requeues}x" if requeues else ""
+    took = ""
+    if isinstance(status.get("started"), (int, float)) and isinstance(status.get("ended"), (int, float)):
+        took = f"in {human_seconds(status['ended'] - status['started'])} "
+    where = f"{took}on {status.get('host') or '?'}{again}"
     if status.get("state") == state.FAILED:
-        return f"on {status.get('host') or '?'}{again}: {status.get('error') or 'exit ' + str(status.get('exit_code'))}"
-    return f"on {status.get('host') or '?'}{again}"
+        return f"{where}: {status.get('error') or 'exit ' + str(status.get('exit_code'))}"
+    return where
 
 
 def _restore(exp_dir: Path, previous: dict | None, *, created: bool) -> None:
@@ -339,3 +348,34 @@ def slurm_tasks_in_flight(suite_dir: Path, names: list[str]) -> dict[str, str]:
     if states is None:
         return candidates
     return {name: task for name, task in candidates.items() if states.get(task) in slurm_cli.ACTIVE_STATES}
+
+
+READ_TIMEOUT_S = 3.0  # readers (perl status, watch) wait at most this long for squeue/sacct
+
+
+def seen_by_slurm(statuses: dict[str, dict]) -> dict[str, str]:
+    """For readers: the state to show for experiments whose Slurm task ended without saying so.
+
+    A status.json that says `queued` or `running` for a task Slurm has let go of (cancelled
+    while pending, a node that died) would say so forever; when squeue/sacct answer, such
+    an experiment is shown `interrupted` (cancelled) or `failed`. Asks Slurm only when some
+    status names a task that has not ended, within READ_TIMEOUT_S; unreachable: {} (the
+    files alone decide). Never writes: the next `perl run` records it.
+    """
+    tasks = {name: _task_id(s) for name, s in statuses.items()
+             if s.get("state") in (outcomes.QUEUED, state.RUNNING) and _task_id(s)}
+    if not tasks:
+        return {}
+    try:
+        states = slurm_cli.task_states(tasks.values(), timeout=READ_TIMEOUT_S)
+    except SlurmError:
+        return {}
+    if not states:
+        return {}
+    shown: dict[str, str] = {}
+    for name, task in tasks.items():
+        seen = states.get(task)
+        if seen is None or seen in slurm_cli.ACTIVE_STATES:
+            continue
+        shown[name] = state.INTERRUPTED if seen == "CANCELLED" else state.FAILED
+    return shown

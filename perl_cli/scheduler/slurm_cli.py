@@ -66,7 +66,7 @@ def check_partition(partition: str | None) -> None:
                          f"{', '.join(known) or 'none'} (`sinfo -s` lists them).")
 
 
-def task_states(job_ids: Iterable[str]) -> dict[str, str] | None:
+def task_states(job_ids: Iterable[str], *, timeout: float = QUERY_TIMEOUT_S) -> dict[str, str] | None:
     """Slurm's state of each job or array task id ("123_4"), or None when Slurm cannot be asked.
 
     squeue knows queued and running tasks (one line per array task with -r); what it has
@@ -80,7 +80,7 @@ def task_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     arrays = sorted({i.split("_", 1)[0] for i in ids})
     found: dict[str, str] = {}
     try:
-        out = run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(arrays)])
+        out = run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(arrays)], timeout=timeout)
     except SlurmError as exc:
         if "Invalid job id" not in str(exc):
             return None
@@ -91,7 +91,7 @@ def task_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     missing = [i for i in ids if i not in found]
     if missing and shutil.which("sacct"):
         try:
-            out = run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(missing)])
+            out = run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(missing)], timeout=timeout)
         except SlurmError:
             out = ""
         for line in out.splitlines():
