@@ -25,7 +25,8 @@ def build_run_status(suite: str, suite_dir: Path, experiments: Sequence[Experime
             "in_config": name in expected,
             "stalled": state.is_stalled(status),
         }
-        for key in ("step", "total_steps", "gpu", "pid", "attempt", "started", "ended", "heartbeat", "exit_code", "signal", "error"):
+        for key in ("step", "total_steps", "gpu", "pid", "attempt", "started", "ended", "heartbeat", "exit_code", "signal",
+                    "error", "slurm"):
             row[key] = status.get(key)
         row["fingerprint"] = expected.get(name, status.get("fingerprint"))
         rows[name] = row

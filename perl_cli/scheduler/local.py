@@ -48,10 +48,11 @@ from perl_cli.logtail import tail_bytes
 from perl_cli.scheduler import gpus as gpulib
 from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
+from perl_cli.scheduler.handles import AdoptedHandle, ChildHandle
 from perl_cli.scheduler.lock import LockHeld, RunLock
 from perl_cli.scheduler.memory import CPU_MAX_PARAMS, estimate_mb, too_big_for_cpu
 from perl_cli.scheduler.placement import Placed, choose_slot
-from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group, signal_group
+from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
 from perl_cli.scheduler.slurm import SlurmBackend, SlurmOptions, slurm_tasks_in_flight
 from perl_cli.ui import human_bytes, human_seconds
@@ -114,7 +115,7 @@ class Job:
     runtime: dict[str, Any] = field(default_factory=dict)
     tries_left: int = 0
     attempt: int = 0
-    proc: subprocess.Popen | None = None
+    handle: ChildHandle | AdoptedHandle | None = None  # while it runs (handles.py)
     pid: int | None = None
     pid_start_time: float | None = None
     gpu: int | None = None  # None = CPU
@@ -460,6 +461,8 @@ class LocalRunner:
         status = state.read_status(job.dir) or {}
         job.started = status.get("started") or state.now()
         job.attempt = status.get("attempt") or 1
+        assert job.pid is not None
+        job.handle = AdoptedHandle(job.name, job.pid, job.pid_start_time, job.gpu_label)
         self.running[job.name] = job
         assert self.reporter is not None
         self.reporter.started(job.name, job.gpu_label + f", adopted pid {job.pid}", job.attempt)
@@ -480,13 +483,14 @@ class LocalRunner:
     def _stop_stranger(self, job: Job) -> None:
         """Terminate a worker that is not our child (left by a killed scheduler)."""
         assert job.pid is not None
-        signal_group(job.pid, signal.SIGTERM)
+        stranger = AdoptedHandle(job.name, job.pid, job.pid_start_time, job.gpu_label)
+        stranger.terminate()
         deadline = time.monotonic() + self.opts.grace_seconds
-        while state.process_alive(job.pid, job.pid_start_time) and time.monotonic() < deadline:
+        while stranger.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        if state.process_alive(job.pid, job.pid_start_time):
-            signal_group(job.pid, signal.SIGKILL)
-            while state.process_alive(job.pid, job.pid_start_time):
+        if stranger.poll() is None:
+            stranger.kill()
+            while stranger.poll() is None:
                 time.sleep(0.05)
         kill_leftover_group(job.pid)
         status = state.read_status(job.dir) or {}
@@ -610,10 +614,11 @@ class LocalRunner:
         how = {"resume": "resuming from its last checkpoint", "adopt": ""}.get(job.action, "from the start")
         _append_log(job.dir, f"attempt {job.attempt} on {job.gpu_label} ({how}): {shlex.join(cmd)}")
         with open(job.dir / state.LOG_FILE, "ab") as log:
-            job.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        job.pid = job.proc.pid
+        job.handle = ChildHandle(job.name, proc, job.gpu_label)
+        job.pid = proc.pid
         job.pid_start_time = state.process_start_time(job.pid)
         # The worker sets these too, first thing; both writes carry the same values.
         state.update_status(job.dir, pid=job.pid, pid_start_time=job.pid_start_time)
@@ -625,7 +630,7 @@ class LocalRunner:
 
     def _launch_failed(self, job: Job, exc: OSError) -> None:
         """A launch cut short by a full disk: a started worker runs on; otherwise record why."""
-        if job.proc is not None and job.name not in self.running:
+        if job.handle is not None and job.name not in self.running:
             job.action = "resume"
             self.running[job.name] = job  # it writes its own pid; it is reaped as usual
             assert self.reporter is not None
@@ -657,14 +662,14 @@ class LocalRunner:
         self._last_stall_check = now_mono
         now = state.now()
         for job in self.running.values():
-            if job.stall_killed or job.pid is None or job.stop_sent:
+            if job.stall_killed or job.handle is None or job.stop_sent:
                 continue
             status = state.read_status(job.dir) or {}
             beat = status.get("heartbeat")
             beat = beat if isinstance(beat, (int, float)) and not isinstance(beat, bool) else job.started
             if now - max(beat, job.started) > self.opts.stall_timeout:
                 job.stall_killed = True
-                signal_group(job.pid, signal.SIGKILL)  # SIGTERM stays pending in a stopped process
+                job.handle.kill()  # SIGTERM stays pending in a stopped process
                 message = (f"{job.name}: no heartbeat for {human_seconds(now - beat)} "
                            f"(stall timeout {human_seconds(self.opts.stall_timeout)}): killed")
                 _append_log(job.dir, message)
@@ -675,18 +680,10 @@ class LocalRunner:
 
     def _reap(self) -> None:
         for job in list(self.running.values()):
-            if job.proc is not None:
-                rc = job.proc.poll()
-                if rc is None:
-                    continue
-                self._kill_group_leftovers(job)
-                self._finish(job, rc)
-            elif not state.process_alive(job.pid, job.pid_start_time):
-                self._finish(job, None)
-
-    def _kill_group_leftovers(self, job: Job) -> None:
-        if job.pid is not None:
-            kill_leftover_group(job.pid)
+            assert job.handle is not None
+            ending = job.handle.poll()
+            if ending is not None:
+                self._finish(job, ending.rc)
 
     def _finish(self, job: Job, rc: int | None) -> None:
         """Record the final state of a worker that has exited (rc None: not our child)."""
@@ -752,7 +749,7 @@ class LocalRunner:
         cause, runtime = retry.cause, retry.runtime
         job.tries_left -= 1
         job.runtime = runtime
-        job.proc = None
+        job.handle = None
         job.pid = job.pid_start_time = None
         job.stall_killed = job.stop_sent = job.killed = False
         job.kill_at = None
@@ -781,10 +778,10 @@ class LocalRunner:
             self.results[job.name] = state.INTERRUPTED
             self.reporter.finished(job.name, state.INTERRUPTED, "cancelled by perl cancel before it started")
         for job in self.running.values():
-            if job.name in names and not job.stop_sent and job.pid is not None:
+            if job.name in names and not job.stop_sent and job.handle is not None:
                 job.stop_sent = True
                 job.kill_at = time.monotonic() + self.opts.grace_seconds
-                signal_group(job.pid, signal.SIGTERM)
+                job.handle.terminate()
                 self.reporter.info(f"{job.name}: cancelled by perl cancel; asked it to save a checkpoint and exit")
         self._aggregate_dirty = True
 
@@ -792,9 +789,9 @@ class LocalRunner:
         """Kill cancelled workers that outlived the grace period."""
         now = time.monotonic()
         for job in self.running.values():
-            if job.kill_at is not None and now >= job.kill_at and not job.killed and job.pid is not None:
+            if job.kill_at is not None and now >= job.kill_at and not job.killed and job.handle is not None:
                 job.killed = True
-                signal_group(job.pid, signal.SIGKILL)
+                job.handle.kill()
 
     def _stop_all(self) -> None:
         assert self.reporter is not None
@@ -809,13 +806,13 @@ class LocalRunner:
                 )
             for job in self.running.values():
                 job.stop_sent = True
-                if job.pid is not None:
-                    signal_group(job.pid, signal.SIGTERM)
+                if job.handle is not None:
+                    job.handle.terminate()
         if self.stop_requests >= 2 or time.monotonic() >= self.kill_deadline:
             for job in self.running.values():
-                if not job.killed and job.pid is not None:
+                if not job.killed and job.handle is not None:
                     job.killed = True
-                    signal_group(job.pid, signal.SIGKILL)
+                    job.handle.kill()
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stop_requests += 1

@@ -18,18 +18,19 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from perl_cli import state
+from perl_cli import outcomes, state
 from perl_cli.config import ConfigError  # one error type for an unrunnable config: exit 2
 from perl_cli.data import countdown
 from perl_cli.models import ModelError
 from perl_cli.train.grpo import check_config
 from perl_cli.train.status import StatusWriter
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG_ERROR = 2
-EXIT_SIGINT = 128 + signal.SIGINT  # 130
-EXIT_SIGTERM = 128 + signal.SIGTERM  # 143
+# The exit codes are the contract with both backends and diagnose (perl_cli/outcomes.py).
+EXIT_OK = outcomes.EXIT_OK
+EXIT_FAILED = outcomes.EXIT_FAILED
+EXIT_CONFIG_ERROR = outcomes.EXIT_CONFIG_ERROR
+EXIT_SIGINT = outcomes.EXIT_SIGINT  # 130
+EXIT_SIGTERM = outcomes.EXIT_SIGTERM  # 143
 
 BASE_EVAL_FILE = "base_eval.json"  # the base model's accuracy, kept for resumed runs
 INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/MiLoRA: needed to convert on save
