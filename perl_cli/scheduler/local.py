@@ -415,7 +415,7 @@ class LocalRunner:
     def _run_slurm(self, jobs: list[Job]) -> int:
         assert self.opts.slurm is not None
         backend = SlurmBackend(self, self.opts.slurm)
-        backend.preflight()  # exit-2 errors (no sbatch, unknown partition) before any directory is touched
+        time_limit_s = backend.preflight()  # exit-2 errors (no sbatch, unknown partition) before anything is touched
         local = [j for j in jobs if j.action == "adopt"]
         if local:
             raise RunError(
@@ -431,7 +431,7 @@ class LocalRunner:
             for job in jobs:
                 if job.action == "fresh":
                     self._start_fresh(job)
-            return backend.run(jobs, self.watched)
+            return backend.run(jobs, self.watched, time_limit_s)
         finally:
             self.reporter.close()
 

@@ -119,7 +119,9 @@ class SlurmBackend:
         return DEFAULT_TIME_S
 
     def preflight(self) -> int:
+        """The exit-2 checks before anything is touched; the time limit per task, in seconds."""
         slurm_cli.require("sbatch")
+        slurm_cli.require("srun")  # the array's script starts each task with srun
         slurm_cli.check_partition(self.sopts.partition)
         return self.time_limit_s()
 
@@ -202,10 +204,9 @@ class SlurmBackend:
 
     # -- the run ---------------------------------------------------------------------------
 
-    def run(self, jobs: list[Any], watched: list[tuple[Any, str]]) -> int:
+    def run(self, jobs: list[Any], watched: list[tuple[Any, str]], time_limit_s: int) -> int:
         """Submit `jobs`; `watched` are (job, task id) already queued or running in Slurm."""
         r = self.runner.reporter
-        time_limit_s = self.preflight()
         ids = self.submit(jobs, time_limit_s) if jobs else []
         if ids:
             array = ids[0].split("_")[0]
@@ -268,7 +269,7 @@ def _detail(status: dict) -> str:
     took = ""
     if isinstance(status.get("started"), (int, float)) and isinstance(status.get("ended"), (int, float)):
         took = f"in {human_seconds(status['ended'] - status['started'])} "
-    where = f"{took}on {status.get('host') or '?'}{again}"
+    where = f"{took}on {status['host']}{again}" if status.get("host") else "before it started"
     if status.get("state") == state.FAILED:
         return f"{where}: {status.get('error') or 'exit ' + str(status.get('exit_code'))}"
     return where
