@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hyp
 from suite_fixtures import CUDA_OOM, ReadCounter, build_mixed_suite, this_host
 from typer.testing import CliRunner
 
@@ -327,3 +330,98 @@ def test_progress_and_eta_cover_the_run_in_progress(tmp_path: Path) -> None:
     st.atomic_write_json(out / "core" / st.RUN_STATUS_FILE, {"updated": time.time(), "scheduler": {
         "pid": 999_999_999, "host": this_host(), "state": "running", "run": run}})
     assert views.load_suite(out, "core", cfg).run is None
+
+
+# --- D: whatever is in one experiment directory, the readers answer about the suite ----------
+
+STATUS_KEYS = list(views.STATUS_FIELDS)
+json_scalars = (
+    hyp.none() | hyp.booleans() | hyp.integers(-(2**70), 2**70) | hyp.floats() | hyp.text(max_size=12)
+    | hyp.sampled_from([*st.STATES, "cpu", this_host()])
+)
+json_values = hyp.recursive(
+    json_scalars,
+    lambda inner: hyp.lists(inner, max_size=4) | hyp.dictionaries(hyp.sampled_from(STATUS_KEYS) | hyp.text(max_size=6), inner, max_size=6),
+    max_leaves=12,
+)
+status_like = hyp.fixed_dictionaries({"state": hyp.sampled_from(st.STATES) | json_scalars}, optional={
+    key: json_scalars | json_values for key in STATUS_KEYS if key != "state"
+})
+file_kinds = hyp.one_of(
+    hyp.tuples(hyp.just("json"), status_like | json_values),
+    hyp.tuples(hyp.just("bytes"), hyp.binary(max_size=300)),
+    hyp.tuples(hyp.sampled_from(["missing", "fifo", "dir", "link-out", "dev-zero", "deep", "empty"]), hyp.none()),
+)
+config_like = hyp.fixed_dictionaries({}, optional={
+    "fingerprint": json_scalars, views.OVERRIDES_KEY: json_values | hyp.just(["training.max_steps=5"]),
+    st.RUNTIME_KEY: json_values, **{section: hyp.dictionaries(
+        hyp.sampled_from(["type", "r", "max_steps", "data_size", "model_name_or_path", "dataset_name_or_path"]),
+        json_scalars | json_values, max_size=4) for section in ("peft", "training", "dataset", "model")},
+})
+EXPERIMENT_FILES = (st.STATUS_FILE, st.CONFIG_FILE, st.METRICS_FILE, st.EVAL_FILE, st.LOG_FILE,
+                    "spectral_history.json", "gradient_flow.json")
+# Half of the status and config files look like ours with some fields wrong; the rest is anything.
+FILE_STRATEGIES = {name: file_kinds for name in EXPERIMENT_FILES} | {
+    st.STATUS_FILE: hyp.tuples(hyp.just("json"), status_like) | file_kinds,
+    st.CONFIG_FILE: hyp.tuples(hyp.just("json"), config_like) | file_kinds,
+}
+ANSWER_S = 5.0  # the issue asks for < 1 s; a loaded shared CI machine gets slack, a hang still fails
+
+
+@pytest.fixture(scope="module")
+def shared_suite(tmp_path_factory) -> tuple[Path, Path, configlib.ConfigFile]:
+    cfg_path, out, _ = build_mixed_suite(tmp_path_factory.mktemp("prop"))
+    secret = out.parent / "outside.txt"
+    secret.write_text("SECRET outside the experiment\n")
+    return cfg_path, out, configlib.load(cfg_path)
+
+
+def write_kind(path: Path, kind: str, value: Any) -> None:
+    if kind == "json":
+        path.write_text(json.dumps(value))
+    elif kind == "bytes":
+        path.write_bytes(value)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dir":
+        path.mkdir()
+    elif kind == "link-out":
+        path.symlink_to(path.parent.parent.parent.parent / "outside.txt")
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "deep":
+        path.write_text("[" * 100_000)
+    elif kind == "empty":
+        path.write_bytes(b"")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=hyp.fixed_dictionaries(FILE_STRATEGIES))
+def test_any_files_in_one_experiment_never_break_the_readers(shared_suite, files: dict[str, tuple[str, Any]]) -> None:
+    import io
+
+    from rich.console import Console
+
+    from perl_cli import status as statuslib
+
+    cfg_path, out, cfg = shared_suite
+    d = out / "core" / "lora_r16_s42"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir()
+    for name, (kind, value) in files.items():
+        write_kind(d / name, kind, value)
+    view = within(ANSWER_S, lambda: views.load_suite(out, "core", cfg))
+    states = {e.name: e.state for e in view.experiments}
+    assert len(states) == 12 and states["lora_r16_s42"] in st.STATES
+    assert states["lora_r16_s123"] == "completed" and states["adalora_r16_s42"] == "failed"
+    json.dumps(view.to_json())
+    diagnoses = within(ANSWER_S, lambda: dg.diagnose_suite(view, tail=dg.VERBOSE_LINES))
+    assert {"adalora_r16_s42", "milora_r16_s42"} <= {x.name for x in diagnoses}
+    json.dumps(dg.to_json(view, diagnoses))
+    text, _ = within(ANSWER_S, lambda: reportlib.build(view, draw=False, config_path=cfg_path, output=out))
+    assert "`adalora_r16_s42`" in text
+    screen = io.StringIO()
+    console = Console(file=screen, width=200)
+    console.print(statuslib.render_suite(view, verbose=True))
+    console.print(dg.render(view, diagnoses, verbose=True))
+    assert "SECRET" not in screen.getvalue() + text
