@@ -337,7 +337,7 @@ class LocalRunner:
         lines = [f"suite '{suite}': {len(refusals)} of the chosen experiments cannot be run as asked:"]
         lines += [f"  {len(names)} {reason}: {_some(names)}" for reason, names in by_reason.items()]
         names = [name for name, _ in refusals]
-        only = "" if set(names) == {e.name for e in self.opts.experiments} else f" --only {','.join(names)}"
+        only = "" if set(names) == {e.name for e in self.all_experiments} else f" --only {','.join(names)}"
         sets = "".join(f" --set {shlex.quote(o)}" for o in self.opts.overrides)
         lines.append(
             f"To start them over with this command's settings: `perl run {suite}{only}{sets} --fresh` (the old "
@@ -422,8 +422,8 @@ class LocalRunner:
     def _kept_lines(self) -> list[str]:
         """What happens to experiments completed with --set when this run has none."""
         return [
-            f"{len(names)} completed with {_settings(overrides)} are kept as they are (complete under those settings): "
-            f"{_some(names)}. To redo them with the config's settings use --fresh; to extend them, repeat that --set."
+            f"{len(names)} completed {_settings(overrides)} are kept (complete under those settings): {_some(names)}. "
+            f"To redo them with the config's own settings, add --fresh (the old directories are kept)."
             for overrides, names in self.kept.items()
         ]
 
@@ -782,7 +782,8 @@ class LocalRunner:
     def _exit_code(self) -> int:
         if self.stop_requests:
             return EXIT_INTERRUPTED
-        wanted = {e.name for e in self.opts.experiments}
+        kept = {name for names in self.kept.values() for name in names}  # complete under their own --set
+        wanted = {e.name for e in self.opts.experiments} - kept
         for name in wanted:
             status = state.read_status(self.suite_dir / name)
             fp = next(e.fingerprint for e in self.opts.experiments if e.name == name)
@@ -845,7 +846,8 @@ def _settings(overrides: tuple[str, ...]) -> str:
 def _stale_reason(ran_with: tuple[str, ...], asked: tuple[str, ...]) -> str:
     if ran_with == asked:
         return "completed with settings experiments.toml no longer gives (stale)"
-    return f"completed {_settings(ran_with)}; this run asks {_settings(asked)} (stale under it)"
+    asks = " ".join(f"--set {o}" for o in asked) if asked else "no --set"
+    return f"completed {_settings(ran_with)}; this command has {asks} (stale under it)"
 
 
 def _some(names: list[str], most: int = 6) -> str:
