@@ -11,6 +11,7 @@ text, never parsed as markup.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Log, ProgressBar, Static
 
 from perl_cli import config as configlib
@@ -129,6 +131,9 @@ class WatchApp(App):
         self.polls = 0
         self.sizes: dict[str, int] = {}
         self.last: Snapshot | None = None
+        self.read_lock = threading.Lock()
+        self.reading = False  # a read is in flight
+        self.again = False  # a poll came while it was: read once more when it is done
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -152,9 +157,25 @@ class WatchApp(App):
 
     # --- reading (thread) ------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="poll")
     def poll(self) -> None:
-        self.call_from_thread(self.show, self.read())
+        """Read now, or right after the read in flight: a new poll never cancels a slow read
+        (on a slow disk the screen would never update), and a refresh is never lost."""
+        with self.read_lock:
+            if self.reading:
+                self.again = True
+                return
+            self.reading = True
+        self.read_in_thread()
+
+    @work(thread=True, group="poll")
+    def read_in_thread(self) -> None:
+        while True:
+            self.call_from_thread(self.show, self.read())
+            with self.read_lock:
+                if not self.again:
+                    self.reading = False
+                    return
+                self.again = False
 
     def read(self) -> Snapshot:
         self.polls += 1
@@ -182,6 +203,10 @@ class WatchApp(App):
     # --- showing (UI thread) -----------------------------------------------------------
 
     def show(self, snap: Snapshot) -> None:
+        try:
+            summary = self.query_one("#summary", Static)
+        except NoMatches:
+            return  # the app is closing: a poll finished after its screen went away
         self.last = snap
         view = snap.view
         counts = view.counts
@@ -189,7 +214,7 @@ class WatchApp(App):
         if view.stalled:
             parts.append(f"{view.stalled} stalled")
         eta = human_seconds(view.eta_s) if view.eta_s is not None else "-"
-        self.query_one("#summary", Static).update(
+        summary.update(
             Text.from_markup(
                 f"[b]{len(view.experiments)}[/] experiments: {', '.join(parts) or 'none yet'}"
                 f"   ETA {eta}   disk {human_bytes(view.size_bytes)}"
