@@ -90,14 +90,16 @@ def tail_lines(
     try:
         with open_safe(path, root) as f:
             size = f.seek(0, os.SEEK_END)
-            pos, data = size, b""
-            while pos > 0 and data.count(b"\n") <= n and size - pos < max_bytes:
+            pos, blocks, breaks = size, [], 0
+            while pos > 0 and breaks <= n and size - pos < max_bytes:
                 step = min(BLOCK_BYTES, pos, max_bytes - (size - pos))
                 pos -= step
                 f.seek(pos)
-                data = f.read(step) + data
+                blocks.append(f.read(step))
+                breaks += blocks[-1].count(b"\n")
     except OSError:
         return []
+    data = b"".join(reversed(blocks))
     chunks = data.split(b"\n")
     if chunks and chunks[-1] == b"":
         chunks.pop()
