@@ -176,7 +176,7 @@ class Rule:
 
 def fix_unreadable(ctx: Context, ev: Evidence) -> Fix:
     return Fix(
-        f"{ev.problem}. PeRL cannot tell what this experiment did, so `perl run` will not redo it on its own. "
+        "PeRL cannot tell what this experiment did, so `perl run` will not redo it on a guess. "
         f"Restore the file (or delete it: without a status.json the experiment reads as pending), "
         f"or start the experiment over with --fresh (the directory is kept as {ctx.name}{st.OLD_DIR_MARK}<time>).",
         [ctx.run(fresh=True)],

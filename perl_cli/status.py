@@ -168,8 +168,8 @@ def render_suite(view: SuiteView, *, verbose: bool = False):
     if stale:
         names = ",".join(e.name for e in view.experiments if e.state == st.STALE)
         lines.append(Text(
-            f"  {stale} stale: finished with settings that no longer match what the config resolves to "
-            f"(with the --set they ran with); `perl run {view.suite} --only {names} --fresh` redoes them."
+            f"  {stale} stale: settings no longer match the config (with the --set they ran with); "
+            f"`perl run {view.suite} --only {names} --fresh` redoes them."
         ))
     return Group(*lines)
 
@@ -226,7 +226,7 @@ def _eta_text(view: SuiteView) -> str:
 
 
 def _step_text(e: ExperimentView) -> str:
-    if e.step is None and e.total_steps is None:
+    if (e.step is None and e.total_steps is None) or e.state == st.UNREADABLE:
         return "-"
     step = e.total_steps if e.state == st.COMPLETED and e.step is None else e.step
     return f"{step if step is not None else 0}/{e.total_steps if e.total_steps is not None else '?'}"

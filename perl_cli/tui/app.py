@@ -290,7 +290,7 @@ def experiment_cells(e: views.ExperimentView) -> tuple:
         Text(e.name + (" *" if e.overrides else "")),
         state,
         bar(fraction),
-        f"{step}/{total}" if total else str(step or "-"),
+        "-" if e.state == st.UNREADABLE else f"{step}/{total}" if total else str(step or "-"),
         "-" if e.reward is None else f"{e.reward:.3f}",
         Text("-" if e.gpu is None else str(e.gpu)),  # a str cell would be parsed as markup
         human_seconds(e.duration_s),
