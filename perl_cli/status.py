@@ -2,7 +2,7 @@
 
 This module only renders and runs the command; what each experiment is (state, step,
 ETA, unreadable files, overrides) is decided in perl_cli.experiments_view, which every
-reader shares. User text (names, errors, descriptions) is escaped wherever it is shown
+reader shares. User text (names, errors, log lines) is escaped wherever it is shown
 as Rich markup. Nothing here imports torch.
 
 JSON object of `perl status SUITE --json` (contract; fields are only ever added):

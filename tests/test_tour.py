@@ -109,3 +109,36 @@ async def watch_summary(out: Path, cfg_path: Path) -> str:
         await app.workers.wait_for_complete()
         await pilot.pause()
         return str(app.query_one("#summary", Static).render())
+
+
+def test_while_a_run_with_set_goes_on_progress_counts_its_experiments_at_their_steps(tmp_path: Path) -> None:
+    """The scheduler describes its run in run_status.json; readers count that run, at --set's steps."""
+    import time
+
+    from perl_cli import experiments_view as views
+
+    cfg = tmp_path / "experiments.toml"
+    cfg.write_text(TOML)
+    out = tmp_path / "output"
+    env = {**os.environ, gpulib.FAKE_GPUS_ENV: FAKE_GPUS, "PERL_FAKE_STEP_SECONDS": "0.1"}
+    run = subprocess.Popen([sys.executable, DRIVER, "run", SUITE, "--only", "lora_s1,lora_s2,dora_s1",
+                            "--set", "training.max_steps=20", "--config", str(cfg), "--output", str(out)],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        view = None
+        while time.monotonic() < deadline:
+            view = views.load_suite(out, SUITE, configlib.load(cfg))
+            if view.run is not None and view.counts[st.RUNNING]:
+                break
+            time.sleep(0.05)
+        assert view is not None and view.run is not None, "the run never showed up in run_status.json"
+        assert sorted(view.run.names) == ["dora_s1", "lora_s1", "lora_s2"]
+        assert view.run.overrides == ("training.max_steps=20",)
+        steps = {e.name: e.total_steps for e in view.experiments}
+        assert steps == {"lora_s1": 20, "lora_s2": 20, "dora_s1": 20, "dora_s2": 1000}  # dora_s2 is not in the run
+        assert len(view.in_run) == 3
+    finally:
+        _, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    assert views.load_suite(out, SUITE, configlib.load(cfg)).run is None  # the run is over
