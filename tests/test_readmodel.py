@@ -425,3 +425,37 @@ def test_any_files_in_one_experiment_never_break_the_readers(shared_suite, files
     console.print(statuslib.render_suite(view, verbose=True))
     console.print(dg.render(view, diagnoses, verbose=True))
     assert "SECRET" not in screen.getvalue() + text
+
+
+def test_watch_shows_markup_names_and_unreadable_experiments_literally(tmp_path: Path) -> None:
+    import asyncio
+
+    from rich.text import Text
+    from textual.widgets import DataTable, Log, Static
+
+    from perl_cli.scheduler.gpus import load_inventory
+    from perl_cli.tui.app import WatchApp
+
+    suite_dir = tmp_path / "out" / "[core]"
+    for name, status in (("[bold]lost", {"state": "running", "step": 2, "total_steps": 10, "gpu": "[red]0",
+                                         "heartbeat": time.time(), "started": time.time() - 5}),
+                         ("broken", {"state": "completed", "pid": "abc"})):
+        (suite_dir / name).mkdir(parents=True)
+        st.atomic_write_json(suite_dir / name / st.STATUS_FILE, status)
+        (suite_dir / name / st.LOG_FILE).write_text("step [/r16] [bold]x\n")
+
+    async def scenario() -> None:
+        app = WatchApp(suite_dir.parent, "[core]", interval=5, inventory=load_inventory({"PERL_FAKE_GPUS": "[]"}))
+        async with app.run_test(size=(160, 40)) as pilot:
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            table = app.query_one(DataTable)
+            # A str cell would be rendered as markup ("lost"); a Text cell is shown as it is.
+            name, gpu = table.get_row("[bold]lost")[0], table.get_row("[bold]lost")[5]
+            assert isinstance(name, Text) and name.plain == "[bold]lost" and isinstance(gpu, Text) and gpu.plain == "[red]0"
+            assert str(table.get_row("broken")[1]) == "unreadable"
+            assert "1 unreadable" in str(app.query_one("#summary", Static).render())
+            assert list(app.query_one(Log).lines)[-1] == "step [/r16] [bold]x"
+            assert "[bold]lost" in str(app.query_one("#log-title", Static).render())
+
+    asyncio.run(scenario())
