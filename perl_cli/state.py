@@ -1,6 +1,6 @@
 """Files that describe an experiment's state, and the rules for writing them.
 
-The experiment directory is the unit of truth (DESIGN.md). Every file here is written
+The experiment directory is the unit of truth. Every file here is written
 by exactly one process at a time, through a temporary file in the same directory that
 is fsynced and renamed over the target, so a reader never sees half a file and a kill
 never corrupts what was already written.

@@ -22,7 +22,7 @@ stdout+stderr appended to `train.log`. The scheduler
 - on Ctrl+C/SIGTERM stops launching, SIGTERMs every worker's process group, waits a
   grace period for checkpoints, SIGKILLs the rest, and exits 130.
 
-Writing rules (DESIGN.md): the scheduler writes an experiment's status.json before it
+Writing rules (perl_cli/state.py): the scheduler writes an experiment's status.json before it
 launches a worker and after it has reaped one; the worker writes it in between.
 `run_status.json` is derived from the experiment directories and rewritten atomically.
 """
