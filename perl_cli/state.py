@@ -8,6 +8,11 @@ never corrupts what was already written.
 `status.json` has one writer at a time: the scheduler writes it before it launches a
 worker and after it has reaped one; the worker writes it while it is alive.
 All times are unix epoch seconds (floats).
+
+Readers parse these files with `load_json` (which names what is wrong), `read_json` and
+`read_jsonl`, through perl_cli.logtail's safe, bounded reads; which fields must have which
+types, and what a malformed file means (`unreadable`), is the read model's business
+(perl_cli/experiments_view.py).
 """
 
 from __future__ import annotations
