@@ -283,6 +283,9 @@ def is_stalled(status: dict, *, stall_after_s: float = 600.0, at: float | None =
         return True
     if status.get("host") == hostname() and isinstance(status.get("pid"), int):
         return not process_alive(status.get("pid"), status.get("pid_start_time"))
+    if status.get("host") == hostname() and isinstance(status.get("scheduler_pid"), int):
+        # Launched (no worker pid recorded yet) by a scheduler that has died since: orphaned.
+        return not process_alive(status.get("scheduler_pid"))
     return False
 
 
