@@ -1,4 +1,4 @@
-"""Shared test setup: pin threads (STACK-NOTES: stalls with 2 threads), keep caches in tmp."""
+"""Shared test setup: pin threads (docs/stack.md: stalls with 2 threads), keep caches in tmp."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from perl_cli import state as st
 from perl_cli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
-# `perl run` flags a suggested command may use (DESIGN.md's contract for `perl run`).
+# `perl run` flags a suggested command may use (the README's command table).
 RUN_FLAGS_WITH_VALUE = {"--only", "--set", "--config", "--output"}
 RUN_FLAGS = {"--fresh"}
 
