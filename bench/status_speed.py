@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from suite_fixtures import CUDA_OOM, FAILURE_LOGS, failure, write_experiment  # noqa: E402
 
 from perl_cli import config as configlib  # noqa: E402
+from perl_cli import experiments_view as views  # noqa: E402
 from perl_cli import state as st  # noqa: E402
-from perl_cli import status as statuslib  # noqa: E402
 
 N_EXPERIMENTS = 103
 COMPLETED, RUNNING, FAILED = 60, 8, 5
@@ -95,14 +95,14 @@ def main() -> int:
         inproc = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            view = statuslib.load_suite(out, "bench", cfg)
+            view = views.load_suite(out, "bench", cfg)
             inproc.append(time.perf_counter() - started)
         assert len(view.experiments) == N_EXPERIMENTS
         base = [sys.executable, "-m", "perl_cli", "status", "bench", "--config", str(cfg_path), "--output", str(out)]
         table = time_command(base, args.repeats)
         as_json = time_command([*base, "--json"], args.repeats)
         baseline = time_command([sys.executable, "-c", "pass"], args.repeats)
-        size = statuslib.disk_usage(out)
+        size = views.disk_usage(out)
     median = statistics.median(table)
     print(f"suite: {N_EXPERIMENTS} experiments ({COMPLETED} completed, {RUNNING} running, {FAILED} failed, "
           f"{N_EXPERIMENTS - COMPLETED - RUNNING - FAILED} pending), {size / 1e6:.0f} MB on disk")

@@ -192,7 +192,7 @@ def run(
         suite=suite, experiments=chosen, suite_experiments=whole, output=output, gpus=gpu_list,
         jobs_per_gpu=jobs_per_gpu or defaults.get("jobs_per_gpu", 1), jobs=jobs or defaults.get("jobs"),
         retries=retries if retries is not None else defaults.get("retries", 1), fresh=fresh, dry_run=dry_run,
-        settle_seconds=settle_seconds, grace_seconds=grace_seconds,
+        settle_seconds=settle_seconds, grace_seconds=grace_seconds, overrides=tuple(sets or ()), config_file=cfg,
         stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S), cpu=cpu,
         slurm=scheduler.slurm_options(slurm_cli, cfg.slurm_defaults(suite)) if backend == "slurm" else None,
     )

@@ -1,6 +1,7 @@
 """Why experiments failed, stalled or stopped, and the `perl run` command that fixes it.
 
-Each failed, interrupted or stalled experiment is classified from its status.json
+Each failed, interrupted, stalled or unreadable experiment (as the read model,
+perl_cli.experiments_view, sees it) is classified from its status.json
 (state, exit code, signal) and the *tail* of its train.log (read from the end, never
 whole) by the first matching rule of `RULES`. Running experiments are never failures:
 a running one appears only when it is stalled, which status.is_stalled decides from the
@@ -17,7 +18,10 @@ JSON object of `perl diagnose SUITE --json` (contract; fields are only ever adde
                       "exit_code", "signal", "error", "lines": [str],
                       "traceback": str | null, "fix": {"text": str, "commands": [str]}}]}
 
-`failures` counts failed and stalled experiments; the exit code is 1 when it is not 0.
+`failures` counts failed, unreadable and stalled experiments; the exit code is 1 when it is
+not 0. An `unreadable` experiment's `summary` names the file and what is wrong with it.
+Log lines and status errors are read through perl_cli.logtail (bounded, safe) and shown
+as plain text, never as Rich markup.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from typing import Any
 
 from perl_cli import outcomes, schema
 from perl_cli import state as st
+from perl_cli.experiments_view import ExperimentView, SuiteView
 from perl_cli.logtail import last_json_rows, tail_lines
-from perl_cli.status import ExperimentView, SuiteView
 from perl_cli.ui import human_bytes
 
 DEFAULT_LINES = 30
@@ -66,6 +70,7 @@ class Evidence:
     traceback: str | None
     metrics: list[dict]
     stalled: bool
+    problem: str | None = None  # an unreadable experiment: which file, and what is wrong
 
     @property
     def signal(self) -> str | None:
@@ -164,6 +169,15 @@ class Rule:
 
 
 # --- fixes --------------------------------------------------------------------------
+
+
+def fix_unreadable(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        "PeRL cannot tell what this experiment did, so `perl run` will not redo it on a guess. "
+        f"Restore the file (or delete it: without a status.json the experiment reads as pending), "
+        f"or start the experiment over with --fresh (the directory is kept as {ctx.name}{st.OLD_DIR_MARK}<time>).",
+        [ctx.run(fresh=True)],
+    )
 
 
 def fix_interrupted(ctx: Context, ev: Evidence) -> Fix:
@@ -456,6 +470,7 @@ def _non_finite_metrics(ev: Evidence) -> bool:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule("unreadable", "unreadable status or config file", fix_unreadable, when=lambda ev: ev.problem is not None),
     # Recorded by the Slurm task (perl_cli/scheduler/slurm_task.py): before `interrupted`, since the
     # worker itself exited 143 after saving its checkpoint.
     Rule(outcomes.CAUSE_TIME_LIMIT, "Slurm time limit (no requeue left)", fix_time_limit,
@@ -542,7 +557,7 @@ class Diagnosis:
 
     @property
     def is_failure(self) -> bool:
-        return self.state == st.FAILED or self.stalled
+        return self.state in (st.FAILED, st.UNREADABLE) or self.stalled
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -562,8 +577,8 @@ class Diagnosis:
 
 
 def needs_diagnosis(e: ExperimentView) -> bool:
-    """Failed and interrupted experiments, and running ones only when stalled."""
-    return e.state in (st.FAILED, st.INTERRUPTED) or (e.state == st.RUNNING and e.stalled)
+    """Failed, interrupted and unreadable experiments, and running ones only when stalled."""
+    return e.state in (st.FAILED, st.INTERRUPTED, st.UNREADABLE) or (e.state == st.RUNNING and e.stalled)
 
 
 def last_traceback(lines: list[str]) -> str | None:
@@ -582,13 +597,13 @@ def last_traceback(lines: list[str]) -> str | None:
 
 def gather(view: ExperimentView, tail: int = CLASSIFY_LINES) -> Evidence:
     path = view.dir
-    raw = tail_lines(path / st.LOG_FILE, tail) if path else []
+    raw = tail_lines(path / st.LOG_FILE, tail, root=path) if path else []
     tail = [RANK_PREFIX.sub("", line) for line in raw]
     tb = last_traceback(tail)
     error = view.status.get("error") or ""
     text = "\n".join(x for x in (tb if tb is not None else "\n".join(tail), error) if x)
-    metrics = last_json_rows(path / st.METRICS_FILE, 3) if path else []
-    return Evidence(view.status, view.config, tail, text, tb, metrics, view.stalled)
+    metrics = last_json_rows(path / st.METRICS_FILE, 3, root=path) if path else []
+    return Evidence(view.status, view.config, tail, text, tb, metrics, view.stalled, view.problem)
 
 
 def classify(ev: Evidence) -> Rule:
@@ -674,6 +689,8 @@ def _summary(ev: Evidence, rule: Rule) -> str:
     for line in reversed(source):
         if EXCEPTION_LINE.match(line.strip()):
             return line.strip()[:300]
+    if ev.problem:
+        return ev.problem
     if ev.status.get("error"):
         return str(ev.status["error"])[:300]
     if rule.cause == "stalled":
@@ -731,6 +748,7 @@ def _ago(t: float | None) -> str:
 
 def render(view: SuiteView, diagnoses: list[Diagnosis], *, verbose: bool = False):
     from rich.console import Group
+    from rich.markup import escape
     from rich.text import Text
 
     parts: list[Any] = []
@@ -738,18 +756,18 @@ def render(view: SuiteView, diagnoses: list[Diagnosis], *, verbose: bool = False
     if not diagnoses:
         running = view.counts[st.RUNNING]
         note = f" ({running} running, none stalled)" if running else ""
-        parts.append(Text.from_markup(f"[green]suite {view.suite}: no failed, interrupted or stalled experiments[/] among {n}{note}."))
+        parts.append(Text.from_markup(f"[green]suite {escape(view.suite)}: no failed, interrupted or stalled experiments[/] among {n}{note}."))
         return Group(*parts)
     failures = sum(d.is_failure for d in diagnoses)
     parts.append(Text.from_markup(
-        f"[bold]suite {view.suite}[/]: {len(diagnoses)} of {n} experiments need attention "
-        f"({failures} failed or stalled, {len(diagnoses) - failures} interrupted)."
+        f"[bold]suite {escape(view.suite)}[/]: {len(diagnoses)} of {n} experiments need attention "
+        f"({failures} failed, unreadable or stalled, {len(diagnoses) - failures} interrupted)."
     ))
     for cause, members in groups(diagnoses).items():
         parts.append(Text(""))
         parts.append(Text.from_markup(
             f"[bold red]━━ {members[0].rule.title}[/] [dim]({cause})[/]: {len(members)} — "
-            + ", ".join(d.name for d in members)
+            + escape(", ".join(d.name for d in members))
         ))
         for d in members:
             label = d.state + (" (stalled)" if d.stalled else "")
@@ -778,17 +796,17 @@ def command(
     import json
 
     from perl_cli import config as configlib
-    from perl_cli import status as statuslib
+    from perl_cli import experiments_view as views
     from perl_cli.ui import console as make_console
 
     if lines < 0:
         raise configlib.ConfigError(f"--lines {lines}: must be 0 or more.")
-    cfg = statuslib.load_config(config_path)
-    names = statuslib.suites_to_read(output, suite, cfg)
+    cfg = views.load_config(config_path)
+    names = views.suites_to_read(output, suite, cfg)
     tail = max(lines, VERBOSE_LINES if verbose else CLASSIFY_LINES)
     results = []
     for name in names:
-        view = statuslib.load_suite(output, name, cfg, stall_after_s=stall_after_s, with_size=False)
+        view = views.load_suite(output, name, cfg, stall_after_s=stall_after_s, with_size=False)
         results.append((view, diagnose_suite(view, lines=lines, tail=tail, config_path=config_path, output=output)))
     failed = any(d.is_failure for _, diagnoses in results for d in diagnoses)
     if json_out:
@@ -799,7 +817,7 @@ def command(
         return 1 if failed else 0
     console = make_console()
     if not results:
-        console.print(f"No suites under {output}/ yet: nothing to diagnose.")
+        console.print(f"No suites under {output}/ yet: nothing to diagnose.", markup=False)
     for view, diagnoses in results:
         # Soft wrap: commands and log lines stay whole, so they can be copied.
         console.print(render(view, diagnoses, verbose=verbose), soft_wrap=True)

@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from perl_cli import experiments_view as views
 from perl_cli import state as st
-from perl_cli.status import ExperimentView, SuiteView, dig, disk_usage, progress_bar
+from perl_cli.experiments_view import ExperimentView, SuiteView, dig, disk_usage
+from perl_cli.status import progress_bar
 from perl_cli.ui import human_bytes, human_seconds
 
 SUMMARY_FILE = "SUMMARY.md"
@@ -93,9 +95,8 @@ class Row:
 def load_rows(view: SuiteView) -> list[Row]:
     rows = []
     for e in view.experiments:
-        ev = st.read_json(e.dir / st.EVAL_FILE) if e.dir else None
-        metrics = st.read_jsonl(e.dir / st.METRICS_FILE) if e.dir else []
-        rows.append(Row(e, ev if isinstance(ev, dict) else {}, metrics))
+        readable = e.dir is not None and e.state != st.UNREADABLE
+        rows.append(Row(e, views.read_eval(e.dir) if readable else {}, views.read_metrics(e.dir) if readable else []))
     return rows
 
 
@@ -206,6 +207,7 @@ def _experiments_table(rows: list[Row]) -> list[str]:
     for r in rows:
         ev = r.eval
         state = r.view.state + (" (stalled)" if r.view.stalled else "")
+        state += "".join(f" (--set {o})" for o in r.view.overrides)
         params = _number(ev.get("trainable_params"))
         memory = _number(ev.get("peak_memory_mb"))
         url = ev.get("wandb_url")
@@ -450,11 +452,7 @@ def _plot_effective_rank(ax, rows: list[Row]) -> bool:
 def _find(row: Row, names: tuple[str, ...]) -> Any:
     if row.view.dir is None:
         return None
-    for name in names:
-        data = st.read_json(row.view.dir / name)
-        if data is not None:
-            return data
-    return None
+    return views.read_tracking(row.view.dir, names)
 
 
 def _history(row: Row, names: tuple[str, ...]) -> list[dict]:
@@ -534,17 +532,16 @@ def build(view: SuiteView, *, draw: bool, config_path: Path | None, output: Path
 
 def command(suite: str | None, *, config_path: Path | None, output: Path, stdout: bool = False,
             stall_after_s: float) -> int:
-    from perl_cli import status as statuslib
     from perl_cli.ui import console as make_console
 
-    cfg = statuslib.load_config(config_path)
-    names = statuslib.suites_to_read(output, suite, cfg)
+    cfg = views.load_config(config_path)
+    names = views.suites_to_read(output, suite, cfg)
     console = make_console(stderr=stdout)
     if not names:
-        console.print(f"No suites under {output}/ yet: nothing to report.")
+        console.print(f"No suites under {output}/ yet: nothing to report.", markup=False)
         return 0
     for name in names:
-        view = statuslib.load_suite(output, name, cfg, stall_after_s=stall_after_s)
+        view = views.load_suite(output, name, cfg, stall_after_s=stall_after_s)
         if stdout:
             text, _ = build(view, draw=False, config_path=config_path, output=output)
             print(text)
@@ -554,7 +551,8 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
         st.atomic_write_text(view.suite_dir / SUMMARY_FILE, text)
         console.print(
             f"wrote {view.suite_dir / SUMMARY_FILE}"
-            + (f" and {len(plots)} plots ({', '.join(f for _, f in plots)})" if plots else " (no plot: no data yet)")
+            + (f" and {len(plots)} plots ({', '.join(f for _, f in plots)})" if plots else " (no plot: no data yet)"),
+            markup=False,
         )
     return 0
 

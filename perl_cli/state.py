@@ -1,6 +1,6 @@
 """Files that describe an experiment's state, and the rules for writing them.
 
-The experiment directory is the unit of truth (docs/architecture.md). Every file here is written
+The experiment directory is the unit of truth. Every file here is written
 by exactly one process at a time, through a temporary file in the same directory that
 is fsynced and renamed over the target, so a reader never sees half a file and a kill
 never corrupts what was already written.
@@ -8,6 +8,11 @@ never corrupts what was already written.
 `status.json` has one writer at a time: the scheduler writes it before it launches a
 worker and after it has reaped one; the worker writes it while it is alive.
 All times are unix epoch seconds (floats).
+
+Readers parse these files with `load_json` (which names what is wrong), `read_json` and
+`read_jsonl`, through perl_cli.logtail's safe, bounded reads; which fields must have which
+types, and what a malformed file means (`unreadable`), is the read model's business
+(perl_cli/experiments_view.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perl_cli.logtail import TooLarge, UnsafeFile, open_safe, read_head
+
 # Experiment states (contract).
 PENDING = "pending"
 RUNNING = "running"
@@ -29,7 +36,11 @@ COMPLETED = "completed"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 STALE = "stale"
-STATES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED, STALE)
+# A reader's verdict, never written: status.json or config.json is present but malformed.
+UNREADABLE = "unreadable"
+STATES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED, STALE, UNREADABLE)
+# The states a status.json may hold (stale and unreadable are readers' verdicts).
+WRITTEN_STATES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED)
 
 # File names inside an experiment directory (contract).
 CONFIG_FILE = "config.json"
@@ -93,32 +104,68 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json(path: Path | str) -> Any | None:
-    """The parsed file, or None when it is missing, unreadable or not valid JSON."""
+# Byte budgets of what readers parse: our own status/config/eval files are a few KB.
+MAX_JSON_BYTES = 1024 * 1024
+MAX_JSONL_BYTES = 64 * 1024 * 1024
+
+
+class Unreadable(ValueError):
+    """A file that is present but cannot be used; the message says what is wrong with it."""
+
+
+def load_json(path: Path | str, *, root: Path | str | None = None, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The parsed file. FileNotFoundError when it is missing; Unreadable (naming the problem) otherwise.
+
+    Opened through logtail.open_safe: a regular file inside `root` (default: its directory),
+    at most `max_bytes`, nested no deeper than the JSON parser allows.
+    """
+    name = Path(path).name
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        data = read_head(path, max_bytes, root)
+    except FileNotFoundError:
+        raise
+    except (UnsafeFile, TooLarge) as exc:
+        raise Unreadable(str(exc)) from None
+    except OSError as exc:
+        raise Unreadable(f"{name}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise Unreadable(f"{name} is not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise Unreadable(f"{name} is nested too deeply to be JSON we wrote") from None
+    except ValueError as exc:
+        if not data.strip():
+            raise Unreadable(f"{name} is empty") from None
+        raise Unreadable(f"{name} is not valid JSON ({exc})") from None
+
+
+def read_json(path: Path | str, *, root: Path | str | None = None, max_bytes: int = MAX_JSON_BYTES) -> Any | None:
+    """The parsed file, or None when it is missing, unsafe, too large or not valid JSON."""
+    try:
+        return load_json(path, root=root, max_bytes=max_bytes)
+    except (OSError, Unreadable):
         return None
 
 
-def read_jsonl(path: Path | str) -> list[dict]:
-    """Every complete JSON object line of `path`; a torn last line is skipped."""
-    rows: list[dict] = []
+def read_jsonl(path: Path | str, *, root: Path | str | None = None, max_bytes: int = MAX_JSONL_BYTES) -> list[dict]:
+    """Every complete JSON object line of the first `max_bytes` of `path`; torn or garbled lines are skipped."""
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
+        with open_safe(path, root) as f:
+            data = f.read(max_bytes)
     except OSError:
-        pass
+        return []
+    rows: list[dict] = []
+    for raw in data.split(b"\n"):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 
@@ -156,8 +203,10 @@ def process_start_time(pid: int) -> float | None:
 
 def process_alive(pid: int | None, start_time: float | None = None) -> bool:
     """True if `pid` runs on this host and (when given) started at `start_time`."""
-    if not pid or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False
+    if not isinstance(start_time, (int, float)) or isinstance(start_time, bool):
+        start_time = None
     actual = process_start_time(pid)
     if actual is None:
         return False
@@ -231,10 +280,13 @@ def is_stalled(status: dict, *, stall_after_s: float = 600.0, at: float | None =
         return False
     at = now() if at is None else at
     beat = status.get("heartbeat") or status.get("started")
-    if isinstance(beat, (int, float)) and at - beat > stall_after_s:
+    if isinstance(beat, (int, float)) and not isinstance(beat, bool) and at - beat > stall_after_s:
         return True
-    if status.get("host") == hostname() and status.get("pid"):
+    if status.get("host") == hostname() and isinstance(status.get("pid"), int):
         return not process_alive(status.get("pid"), status.get("pid_start_time"))
+    if status.get("host") == hostname() and isinstance(status.get("scheduler_pid"), int):
+        # Launched (no worker pid recorded yet) by a scheduler that has died since: orphaned.
+        return not process_alive(status.get("scheduler_pid"))
     return False
 
 
@@ -274,7 +326,8 @@ def experiment_dirs(suite_dir: Path | str) -> dict[str, Path]:
     for entry in entries:
         if OLD_DIR_MARK in entry.name or entry.name.startswith("."):
             continue
-        if (entry / STATUS_FILE).exists() or (entry / CONFIG_FILE).exists():
+        # lexists: a status file that is a dangling or hostile link is still an experiment (unreadable).
+        if os.path.lexists(entry / STATUS_FILE) or os.path.lexists(entry / CONFIG_FILE):
             found[entry.name] = entry
     return found
 
@@ -284,7 +337,7 @@ def effective_state(status: dict | None, expected_fingerprint: str | None = None
     if not status:
         return PENDING
     state = status.get("state")
-    if state not in STATES:
+    if state not in WRITTEN_STATES:
         return PENDING
     if (
         state == COMPLETED

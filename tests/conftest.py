@@ -1,4 +1,4 @@
-"""Shared test setup: pin threads (tests/test_learning.py: CPU training stalls with 2 threads), keep caches in tmp.
+"""Shared test setup: pin threads (docs/stack.md: stalls with 2 threads), keep caches in tmp.
 
 Slurm: SLURM_CONF points at the local test cluster (scripts/local-slurm.sh) before any
 Slurm command can run, so no client ever looks a cluster up in DNS. Tests marked

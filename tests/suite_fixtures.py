@@ -460,14 +460,12 @@ def this_host() -> str:
 
 
 class ReadCounter:
-    """Counts the bytes perl_cli.logtail reads, so "reads only the tail" is checked exactly."""
+    """Counts the bytes read through perl_cli.logtail.open_safe (every reader's way in), exactly."""
 
     def __init__(self) -> None:
         self.bytes = 0
 
     def install(self, monkeypatch) -> ReadCounter:
-        import builtins
-
         from perl_cli import logtail
 
         counter = self
@@ -490,7 +488,8 @@ class ReadCounter:
             def __exit__(self, *exc):
                 self.handle.close()
 
-        monkeypatch.setattr(logtail, "open", lambda *a, **k: Counted(builtins.open(*a, **k)), raising=False)
+        real_open = logtail.open_safe
+        monkeypatch.setattr(logtail, "open_safe", lambda *a, **k: Counted(real_open(*a, **k)))
         return self
 
 

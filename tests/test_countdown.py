@@ -30,7 +30,7 @@ def _builtin(**over: object) -> dict:
 
 def test_default_space_is_enumerated_and_every_problem_is_solvable() -> None:
     problems = countdown.generate_problems(3, 1, 10, "+-*", seed=0, wanted=None)
-    # Measured: 3 numbers from 1-10, + - *, target >= 1 gives 1,896 distinct problems.
+    # docs/stack.md: 3 numbers from 1-10, + - *, target >= 1 gives 1,896 distinct problems.
     assert len(problems) == 1896
     assert len({p.key for p in problems}) == len(problems)
     for p in problems:

@@ -25,13 +25,13 @@ from typer.testing import CliRunner
 
 from perl_cli import config as configlib
 from perl_cli import diagnose as dg
+from perl_cli import experiments_view as views
 from perl_cli import logtail
 from perl_cli import state as st
-from perl_cli import status as statuslib
 from perl_cli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
-# `perl run` flags a suggested command may use (README.md's command table; the Slurm ones: docs/architecture.md).
+# `perl run` flags a suggested command may use (the README's command table).
 RUN_FLAGS_WITH_VALUE = {"--only", "--set", "--config", "--output", "--backend", "--time"}
 RUN_FLAGS = {"--fresh"}
 
@@ -61,7 +61,7 @@ def every_failure(tmp_path: Path):
 
 def diagnose_dir(out: Path, cfg_path: Path | None = None, suite: str = "core", **kw):
     cfg = configlib.load(cfg_path) if cfg_path else None
-    view = statuslib.load_suite(out, suite, cfg)
+    view = views.load_suite(out, suite, cfg)
     return view, dg.diagnose_suite(view, config_path=cfg_path, output=out, **kw)
 
 
@@ -70,7 +70,7 @@ def test_every_rule_classifies_its_failure(every_failure) -> None:
     _, diagnoses = diagnose_dir(out, cfg_path, "wide")
     got = {d.name: d.cause for d in diagnoses}
     assert got == {name: EXPECTED_CAUSE[key] for name, key in names.items()}
-    assert set(EXPECTED_CAUSE.values()) | {"stalled"} == set(dg.CAUSES)
+    assert set(EXPECTED_CAUSE.values()) | {"stalled", "unreadable"} == set(dg.CAUSES)
 
 
 @pytest.mark.parametrize("key", sorted(FAILURE_LOGS))
@@ -268,11 +268,11 @@ def test_commands_name_non_default_output_and_config(tmp_path: Path, monkeypatch
     exp = configlib.expand(configlib.load(cfg_path), "core")[0]
     failure(tmp_path / "output" / "core", exp, "host_oom")
     monkeypatch.chdir(tmp_path)
-    view = statuslib.load_suite(Path("output"), "core", configlib.load(cfg_path))
+    view = views.load_suite(Path("output"), "core", configlib.load(cfg_path))
     (d,) = dg.diagnose_suite(view, config_path=None, output=Path("output"))
     assert d.fix.commands == ["perl run core --only lora_r16_s42"]
     (tmp_path / "output").rename(tmp_path / "results dir")
-    view = statuslib.load_suite(Path("results dir"), "core", configlib.load(cfg_path))
+    view = views.load_suite(Path("results dir"), "core", configlib.load(cfg_path))
     (d,) = dg.diagnose_suite(view, config_path=Path("experiments.toml"), output=Path("results dir"))
     assert d.fix.commands == ["perl run core --only lora_r16_s42 --config experiments.toml --output 'results dir'"]
 

@@ -75,7 +75,7 @@ def test_partial_suite_report(tmp_path: Path) -> None:
     code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
     assert code == 0, text
     md = (out / "core" / "SUMMARY.md").read_text()
-    assert "| 4 | 0 | 2 | 2 | 2 | 1 | 1 | 1 |" in md  # counts by state (pending, queued, ...), then stalled
+    assert "| 4 | 0 | 2 | 2 | 2 | 1 | 1 | 0 | 1 |" in md  # counts by state (pending, queued, ..., unreadable 0), then stalled
     rows = section(md, "Experiments")
     assert "| `dora_r16_s123` | dora | running (stalled) |" in rows and "| `pissa_r16_s42` | pissa | pending |" in rows
     failures = section(md, "Failures and interruptions")

@@ -37,3 +37,14 @@ def test_atomic_writes_honour_the_umask(tmp_path) -> None:
         subprocess.run([sys.executable, "-c", code, str(out)], check=True, preexec_fn=lambda u=umask: os.umask(u))
         for name in ("status.json", "SUMMARY.md"):
             assert stat.S_IMODE((out / name).stat().st_mode) == mode, (oct(umask), name)
+
+
+def test_running_without_a_worker_pid_is_stalled_once_its_scheduler_is_gone() -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    status = {"state": "running", "host": state.hostname(), "pid": None, "heartbeat": state.now(),
+              "scheduler_pid": int(dead.stdout)}
+    assert state.is_stalled(status)
+    assert not state.is_stalled({**status, "scheduler_pid": os.getpid()})

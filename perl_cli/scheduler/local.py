@@ -3,10 +3,14 @@
 One worker subprocess per experiment, in its own session and process group, with
 stdout+stderr appended to `train.log`. The scheduler
 
-- decides what to run from the experiment directories (resume by default: completed
-  with the same fingerprint is skipped, completed with another is `stale` and refused
-  without `--fresh`, interrupted/failed/pending are (re)started and resume from their
-  last checkpoint),
+- decides what to run from the experiment directories, read through the read model
+  (perl_cli.experiments_view): completed with the same fingerprint is skipped; completed
+  with the `--set` overrides recorded in its config.json is skipped by a run without
+  `--set` when those overrides still resolve to its fingerprint (it is complete under
+  them); completed with other settings is `stale`, and an `unreadable` one (malformed
+  status.json or config.json) is never redone on a guess: both are refused without
+  `--fresh`; interrupted/failed/pending are (re)started and resume from their last
+  checkpoint,
 - adopts workers left running by a scheduler that was killed (pid + process start
   time, and a scan of the process table for workers on the suite's directories), so
   there are never two workers on one experiment directory,
@@ -18,7 +22,7 @@ stdout+stderr appended to `train.log`. The scheduler
 - on Ctrl+C/SIGTERM stops launching, SIGTERMs every worker's process group, waits a
   grace period for checkpoints, SIGKILLs the rest, and exits 130.
 
-Writing rules (docs/architecture.md): the scheduler writes an experiment's status.json before it
+Writing rules (perl_cli/state.py): the scheduler writes an experiment's status.json before it
 launches a worker and after it has reaped one; the worker writes it in between.
 `run_status.json` is derived from the experiment directories and rewritten atomically.
 """
@@ -43,9 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import outcomes, state
-from perl_cli.config import ConfigError, Experiment
+from perl_cli.config import ConfigError, ConfigFile, Experiment
+from perl_cli.experiments_view import OVERRIDES_KEY, Expectations, read_records
 from perl_cli.logtail import tail_bytes
 from perl_cli.scheduler import gpus as gpulib
+from perl_cli.scheduler import planning
 from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
 from perl_cli.scheduler.handles import AdoptedHandle, ChildHandle
@@ -103,6 +109,8 @@ class RunOptions:
     worker_cmd: Sequence[str] = DEFAULT_WORKER_CMD
     tty: bool | None = None  # progress bars; None = when stdout is a terminal
     environ: dict[str, str] | None = None  # the workers' base environment (default: ours)
+    overrides: tuple[str, ...] = ()  # --set, recorded in each config.json it writes
+    config_file: ConfigFile | None = None  # resolves the overrides an experiment ran with
     slurm: SlurmOptions | None = None  # --backend slurm: submit array tasks instead of running workers here
 
 
@@ -184,6 +192,9 @@ class LocalRunner:
         self.results: dict[str, str] = {}
         self.skipped: list[str] = []
         self.watched: list[tuple[Job, str]] = []  # (job, Slurm task id) already queued or running in Slurm
+        self.kept: dict[tuple[str, ...], list[str]] = {}  # completed under other --set overrides, by overrides
+        self.run_names: list[str] = []
+        self.expectations = Expectations(opts.config_file, opts.suite) if opts.config_file is not None else None
         self.stop_requests = 0
         self.stopping = False
         self.kill_deadline = 0.0
@@ -272,78 +283,88 @@ class LocalRunner:
 
     # -- deciding what to run -------------------------------------------------------
 
-    def _classify(self, live: dict[Path, tuple[int, float | None]]) -> tuple[list[Job], list[str]]:
-        """Jobs to start or adopt, and the refusals (stale or changed experiments)."""
+    def _classify(self, live: dict[Path, tuple[int, float | None]]) -> tuple[list[Job], list[tuple[str, str]]]:
+        """Jobs to start or adopt, and the refusals as (name, reason): planning.decide per experiment."""
         jobs: list[Job] = []
-        refusals: list[str] = []
-        here = state.hostname()
+        refusals: list[tuple[str, str]] = []
+        asked = tuple(self.opts.overrides)
         in_slurm = slurm_tasks_in_flight(self.suite_dir, [e.name for e in self.opts.experiments])
         for exp in self.opts.experiments:
             exp_dir = self.suite_dir / exp.name
-            if exp.name in in_slurm:
-                task = in_slurm[exp.name]
-                if self.opts.slurm is not None and not self.opts.fresh:
-                    self.watched.append((Job(exp, exp_dir, 0), task))  # submitted by an earlier run: not twice
-                else:
-                    refusals.append(f"{exp.name} is queued or running in Slurm (task {task}): stop it with "
-                                    f"`perl cancel {self.opts.suite} --only {exp.name}` first")
-                continue
-            status = state.read_status(exp_dir) or {}
-            recorded = state.read_json(exp_dir / state.CONFIG_FILE) or {}
-            recorded_fp = status.get("fingerprint") or recorded.get("fingerprint")
-            changed = recorded_fp is not None and recorded_fp != exp.fingerprint
-            job = Job(exp, exp_dir, estimate_mb(exp.config), tries_left=self.opts.retries)
-            pid, start = None, None
-            if status.get("host") in (None, here) and state.process_alive(status.get("pid"), status.get("pid_start_time")):
-                pid, start = status["pid"], status.get("pid_start_time")
-            elif exp_dir in live:
-                pid, start = live[exp_dir]
-            elif (
-                status.get("state") == state.RUNNING
-                and status.get("host") not in (None, here)
-                and not state.is_stalled(status)
-            ):
-                refusals.append(f"{exp.name} is running on host {status['host']} (pid {status.get('pid')})")
-                continue
-            if pid is not None:
-                job.pid, job.pid_start_time = pid, start
-                job.gpu = status.get("gpu") if isinstance(status.get("gpu"), int) else None
-                if self.opts.fresh:
-                    job.action = "fresh"  # its live worker is stopped first
-                elif changed:
-                    refusals.append(f"{exp.name} is still running (pid {pid}) with an earlier config")
-                    continue
-                else:
-                    job.action = "adopt"
-                jobs.append(job)
-                continue
-            current = state.effective_state(status, exp.fingerprint)
-            if self.opts.fresh and exp_dir.exists():
-                job.action = "fresh"
-            elif current == state.COMPLETED:
+            facts, running = self._facts(exp, exp_dir, live, in_slurm.get(exp.name), asked)
+            decision = planning.decide(facts, fresh=self.opts.fresh, asked=asked, slurm=self.opts.slurm is not None)
+            job = Job(exp, exp_dir, estimate_mb(exp.config), action=decision.action, runtime=decision.runtime,
+                      tries_left=self.opts.retries)
+            if decision.action == planning.REFUSE:
+                refusals.append((exp.name, decision.reason))
+            elif decision.action == planning.SKIP:
                 self.skipped.append(exp.name)
-                continue
-            elif current == state.STALE:
-                refusals.append(f"{exp.name} finished with an earlier config (stale)")
-                continue
-            elif changed and state.last_checkpoint(exp_dir) is not None:
-                refusals.append(f"{exp.name} has checkpoints from an earlier config")
-                continue
+            elif decision.action == planning.KEEP:
+                self.kept.setdefault(facts.overrides, []).append(exp.name)
+            elif decision.action == planning.WATCH:
+                assert facts.slurm_task is not None
+                self.watched.append((job, facts.slurm_task))  # submitted by an earlier run: never twice
             else:
-                job.action = "resume" if state.last_checkpoint(exp_dir) is not None else "run"
-                if not changed and isinstance(recorded.get(state.RUNTIME_KEY), dict):
-                    job.runtime = dict(recorded[state.RUNTIME_KEY])
-            jobs.append(job)
+                if running is not None:  # adopted, or stopped first by --fresh
+                    (job.pid, job.pid_start_time), job.gpu = running
+                jobs.append(job)
         return jobs, refusals
 
-    def _refusal_message(self, refusals: list[str]) -> str:
-        names = [r.split(" ", 1)[0] for r in refusals]
-        return (
-            f"suite '{self.opts.suite}': " + "; ".join(refusals) + ". "
-            f"Their results no longer match experiments.toml (or --set). Start them from scratch with "
-            f"`perl run {self.opts.suite} --only {','.join(names)} --fresh` (the old directories are kept "
-            f"as <name>{state.OLD_DIR_MARK}<timestamp>), or leave them out with --exclude {','.join(names)}."
+    def _facts(self, exp: Experiment, exp_dir: Path, live: dict[Path, tuple[int, float | None]],
+               slurm_task: str | None, asked: tuple[str, ...]) -> tuple[planning.Facts, tuple[tuple[int, float | None], int | None] | None]:
+        """What the directory, the process table and Slurm say about one experiment (all the I/O of planning).
+
+        Also returns its live worker, if any: ((pid, start time), gpu).
+        """
+        records = read_records(exp_dir)
+        if records.problem:
+            worker = live.get(exp_dir)
+            return planning.Facts(exp.fingerprint, state.UNREADABLE, exists=True, problem=records.problem,
+                                  live_pid=worker[0] if worker else None), ((worker, None) if worker else None)
+        status, here = records.status, state.hostname()
+        worker: tuple[int, float | None] | None = None
+        if status.get("host") in (None, here) and state.process_alive(status.get("pid"), status.get("pid_start_time")):
+            worker = (status["pid"], status.get("pid_start_time"))
+        elif exp_dir in live:
+            worker = live[exp_dir]
+        other_host = None
+        if status.get("state") == state.RUNNING and status.get("host") not in (None, here) and not state.is_stalled(status):
+            other_host = f"{status['host']} (pid {status.get('pid')})"
+        current = state.effective_state(status, exp.fingerprint)
+        runtime = records.config.get(state.RUNTIME_KEY)
+        facts = planning.Facts(
+            exp.fingerprint, current, exists=exp_dir.exists(), recorded_fingerprint=records.fingerprint,
+            overrides=records.overrides, runtime=runtime if isinstance(runtime, dict) else None,
+            has_checkpoint=state.last_checkpoint(exp_dir) is not None, live_pid=worker[0] if worker else None,
+            other_host=other_host, slurm_task=slurm_task,
+            complete_under_own_overrides=current == state.STALE and self._complete_under_own_overrides(
+                exp.name, records.overrides, records.fingerprint, asked),
         )
+        gpu = status.get("gpu") if isinstance(status.get("gpu"), int) and not isinstance(status.get("gpu"), bool) else None
+        return facts, ((worker, gpu) if worker else None)
+
+    def _complete_under_own_overrides(self, name: str, ran_with: tuple[str, ...], fingerprint: str | None, asked: tuple[str, ...]) -> bool:
+        """A run without --set keeps an experiment completed with --set whose overrides still resolve to what ran."""
+        if asked or not ran_with or self.expectations is None:
+            return False
+        return self.expectations.fingerprint(name, ran_with) == fingerprint
+
+    def _refusal_message(self, refusals: list[tuple[str, str]]) -> str:
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in refusals:
+            by_reason.setdefault(reason, []).append(name)
+        suite = self.opts.suite
+        lines = [f"suite '{suite}': {len(refusals)} of the chosen experiments cannot be run as asked:"]
+        lines += [f"  {len(names)} {reason}: {_some(names)}" for reason, names in by_reason.items()]
+        names = [name for name, _ in refusals]
+        only = "" if set(names) == {e.name for e in self.all_experiments} else f" --only {','.join(names)}"
+        sets = "".join(f" --set {shlex.quote(o)}" for o in self.opts.overrides)
+        lines.append(
+            f"To start them over with this command's settings: `perl run {suite}{only}{sets} --fresh` (the old "
+            f"directories are kept as <name>{state.OLD_DIR_MARK}<timestamp>). To keep them, leave them out with "
+            "--exclude, or repeat the --set they ran with."
+        )
+        return "\n".join(lines)
 
     def _check_fit(self, jobs: list[Job]) -> None:
         """Refuse up front a job that no chosen GPU could ever hold, or a large model on a CPU unasked."""
@@ -385,6 +406,7 @@ class LocalRunner:
         if self.opts.slurm is not None:
             return self._run_slurm(jobs)
         self._check_fit(jobs)
+        self.run_names = [j.name for j in jobs]
         total = len(jobs)
         self.reporter = make_reporter(total, tty=self.opts.tty)
         try:
@@ -455,6 +477,16 @@ class LocalRunner:
         if self.skipped:
             parts.append(f"{len(self.skipped)} already completed (skipped)")
         r.info(f"suite {self.opts.suite} → {self.suite_dir}: " + ", ".join(parts) + ".")
+        for line in self._kept_lines():
+            r.info(line)
+
+    def _kept_lines(self) -> list[str]:
+        """What happens to experiments completed with --set when this run has none."""
+        return [
+            f"{len(names)} completed {planning.settings(overrides)} are kept (complete under those settings): {_some(names)}. "
+            f"To redo them with the config's own settings, add --fresh (the old directories are kept)."
+            for overrides, names in self.kept.items()
+        ]
 
     def _adopt(self, job: Job) -> None:
         job.started_mono = time.monotonic()
@@ -578,6 +610,8 @@ class LocalRunner:
         """The experiment directory and its config.json, as the worker will read it."""
         job.dir.mkdir(parents=True, exist_ok=True)
         config = job.exp.resolved()
+        if self.opts.overrides:
+            config[OVERRIDES_KEY] = list(self.opts.overrides)
         if job.runtime:
             config[state.RUNTIME_KEY] = dict(job.runtime)
         state.atomic_write_json(job.dir / state.CONFIG_FILE, config)
@@ -872,6 +906,9 @@ class LocalRunner:
             "state": "stopping" if self.stopping else ("running" if self.running or self.queue else "idle"),
             "running": sorted(self.running),
             "queued": [j.name for j in self.queue],
+            # What this run covers, for readers' progress and ETA (perl_cli.experiments_view.read_run).
+            "run": self.run_names,
+            OVERRIDES_KEY: list(self.opts.overrides),
             **(backend or {}),
         }
         self.suite_dir.mkdir(parents=True, exist_ok=True)
@@ -889,7 +926,8 @@ class LocalRunner:
             return EXIT_INTERRUPTED
         if self.disk_full:
             return EXIT_FAILED
-        wanted = {e.name for e in self.opts.experiments}
+        kept = {name for names in self.kept.values() for name in names}  # complete under their own --set
+        wanted = {e.name for e in self.opts.experiments} - kept
         for name in wanted:
             status = state.read_status(self.suite_dir / name)
             fp = next(e.fingerprint for e in self.opts.experiments if e.name == name)
@@ -939,9 +977,18 @@ class LocalRunner:
                 out(f"  runtime overrides: {job.runtime}")
         out(
             f"dry run: {sum(j.action != 'adopt' for j in jobs)} to run, {sum(j.action == 'adopt' for j in jobs)} "
-            f"running (adopt), {len(self.skipped)} completed (skip), {len(refusals)} refused; nothing was started."
+            f"running (adopt), {len(self.skipped) + sum(map(len, self.kept.values()))} completed (skip), "
+            f"{len(refusals)} refused; nothing was started."
         )
+        for line in self._kept_lines():
+            out(line)
         if refusals:
             raise RunError(self._refusal_message(refusals))
         self._check_fit(jobs)
         return EXIT_OK
+
+
+def _some(names: list[str], most: int = 6) -> str:
+    """Names, the first few of a long list only (so that a refusal does not list dozens twice)."""
+    shown = ", ".join(names[:most])
+    return shown + (f", … and {len(names) - most} more" if len(names) > most else "")

@@ -1,7 +1,7 @@
 """Per-layer gradient norms of the adapter's parameters, split by parameter kind.
 
 Read in `on_pre_optimizer_step`: gradients are complete there (after accumulation) and
-gone by `on_step_end` (the Trainer zeroes them after the optimizer step).
+gone by `on_step_end` (docs/stack.md).
 """
 
 from __future__ import annotations

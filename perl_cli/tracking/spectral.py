@@ -4,7 +4,7 @@ An adapter's update ΔW of a linear layer is a product L·R of thin factors (ran
 or 2r for PiSSA/MiLoRA, whose update is BA − B₀A₀). Its singular values are those of
 the k×k matrix R₁R₂ᵀ, where L = Q₁R₁ and Rᵀ = Q₂R₂ are thin QR factorisations: O((m+n)k²)
 instead of the O(mn·min(m,n)) dense SVD that took minutes per step at 1.5B in the
-first tracker (measured: 21 s for one 8960×1536 matrix on a CPU).
+seed's tracker (docs/stack.md: 21 s for one 8960×1536 matrix on this CPU).
 
 Methods whose update is not a low-rank product (IA3's scaling vectors, LN tuning,
 MiSS's shared blocks) are skipped; DoRA is tracked through its low-rank direction

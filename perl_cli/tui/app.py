@@ -1,14 +1,17 @@
 """`perl watch`: a Textual live monitor of one suite.
 
-The monitor is a client of the same readers as `perl status` (perl_cli.status) and of
+The monitor is a client of the same read model as `perl status` (perl_cli.experiments_view) and of
 the one module that talks to NVML (perl_cli.scheduler.gpus); it reads files only, so it
 works on a copied output directory and never disturbs the runs. Files are read in a
 thread worker so the interface stays responsive on slow disks; the log pane reads only
-the bytes appended since the last poll.
+the bytes appended since the last poll, through perl_cli.logtail's safe open (a regular
+file inside the experiment directory). User text (names, log lines) is shown as plain
+text, never parsed as markup.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +21,13 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Log, ProgressBar, Static
 
 from perl_cli import config as configlib
+from perl_cli import experiments_view as views
 from perl_cli import state as st
-from perl_cli import status as statuslib
-from perl_cli.logtail import tail_bytes, tail_lines
+from perl_cli.logtail import cap_line, open_safe, tail_bytes, tail_lines
 from perl_cli.scheduler.gpus import GPU, GPUInventoryError, Inventory, load_inventory
 from perl_cli.ui import human_bytes, human_seconds
 
@@ -34,6 +38,7 @@ STATE_STYLE = {
     st.FAILED: "bold red",
     st.INTERRUPTED: "yellow",
     st.STALE: "magenta",
+    st.UNREADABLE: "bold red",
     st.PENDING: "dim",
     st.QUEUED: "blue",
 }
@@ -46,7 +51,7 @@ SIZE_EVERY = 10
 
 @dataclass
 class Snapshot:
-    view: statuslib.SuiteView
+    view: views.SuiteView
     gpus: list[GPU]
     gpu_note: str
 
@@ -58,21 +63,25 @@ class LogTail:
         self.path = path
         self.offset = 0
 
+    def size(self) -> int | None:
+        """The size of the log if it is a regular file inside its experiment directory."""
+        if self.path is None:
+            return None
+        try:
+            with open_safe(self.path) as f:
+                return f.seek(0, 2)
+        except OSError:
+            return None
+
     def initial(self) -> list[str]:
         if self.path is None:
             return []
-        try:
-            self.offset = self.path.stat().st_size
-        except OSError:
-            self.offset = 0
+        self.offset = self.size() or 0
         return tail_lines(self.path, LOG_LINES)
 
     def new_lines(self) -> list[str]:
-        if self.path is None:
-            return []
-        try:
-            size = self.path.stat().st_size
-        except OSError:
+        size = self.size()
+        if size is None:
             return []
         if size < self.offset:  # truncated or replaced (a --fresh run): start over
             self.offset = 0
@@ -81,7 +90,7 @@ class LogTail:
         data = tail_bytes(self.path, min(size - self.offset, MAX_LOG_READ))
         self.offset = size
         text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
-        return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line]
+        return [cap_line(line.rsplit("\r", 1)[-1]) for line in text.split("\n") if line]
 
 
 class WatchApp(App):
@@ -110,7 +119,7 @@ class WatchApp(App):
         cfg: configlib.ConfigFile | None = None,
         *,
         interval: float = 2.0,
-        stall_after_s: float = statuslib.DEFAULT_STALL_AFTER_S,
+        stall_after_s: float = views.DEFAULT_STALL_AFTER_S,
         inventory: Inventory | None = None,
     ) -> None:
         super().__init__()
@@ -123,6 +132,9 @@ class WatchApp(App):
         self.polls = 0
         self.sizes: dict[str, int] = {}
         self.last: Snapshot | None = None
+        self.read_lock = threading.Lock()
+        self.reading = False  # a read is in flight
+        self.again = False  # a poll came while it was: read once more when it is done
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -146,14 +158,30 @@ class WatchApp(App):
 
     # --- reading (thread) ------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="poll")
     def poll(self) -> None:
-        self.call_from_thread(self.show, self.read())
+        """Read now, or right after the read in flight: a new poll never cancels a slow read
+        (on a slow disk the screen would never update), and a refresh is never lost."""
+        with self.read_lock:
+            if self.reading:
+                self.again = True
+                return
+            self.reading = True
+        self.read_in_thread()
+
+    @work(thread=True, group="poll")
+    def read_in_thread(self) -> None:
+        while True:
+            self.call_from_thread(self.show, self.read())
+            with self.read_lock:
+                if not self.again:
+                    self.reading = False
+                    return
+                self.again = False
 
     def read(self) -> Snapshot:
         self.polls += 1
         with_size = self.polls % SIZE_EVERY == 1
-        view = statuslib.load_suite(
+        view = views.load_suite(
             self.output, self.suite, self.cfg, stall_after_s=self.stall_after_s, with_size=with_size
         )
         if with_size:
@@ -176,6 +204,10 @@ class WatchApp(App):
     # --- showing (UI thread) -----------------------------------------------------------
 
     def show(self, snap: Snapshot) -> None:
+        try:
+            summary = self.query_one("#summary", Static)
+        except NoMatches:
+            return  # the app is closing: a poll finished after its screen went away
         self.last = snap
         view = snap.view
         counts = view.counts
@@ -183,7 +215,7 @@ class WatchApp(App):
         if view.stalled:
             parts.append(f"{view.stalled} stalled")
         eta = human_seconds(view.eta_s) if view.eta_s is not None else "-"
-        self.query_one("#summary", Static).update(
+        summary.update(
             Text.from_markup(
                 f"[b]{len(view.experiments)}[/] experiments: {', '.join(parts) or 'none yet'}"
                 f"   ETA {eta}   disk {human_bytes(view.size_bytes)}"
@@ -195,7 +227,7 @@ class WatchApp(App):
         self.query_one("#gpus", Static).update(render_gpus(snap.gpus, snap.gpu_note))
         self.update_log(view)
 
-    def fill_table(self, view: statuslib.SuiteView) -> None:
+    def fill_table(self, view: views.SuiteView) -> None:
         table = self.query_one(DataTable)
         names = [e.name for e in view.experiments]
         existing = [str(row.value) for row in table.rows]
@@ -211,7 +243,7 @@ class WatchApp(App):
             for column, cell in zip(COLUMNS, experiment_cells(e), strict=True):
                 table.update_cell(e.name, column, cell)
 
-    def update_log(self, view: statuslib.SuiteView) -> None:
+    def update_log(self, view: views.SuiteView) -> None:
         name = self.selected
         if self.follow or name is None:
             running = [e.name for e in view.experiments if e.state == st.RUNNING]
@@ -225,9 +257,11 @@ class WatchApp(App):
             log.clear()
             log.write_lines(self.tail.initial())
             title = f"log: {name}" if name else "log: (no experiment has started)"
+            if exp is not None and exp.problem:
+                title += f"  — unreadable: {exp.problem}"
             if self.follow:
                 title += "  [following running — select a row to pin]"
-            self.query_one("#log-title", Static).update(title)
+            self.query_one("#log-title", Static).update(Text(title))
         else:
             log.write_lines(self.tail.new_lines())
 
@@ -249,17 +283,17 @@ class WatchApp(App):
             self.update_log(self.last.view)
 
 
-def experiment_cells(e: statuslib.ExperimentView) -> tuple:
+def experiment_cells(e: views.ExperimentView) -> tuple:
     state = Text(e.state + (" (stalled)" if e.stalled else ""), style="bold red" if e.stalled else STATE_STYLE.get(e.state, ""))
     total, step = e.total_steps or 0, e.step or 0
     fraction = 1.0 if e.state == st.COMPLETED else (min(step, total) / total if total else 0.0)
     return (
-        e.name,
+        Text(e.name + (" *" if e.overrides else "")),
         state,
         bar(fraction),
-        f"{step}/{total}" if total else str(step or "-"),
+        "-" if e.state == st.UNREADABLE else f"{step}/{total}" if total else str(step or "-"),
         "-" if e.reward is None else f"{e.reward:.3f}",
-        "-" if e.gpu is None else str(e.gpu),
+        Text("-" if e.gpu is None else str(e.gpu)),  # a str cell would be parsed as markup
         human_seconds(e.duration_s),
         human_seconds(e.eta_s) if e.eta_s is not None else "-",
     )
@@ -278,7 +312,7 @@ def render_gpus(gpus: list[GPU], note: str) -> Text:
     for g in gpus:
         used = g.memory_used_mb / g.memory_total_mb if g.memory_total_mb else 0.0
         util = "" if g.utilization is None else f"  util {g.utilization}%"
-        text.append(f"[{g.index}] {g.name}{util}\n")
+        text.append(f"[{g.index}] {g.name}{util}\n")  # Text.append: literal, no markup
         text.append_text(bar(used, width=14))
         text.append(f"  {g.memory_used_mb / 1024:.1f}/{g.memory_total_mb / 1024:.1f} GB\n")
     if note:
@@ -289,9 +323,9 @@ def render_gpus(gpus: list[GPU], note: str) -> Text:
 def pick_suite(output: Path, suite: str | None, cfg: configlib.ConfigFile | None) -> str:
     """The suite to watch: the one named, else the one whose files changed last."""
     if suite is not None:
-        statuslib.resolve_suite(output, suite, cfg)
+        views.resolve_suite(output, suite, cfg)
         return suite
-    found = statuslib.find_suites(output)
+    found = views.find_suites(output)
     if not found:
         raise configlib.ConfigError(
             f"nothing to watch: no suite has results under {output}/. Start one with `perl run SUITE`, "
