@@ -440,7 +440,27 @@ def load_suite(
         view = read_experiment(name, path, **common)
         view.in_config = expected is None
         views.append(view)
+    _as_slurm_sees_them(views)
     return SuiteView(suite, suite_dir, views, in_config=expected is not None, at=at, run=run)
+
+
+def _as_slurm_sees_them(views: list[ExperimentView]) -> None:
+    """Queued or running Slurm tasks that Slurm has let go of without a final state are shown as ended.
+
+    Asks squeue/sacct (bounded in time) only when some experiment has such a task; when
+    Slurm cannot be reached the files alone decide (perl_cli/scheduler/slurm.py).
+    """
+    statuses = {v.name: v.status for v in views
+                if v.state in (st.QUEUED, st.RUNNING) and isinstance(v.status.get("slurm"), dict)}
+    if not statuses:
+        return
+    from perl_cli.scheduler.slurm import seen_by_slurm
+
+    shown = seen_by_slurm(statuses)
+    for view in views:
+        if view.name in shown:
+            view.state, view.stalled = shown[view.name], False
+            view.error = f"Slurm task {view.status['slurm'].get('job_id')} ended without a final status"
 
 
 def read_experiment(

@@ -173,11 +173,18 @@ def test_status_shows_queued_tasks_while_the_node_is_busy_and_perl_cancel_cancel
                timeout=60, what="two running tasks")
     shown = json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)
     assert shown["counts"]["running"] == 2 and shown["counts"]["queued"] == 2, shown["counts"]
-    queued = [e for e in shown["experiments"] if e["state"] == "queued"]
+    queued = [e["name"] for e in shown["experiments"] if e["state"] == "queued"]
     assert len(queued) == 2
-    # Submitting again does not submit twice.
-    again = perl(tmp_path, "--backend", "slurm", env=env)
-    assert again.returncode == 0 and "4 already queued or running in Slurm" in again.stdout, again.stdout
+    # A queued task cancelled behind PeRL's back: its file still says queued, status asks Slurm.
+    subprocess.run(["scancel", task_of(tmp_path, queued[0])], check=True, timeout=30)
+    wait_until(lambda: _slurm_states([task_of(tmp_path, queued[0])]).count("CANCELLED") >= 1, what="cancelled")
+    assert statuses(tmp_path)[queued[0]]["state"] == "queued"
+    shown = {e["name"]: e["state"] for e in json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)["experiments"]}
+    assert shown[queued[0]] == "interrupted" and shown[queued[1]] == "queued", shown
+    # Submitting again does not submit twice (and resubmits the one cancelled behind its back).
+    again = perl(tmp_path, "--backend", "slurm", "--cpus-per-job", "1", env=env)
+    assert again.returncode == 0 and "3 already queued or running in Slurm" in again.stdout, again.stdout
+    assert "submitted 1 experiment(s)" in again.stdout
 
     result = perl_cmd(tmp_path, "cancel", SUITE, env=env)
     assert result.returncode == 0, result.stderr

@@ -303,8 +303,13 @@ def cancel_suite(suite_dir: Path, names: list[str] | None, *, wait_s: float = 30
             targets[name] = (exp_dir, str(task_id))
     if not targets:
         return 0
-    slurm_cli.cancel(task for _, task in targets.values())
-    out(f"scancel: {len(targets)} task(s): " + ", ".join(f"{n} ({t})" for n, (_, t) in sorted(targets.items())))
+    states = slurm_cli.task_states(task for _, task in targets.values())
+    # Tasks Slurm has already let go of (scancel'ed by hand, a dead node) only need their status recorded.
+    active = [t for _, t in targets.values() if states is None or states.get(t) in slurm_cli.ACTIVE_STATES]
+    if active:
+        slurm_cli.cancel(active)
+        out(f"scancel: {len(active)} task(s): " + ", ".join(f"{n} ({t})" for n, (_, t) in sorted(targets.items())
+                                                            if t in active))
     handles = [SlurmTaskHandle(name, d, t) for name, (d, t) in targets.items()]
     deadline = time.monotonic() + wait_s
     while handles:
@@ -322,7 +327,6 @@ def cancel_suite(suite_dir: Path, names: list[str] | None, *, wait_s: float = 30
         if handles:
             time.sleep(0.5)
     return len(targets)
-
 
 
 def _task_id(status: dict) -> str | None:
