@@ -177,7 +177,7 @@ def test_status_shows_queued_tasks_while_the_node_is_busy_and_perl_cancel_cancel
     assert len(queued) == 2
     # A queued task cancelled behind PeRL's back: its file still says queued, status asks Slurm.
     subprocess.run(["scancel", task_of(tmp_path, queued[0])], check=True, timeout=30)
-    wait_until(lambda: _slurm_states([task_of(tmp_path, queued[0])]).count("CANCELLED") >= 1, what="cancelled")
+    wait_until(lambda: task_of(tmp_path, queued[0]) not in squeue_ids(), what="the task gone from the queue")
     assert statuses(tmp_path)[queued[0]]["state"] == "queued"
     shown = {e["name"]: e["state"] for e in json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)["experiments"]}
     assert shown[queued[0]] == "interrupted" and shown[queued[1]] == "queued", shown

@@ -382,5 +382,5 @@ def seen_by_slurm(statuses: dict[str, dict]) -> dict[str, str]:
         seen = states.get(task)
         if seen is None or seen in slurm_cli.ACTIVE_STATES:
             continue
-        shown[name] = state.INTERRUPTED if seen == "CANCELLED" else state.FAILED
+        shown[name] = state.INTERRUPTED if seen in ("CANCELLED", slurm_cli.GONE) else state.FAILED
     return shown

@@ -17,6 +17,7 @@ from perl_cli.config import ConfigError
 
 QUERY_TIMEOUT_S = 10.0
 # Slurm states (squeue %T / sacct State) that mean the task has not ended.
+GONE = "GONE"  # neither squeue nor sacct knows the task (e.g. an array task cancelled while pending)
 PENDING_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "SUSPENDED")
 ACTIVE_STATES = (*PENDING_STATES, "RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING", "STOPPED")
 
@@ -70,7 +71,8 @@ def task_states(job_ids: Iterable[str], *, timeout: float = QUERY_TIMEOUT_S) -> 
     """Slurm's state of each job or array task id ("123_4"), or None when Slurm cannot be asked.
 
     squeue knows queued and running tasks (one line per array task with -r); what it has
-    forgotten (finished a while ago), sacct is asked about. A task neither knows is left out.
+    forgotten (finished a while ago), sacct is asked about. A task neither knows is GONE:
+    Slurm drops an array task cancelled while pending from both.
     """
     ids = sorted({i for i in job_ids if i})
     if not ids:
@@ -98,7 +100,7 @@ def task_states(job_ids: Iterable[str], *, timeout: float = QUERY_TIMEOUT_S) -> 
             job, _, st = line.partition("|")
             if "." not in job and st.strip():  # "CANCELLED by 0" → CANCELLED; job steps skipped
                 found[job.strip()] = st.split()[0]
-    return {i: found[i] for i in ids if i in found}
+    return {i: found.get(i, GONE) for i in ids}
 
 
 def cancel(job_ids: Iterable[str]) -> None:
