@@ -156,3 +156,28 @@ def test_slurm_options_merge_the_config_tables_under_the_command_line() -> None:
 def test_bad_slurm_options_are_usage_errors(cli: dict, message: str) -> None:
     with pytest.raises(SlurmError, match=re.escape(message)):
         slurm.options_from(cli, {})
+
+
+def test_slurm_tables_in_experiments_toml(tmp_path) -> None:
+    from perl_cli import config as configlib
+
+    path = tmp_path / "experiments.toml"
+    path.write_text("""
+[slurm]
+partition = "gpu"
+time = "4:00:00"
+[suites.s]
+name = "{method}_s{seed}"
+[suites.s.matrix]
+method = ["lora"]
+[suites.s.slurm]
+time = "12:00:00"
+args = { qos = "high" }
+""")
+    assert configlib.load(path).slurm_defaults("s") == {"partition": "gpu", "time": "12:00:00", "args": {"qos": "high"}}
+    path.write_text(path.read_text().replace('time = "12:00:00"', "gpus_per_job = -1"))
+    with pytest.raises(configlib.ConfigError, match=r"experiments.toml:\d+: suites.s.slurm.gpus_per_job = -1 must be"):
+        configlib.load(path).slurm_defaults("s")
+    path.write_text(path.read_text().replace("gpus_per_job = -1", 'partiton = "x"'))
+    with pytest.raises(configlib.ConfigError, match="unknown key 'partiton'.*partition"):
+        configlib.load(path).slurm_defaults("s")
