@@ -73,7 +73,7 @@ class SlurmTask:
             exp_dir, state=state.RUNNING, attempt=attempt, host=state.hostname(), gpu=gpu_field(visible),
             started=self._started, heartbeat=self._started, ended=None, exit_code=None, signal=None,
             error=None, cause=None, pid=None, pid_start_time=None,
-            slurm={**previous.get("slurm", {}), **slurm_ids(), "time_limit_s": self.time_limit_s},
+            slurm={**(previous.get("slurm") or {}), **slurm_ids(), "time_limit_s": self.time_limit_s},
         )
         env = {
             **os.environ,
