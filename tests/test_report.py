@@ -51,13 +51,15 @@ def test_complete_suite_report_and_plots(tmp_path: Path) -> None:
         section(md, title)
     by_method = section(md, "Results by method")
     ranked = re.findall(
-        r"^\| (\d+) \| (\w+) \| 2 \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", by_method, re.MULTILINE
+        r"^\| (\d+) \| (\w+) \| 2/2 \| ([\d.]+) ± ([\d.]+) \| [\d.]+ ± [\d.]+ \| \+[\d.]+ ± [\d.]+ \| "
+        r"([\d.]+) ± ([\d.]+) \|", by_method, re.MULTILINE
     )
     # Exact method names (lora_plus and adalora are not lora), ranked by mean sampled accuracy
-    # (the fixture's sampled accuracy is 0.9 x greedy), std over seeds; greedy beside it.
+    # (the fixture's sampled accuracy is 0.9 x greedy), ± the standard error over the 2 seeds
+    # (sd / sqrt 2); greedy beside it.
     assert [(r[1], r[4], r[5]) for r in ranked] == [
-        ("pissa", "0.750", "0.071"), ("dora", "0.610", "0.014"), ("lora_plus", "0.500", "0.071"),
-        ("lora", "0.450", "0.071"), ("milora", "0.300", "0.000"), ("adalora", "0.150", "0.071"),
+        ("pissa", "0.750", "0.050"), ("dora", "0.610", "0.010"), ("lora_plus", "0.500", "0.050"),
+        ("lora", "0.450", "0.050"), ("milora", "0.300", "0.000"), ("adalora", "0.150", "0.050"),
     ]
     assert [r[2] for r in ranked] == ["0.675", "0.549", "0.450", "0.405", "0.270", "0.135"]
     assert "12/12 experiments completed (100%)" in md
@@ -82,7 +84,7 @@ def test_partial_suite_report(tmp_path: Path) -> None:
     assert "CUDA out of memory" in failures and "stalled" in failures and "interrupted" in failures
     assert "--set training.per_device_train_batch_size=2" in failures
     # Only the two completed lora runs count in the results; the stale milora run does not.
-    assert re.search(r"^\| 1 \| lora \| 2 \|", section(md, "Results by method"), re.MULTILINE)
+    assert re.search(r"^\| 1 \| lora \| 2/2 \|", section(md, "Results by method"), re.MULTILINE)
     assert "milora" not in section(md, "Results by method")
     assert (out / "core" / reportlib.REWARD_PLOT).exists()
 
