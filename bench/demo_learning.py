@@ -59,8 +59,6 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write the experiment directories here (default: a temporary one)")
     opts = parser.parse_args()
 
-    from perl_cli.report import proportion_se
-
     seeds = [int(s) for s in opts.seeds.split(",")]
     configs = [lora_config(seed, opts.sets) for seed in seeds]
     t = configs[0]["training"]
@@ -74,10 +72,9 @@ def main() -> None:
     print("| seed | base sampled | trained sampled | gain | correct first→last 10% | s/step | wall |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for seed, r in zip(seeds, results, strict=True):
-        n = r["eval_problems"] * r["eval_samples_per_problem"]
         base, acc = r["base_accuracy_sampled"], r["accuracy_sampled"]
-        print(f"| {seed} | {100 * base:.2f} ± {100 * proportion_se(base, n):.2f} | {100 * acc:.2f} ± "
-              f"{100 * proportion_se(acc, n):.2f} | {100 * (acc - base):+.2f} | "
+        print(f"| {seed} | {100 * base:.2f} ± {100 * r['base_accuracy_sampled_se']:.2f} | {100 * acc:.2f} ± "
+              f"{100 * r['accuracy_sampled_se']:.2f} | {100 * (acc - base):+.2f} | "
               f"{r.get('correct_first_10pct', 0):.3f} → {r.get('correct_last_10pct', 0):.3f} | "
               f"{r['seconds_per_step']:.2f} | {r['wall_seconds']:.0f}s |")
 
