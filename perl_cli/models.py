@@ -5,11 +5,11 @@ Qwen2 with a character-level tokenizer, warm-started by a short supervised run o
 Countdown solutions so that GRPO has reward to work with (STACK-NOTES: RL needs about
 30% accuracy to start from). ``builtin:tiny-random`` is a smaller random model for
 fast tests. Both are built once per machine under
-``${PERL_CACHE_DIR:-~/.cache/perl}/models/<name>-<hash>/``, the hash covering the recipe, the
-build code and the torch/transformers versions (a changed build never reuses an old
-model); a file lock makes
-parallel workers wait for one builder, and the model is built in a temporary
-directory that is renamed into place, so a killed build leaves nothing half-written.
+``${PERL_CACHE_DIR:-~/.cache/perl}/models/<name>-<hash>/``, the hash covering the recipe,
+the build code and the torch/transformers versions, so that a changed build never reuses
+an old model. A file lock makes parallel workers wait for one builder, and the model is
+built in a temporary directory that is renamed into place, so a killed build leaves
+nothing half-written.
 
 torch and transformers are imported inside functions: ``perl plan`` never pays for them.
 """

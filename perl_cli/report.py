@@ -1,12 +1,14 @@
 """`perl report`: output/<suite>/SUMMARY.md and PNG plots beside it, from the files alone.
 
-Sections: progress, one row per experiment, results by method (exact method names,
-mean ± std over seeds, ranked by held-out accuracy), by rank or data size when the
-suite varies them, storage, and failures (classified by perl_cli.diagnose). Plots:
-reward curves per method (mean over seeds with a ±std band), held-out accuracy vs %
-trainable parameters (the frontier plot), accuracy vs rank / data size, and, when the
-worker wrote tracking data (spectral_history.json, gradient_flow.json), effective rank
-over steps per method and gradient-norm heatmaps (modules x steps).
+Sections: progress, one row per experiment, results by configuration (runs grouped by
+every setting but the seed, mean ± standard error, ranked by held-out accuracy), by rank
+or data size when the suite varies them, storage, and failures (classified by
+perl_cli.diagnose). Plots: training reward and training correctness curves (mean over
+seeds, ± sd band), held-out accuracy vs % trainable parameters (the frontier plot),
+accuracy vs rank / data size, and, when the worker wrote tracking data
+(spectral_history.json, gradient_flow.json), effective rank over steps and gradient-norm
+heatmaps (modules x steps) on one shared colour scale. Tables and plots average the same
+runs, the completed ones; docs/architecture.md ("Report") states the rules.
 
 matplotlib is imported only here, only when plots are drawn, with the Agg backend.
 Works on partial suites (running, failed, pending) and on empty ones.
