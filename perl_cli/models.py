@@ -2,8 +2,8 @@
 
 The built-in models need no download. ``builtin:tiny-countdown`` is a ~1M-parameter
 Qwen2 with a character-level tokenizer, warm-started by a short supervised run on
-Countdown solutions so that GRPO has reward to work with (STACK-NOTES: RL needs about
-30% accuracy to start from). ``builtin:tiny-random`` is a smaller random model for
+Countdown solutions so that GRPO has reward to work with (RL needs about 30%
+accuracy to start from). ``builtin:tiny-random`` is a smaller random model for
 fast tests. Both are built once per machine under
 ``${PERL_CACHE_DIR:-~/.cache/perl}/models/<name>-<hash>/``, the hash covering the recipe,
 the build code and the torch/transformers versions, so that a changed build never reuses
@@ -118,7 +118,7 @@ def build_char_tokenizer() -> Any:
 
     Loaded through PreTrainedTokenizerFast (not AutoTokenizer, which would pick
     Qwen2's class from the model config and replace the pre-tokenizer, losing spaces
-    and newlines — STACK-NOTES).
+    and newlines).
     """
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast

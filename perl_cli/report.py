@@ -81,8 +81,8 @@ class Row:
 
     @property
     def accuracy(self) -> float | None:
-        """Held-out sampled pass@1: greedy accuracy on 200 problems moves by noise alone
-        (STACK-NOTES), so the sampled figure leads, and greedy is the fallback."""
+        """Held-out sampled pass@1: greedy accuracy on 200 problems moves by noise alone,
+        so the sampled figure leads, and greedy is the fallback."""
         sampled = _number(self.eval.get("accuracy_sampled"))
         return sampled if sampled is not None else self.greedy
 
