@@ -2,12 +2,14 @@
 
 The built-in models need no download. ``builtin:tiny-countdown`` is a ~1M-parameter
 Qwen2 with a character-level tokenizer, warm-started by a short supervised run on
-Countdown solutions so that GRPO has reward to work with (measured: RL needs about
-30% accuracy to start from). ``builtin:tiny-random`` is a smaller random model for
+Countdown solutions so that GRPO has reward to work with (RL needs about 30%
+accuracy to start from). ``builtin:tiny-random`` is a smaller random model for
 fast tests. Both are built once per machine under
-``${PERL_CACHE_DIR:-~/.cache/perl}/models/<name>-<recipe hash>/``; a file lock makes
-parallel workers wait for one builder, and the model is built in a temporary
-directory that is renamed into place, so a killed build leaves nothing half-written.
+``${PERL_CACHE_DIR:-~/.cache/perl}/models/<name>-<hash>/``, the hash covering the recipe,
+the build code and the torch/transformers versions, so that a changed build never reuses
+an old model. A file lock makes parallel workers wait for one builder, and the model is
+built in a temporary directory that is renamed into place, so a killed build leaves
+nothing half-written.
 
 torch and transformers are imported inside functions: ``perl plan`` never pays for them.
 """
@@ -64,8 +66,32 @@ class TinyRecipe:
     version: int = 1  # bump when the build code changes what it produces
 
     def digest(self) -> str:
-        blob = json.dumps({**asdict(self), "charset": CHARSET}, sort_keys=True)
+        blob = json.dumps({**asdict(self), "charset": CHARSET, "build": build_code_digest()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_code_digest() -> str:
+    """A hash of the code that builds a built-in model and of the libraries it runs on.
+
+    Part of the cache entry's name, so that a model built by other code (an older PeRL,
+    another torch) is never reused: a changed build gets a new directory, not a stale model.
+    """
+    import inspect
+    from importlib import metadata
+
+    from perl_cli.data import countdown
+
+    parts = [
+        inspect.getsource(f)
+        for f in (build_char_tokenizer, _tiny_config, _warm_start, _build, countdown.generate_problems,
+                  countdown.split_problems, countdown.compact_prompt, countdown.compact_completion)
+    ]
+    for lib in ("torch", "transformers", "tokenizers"):
+        try:
+            parts.append(f"{lib}=={metadata.version(lib)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{lib} missing")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
 BUILTIN_MODELS: dict[str, TinyRecipe] = {

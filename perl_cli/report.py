@@ -1,12 +1,14 @@
 """`perl report`: output/<suite>/SUMMARY.md and PNG plots beside it, from the files alone.
 
-Sections: progress, one row per experiment, results by method (exact method names,
-mean ± std over seeds, ranked by held-out accuracy), by rank or data size when the
-suite varies them, storage, and failures (classified by perl_cli.diagnose). Plots:
-reward curves per method (mean over seeds with a ±std band), held-out accuracy vs %
-trainable parameters (the frontier plot), accuracy vs rank / data size, and, when the
-worker wrote tracking data (spectral_history.json, gradient_flow.json), effective rank
-over steps per method and gradient-norm heatmaps (modules x steps).
+Sections: progress, one row per experiment, results by configuration (runs grouped by
+every setting but the seed, mean ± standard error, ranked by held-out accuracy), by rank
+or data size when the suite varies them, storage, and failures (classified by
+perl_cli.diagnose). Plots: training reward and training correctness curves (mean over
+seeds, ± sd band), held-out accuracy vs % trainable parameters (the frontier plot),
+accuracy vs rank / data size, and, when the worker wrote tracking data
+(spectral_history.json, gradient_flow.json), effective rank over steps and gradient-norm
+heatmaps (modules x steps) on one shared colour scale. Tables and plots average the same
+runs, the completed ones; docs/architecture.md ("Report") states the rules.
 
 matplotlib is imported only here, only when plots are drawn, with the Agg backend.
 Works on partial suites (running, failed, pending) and on empty ones.
@@ -14,22 +16,26 @@ Works on partial suites (running, failed, pending) and on empty ones.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
 from perl_cli import state as st
+from perl_cli.config import IDENTITY_KEYS
 from perl_cli.experiments_view import ExperimentView, SuiteView, dig, disk_usage
 from perl_cli.status import progress_bar
 from perl_cli.ui import human_bytes, human_seconds
 
 SUMMARY_FILE = "SUMMARY.md"
 REWARD_PLOT = "reward_curves.png"
+CORRECT_PLOT = "train_correctness.png"
 FRONTIER_PLOT = "accuracy_vs_trainable.png"
 RANK_PLOT = "accuracy_vs_rank.png"
 DATA_PLOT = "accuracy_vs_data_size.png"
@@ -38,6 +44,16 @@ GRADIENT_PLOT = "gradient_norms_{method}.png"
 # Tracking files the worker writes (perl_cli/tracking/callback.py), JSON twins readable without torch.
 SPECTRAL_FILES = ("spectral_history.json", "spectral_logs/spectral_history.json", "spectral_history_final.json")
 SUMMARY_CHARS = 160  # a failure's one-line summary in the table
+# One definition of "reward" in the report, said wherever a reward is shown. (`perl status`
+# shows the last logged value instead, and says so.)
+REWARD_LABEL = "reward (mean of last 10% of logged steps)"
+REWARD_CURVE_LABEL = "reward (mean of each logging window)"
+SE_NOTE = (
+    "± is a standard error. For one run: over the held-out problems (each problem's share of correct "
+    "samples; its samples are not independent draws). For several runs of one configuration: over seeds, "
+    "the standard deviation of the runs divided by √n. Gain = trained − base held-out accuracy; for one run "
+    "its ± treats the two evaluations as independent, which overstates it (both use the same problems)."
+)
 GRADIENT_FILES = ("gradient_flow.json", "gradient_logs/gradient_flow.json", "gradient_flow_final.json")
 
 
@@ -67,29 +83,66 @@ class Row:
 
     @property
     def accuracy(self) -> float | None:
-        """Held-out sampled pass@1: greedy accuracy on 200 problems moves by noise alone
-        (measured on the demo suite), so the sampled figure leads, and greedy is the fallback."""
+        """Held-out sampled pass@1: greedy accuracy on 200 problems moves by noise alone,
+        so the sampled figure leads, and greedy is the fallback."""
         sampled = _number(self.eval.get("accuracy_sampled"))
         return sampled if sampled is not None else self.greedy
+
+    @property
+    def accuracy_key(self) -> str:
+        return "accuracy_sampled" if _number(self.eval.get("accuracy_sampled")) is not None else "accuracy_greedy"
+
+    @property
+    def accuracy_se(self) -> float | None:
+        return eval_se(self.eval, self.accuracy_key)
+
+    @property
+    def base_accuracy(self) -> float | None:
+        return _number(self.eval.get(f"base_{self.accuracy_key}"))
+
+    @property
+    def base_se(self) -> float | None:
+        return eval_se(self.eval, f"base_{self.accuracy_key}")
+
+    @property
+    def gain(self) -> float | None:
+        acc, base = self.accuracy, self.base_accuracy
+        return None if acc is None or base is None else acc - base
+
+    @property
+    def gain_se(self) -> float | None:
+        """Treats the two evaluations as independent: an upper bound, since both use the same problems."""
+        a, b = self.accuracy_se, self.base_se
+        return None if a is None or b is None else math.sqrt(a * a + b * b)
 
     @property
     def greedy(self) -> float | None:
         return _number(self.eval.get("accuracy_greedy"))
 
     @property
+    def greedy_se(self) -> float | None:
+        return eval_se(self.eval, "accuracy_greedy")
+
+    @property
     def final_reward(self) -> float | None:
-        last = _number(self.eval.get("reward_last_10pct"))
-        if last is not None:
-            return last
-        rewards = [r["reward"] for r in self.metrics if _number(r.get("reward")) is not None]
-        if not rewards:
-            return None
-        tail = rewards[-max(1, len(rewards) // 10) :]
-        return statistics.fmean(tail)
+        """The training reward as the report defines it (REWARD_LABEL): the mean of the last 10%
+        of the logged values, from metrics.jsonl (or eval.json's worker-computed copy)."""
+        rewards = [v for r in self.metrics if (v := _number(r.get("reward"))) is not None]
+        if rewards:
+            return tail_mean(rewards)
+        return _number(self.eval.get("reward_last_10pct"))  # same definition, computed by the worker
 
     @property
     def done(self) -> bool:
         return self.view.state == st.COMPLETED
+
+    @property
+    def variant(self) -> tuple[tuple[str, str], ...]:
+        """Every setting of the run except its seed: runs that differ only by seed share it."""
+        config = self.view.expected if self.view.expected is not None else self.view.config
+        return tuple(sorted(_flatten({
+            k: v for k, v in config.items() if k not in (*IDENTITY_KEYS, st.RUNTIME_KEY)
+        }).items()))
 
 
 def load_rows(view: SuiteView) -> list[Row]:
@@ -105,7 +158,14 @@ def load_rows(view: SuiteView) -> list[Row]:
 
 @dataclass
 class Stat:
+    """One quantity over the runs of a group; ± is always a standard error of the mean.
+
+    Several runs (seeds): the spread over seeds, sd / sqrt(n). One run: `single_se`, the
+    run's own standard error (over held-out problems, for accuracies), when known.
+    """
+
     values: list[float]
+    single_se: float | None = None
 
     @property
     def n(self) -> int:
@@ -119,10 +179,17 @@ class Stat:
     def std(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
-    def text(self, fmt: str = ".3f") -> str:
+    @property
+    def se(self) -> float | None:
+        if len(self.values) > 1:
+            return statistics.stdev(self.values) / math.sqrt(len(self.values))
+        return self.single_se if self.values else None
+
+    def text(self, fmt: str = ".3f", *, sign: bool = False) -> str:
         if not self.values:
             return "-"
-        return f"{self.mean:{fmt}}" + (f" ± {self.std:{fmt}}" if self.std is not None else "")
+        spec = ("+" if sign else "") + fmt
+        return f"{self.mean:{spec}}" + (f" ± {self.se:{fmt}}" if self.se is not None else "")
 
 
 def by_key(rows: Iterable[Row], key) -> dict[Any, list[Row]]:
@@ -132,20 +199,81 @@ def by_key(rows: Iterable[Row], key) -> dict[Any, list[Row]]:
     return out
 
 
-def method_results(rows: list[Row]) -> list[dict[str, Any]]:
-    """One entry per exact method name over its completed experiments, best accuracy first."""
+def included(rows: Iterable[Row]) -> list[Row]:
+    """The runs every table and curve averages: completed ones (not stale, failed, running...)."""
+    return [r for r in rows if r.done]
+
+
+@dataclass
+class Group:
+    """Runs that differ only by seed: one method with one value of every other setting."""
+
+    method: str
+    label: str  # the method, plus the settings that tell it apart from the method's other groups
+    settings: dict[str, Any]  # those settings, short name -> value
+    runs: list[Row]  # the completed runs: what its table rows and curves average
+    planned: int  # its experiments in the suite, in any state
+
+
+def groups(rows: list[Row]) -> list[Group]:
+    """Group the suite's runs by everything but the seed, so that ± is a spread over seeds only."""
+    out = []
+    for method, of_method in by_key(rows, lambda r: r.method).items():
+        shown = _distinguishing(list(by_key(of_method, lambda r: r.variant)))
+        for variant, runs in by_key(of_method, lambda r: r.variant).items():
+            settings = {path.rsplit(".", 1)[-1]: json.loads(value) for path, value in variant if path in shown}
+            label = method + "".join(f" {k}={_axis_text(v)}" for k, v in settings.items())
+            out.append(Group(method, label, settings, included(runs), len(runs)))
+    return sorted(out, key=lambda g: (g.method, [_sort_key(v) for v in g.settings.values()]))
+
+
+# Matrix axes first: when settings vary together (rank and alpha = 2 x rank), the first names the group.
+_AXIS_PATHS = ("peft.r", "dataset.data_size")
+
+
+def _distinguishing(variants: list[tuple[tuple[str, str], ...]]) -> list[str]:
+    """The settings that vary among one method's variants, one per way of splitting them."""
+    dicts = [dict(v) for v in variants]
+    paths = sorted({p for d in dicts for p in d}, key=lambda p: (p not in _AXIS_PATHS, _AXIS_PATHS.index(p) if p in _AXIS_PATHS else 0, p))
+    kept, partitions = [], set()
+    for path in paths:
+        values = [d.get(path) for d in dicts]
+        if len(set(values)) < 2:
+            continue
+        partition = tuple(values.index(v) for v in values)  # which variants share a value
+        if partition not in partitions:
+            partitions.add(partition)
+            kept.append(path)
+    return kept
+
+
+def group_results(rows: list[Row]) -> list[dict[str, Any]]:
+    """One entry per group with completed runs, best held-out accuracy first."""
     results = []
-    for method, members in by_key([r for r in rows if r.done], lambda r: r.method).items():
+    for g in groups(rows):
+        runs = g.runs
+        if not runs:
+            continue
+        one = runs[0] if len(runs) == 1 else None
         results.append({
-            "method": method,
-            "n": len(members),
-            "accuracy": Stat([r.accuracy for r in members if r.accuracy is not None]),
-            "greedy": Stat([r.greedy for r in members if r.greedy is not None]),
-            "reward": Stat([r.final_reward for r in members if r.final_reward is not None]),
-            "trainable_pct": Stat([v for r in members if (v := _number(r.eval.get("trainable_pct"))) is not None]),
-            "adapter": Stat([v for r in members if (v := _number(r.eval.get("adapter_size_bytes"))) is not None]),
+            "group": g,
+            "method": g.method,
+            "label": g.label,
+            "n": len(runs),
+            "planned": g.planned,
+            "accuracy": Stat([r.accuracy for r in runs if r.accuracy is not None], one and one.accuracy_se),
+            "base": Stat([r.base_accuracy for r in runs if r.base_accuracy is not None], one and one.base_se),
+            "gain": Stat([r.gain for r in runs if r.gain is not None], one and one.gain_se),
+            "greedy": Stat([r.greedy for r in runs if r.greedy is not None], one and one.greedy_se),
+            "reward": Stat([r.final_reward for r in runs if r.final_reward is not None]),
+            "trainable_pct": Stat([v for r in runs if (v := _number(r.eval.get("trainable_pct"))) is not None]),
+            "adapter": Stat([v for r in runs if (v := _number(r.eval.get("adapter_size_bytes"))) is not None]),
         })
-    return sorted(results, key=lambda x: (-_or(x["accuracy"].mean), -_or(x["reward"].mean), x["method"]))
+    return sorted(results, key=lambda x: (-_or(x["accuracy"].mean), -_or(x["reward"].mean), x["label"]))
+
+
+# Row attribute of a stress axis -> its setting's short name in Group.settings.
+AXIS_SETTING = {"rank": "r", "data_size": "data_size"}
 
 
 def varying_axes(rows: list[Row]) -> list[tuple[str, str]]:
@@ -201,7 +329,9 @@ def _experiments_table(rows: list[Row]) -> list[str]:
     out = [
         "## Experiments",
         "",
-        "| experiment | method | state | duration | final reward | accuracy (sampled) | base | accuracy (greedy) | base | trainable params | trainable % | peak memory | adapter | W&B |",
+        f"Accuracies are held-out pass@1 ± their standard error over problems; {REWARD_LABEL}.",
+        "",
+        f"| experiment | method | state | duration | {REWARD_LABEL} | accuracy (sampled) | base | accuracy (greedy) | base | trainable params | trainable % | peak memory | adapter | W&B |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -217,10 +347,10 @@ def _experiments_table(rows: list[Row]) -> list[str]:
             state,
             human_seconds(r.view.duration_s) if r.view.duration_s is not None else "-",
             _fmt(r.final_reward),
-            _fmt(r.accuracy),
-            _fmt(_number(ev.get("base_accuracy_sampled"))),
-            _fmt(r.greedy),
-            _fmt(_number(ev.get("base_accuracy_greedy"))),
+            _with_se(_number(ev.get("accuracy_sampled")), eval_se(ev, "accuracy_sampled")),
+            _with_se(_number(ev.get("base_accuracy_sampled")), eval_se(ev, "base_accuracy_sampled")),
+            _with_se(r.greedy, r.greedy_se),
+            _with_se(_number(ev.get("base_accuracy_greedy")), eval_se(ev, "base_accuracy_greedy")),
             f"{int(params):,}" if params is not None else "-",
             _fmt(_number(ev.get("trainable_pct")), ".3f"),
             human_bytes(memory * 1024 * 1024) if memory is not None else "-",
@@ -231,42 +361,57 @@ def _experiments_table(rows: list[Row]) -> list[str]:
 
 
 def _method_table(rows: list[Row]) -> list[str]:
-    results = method_results(rows)
+    results = group_results(rows)
     out = ["## Results by method", ""]
     if not results:
         return out + ["No completed experiments yet.", ""]
+    most = max(res["n"] for res in results)
     out += [
-        "Mean ± standard deviation over seeds of the completed experiments, best held-out accuracy first.",
+        "Completed runs only, grouped by every setting but the seed (the plots average the same runs); "
+        "best held-out accuracy (sampled pass@1) first. " + SE_NOTE,
         "",
-        "| # | method | runs | accuracy (sampled) | accuracy (greedy) | final reward | trainable % | adapter |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        f"| # | method | runs | accuracy (sampled) | base | gain | accuracy (greedy) | {REWARD_LABEL} | trainable % | adapter |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, res in enumerate(results, 1):
+        runs = f"{res['n']}/{res['planned']}" + (" †" if res["n"] < most else "")
         out.append(
-            f"| {i} | {res['method']} | {res['n']} | {res['accuracy'].text()} | {res['greedy'].text()} | "
-            f"{res['reward'].text()} | {res['trainable_pct'].text('.3f')} | {human_bytes(res['adapter'].mean)} |"
+            f"| {i} | {res['label']} | {runs} | {res['accuracy'].text()} | {res['base'].text()} | "
+            f"{res['gain'].text(sign=True)} | {res['greedy'].text()} | {res['reward'].text()} | "
+            f"{res['trainable_pct'].text('.3f')} | {human_bytes(res['adapter'].mean)} |"
+        )
+    out.append("")
+    out.append("Runs: completed / planned.")
+    if any(res["n"] < most for res in results):
+        out.append(
+            f"† fewer completed runs than the best-covered configuration ({most}): its mean rests on fewer "
+            "seeds, so its rank is less certain."
         )
     return out + [""]
 
 
 def _axis_table(rows: list[Row], attr: str, label: str) -> list[str]:
-    done = [r for r in rows if r.done]
-    values = sorted({getattr(r, attr) for r in rows}, key=_sort_key)
+    key = AXIS_SETTING[attr]
+    done = [g for g in groups(rows) if g.runs]
+    values = sorted({getattr(g.runs[0], attr) for g in done}, key=_sort_key)
     out = [f"## Results by method and {label}", ""]
     if not done:
         return out + ["No completed experiments yet.", ""]
     out += [
-        f"Held-out accuracy (sampled pass@1), mean ± std over seeds, by {label}.",
+        f"Held-out accuracy (sampled pass@1) by {label}: mean ± standard error (over seeds; over problems "
+        "for a single run), of the completed runs.",
         "",
         f"| method | {' | '.join(_axis_text(v) for v in values)} |",
         "|---|" + "---:|" * len(values),
     ]
-    for method, members in sorted(by_key(done, lambda r: r.method).items()):
-        cells = []
-        for v in values:
-            stat = Stat([r.accuracy for r in members if getattr(r, attr) == v and r.accuracy is not None])
-            cells.append(stat.text())
-        out.append(f"| {method} | {' | '.join(cells)} |")
+    lines: dict[str, dict[Any, str]] = {}
+    for g in done:
+        others = "".join(f" {k}={_axis_text(v)}" for k, v in g.settings.items() if k != key)
+        one = g.runs[0] if len(g.runs) == 1 else None
+        stat = Stat([r.accuracy for r in g.runs if r.accuracy is not None], one and one.accuracy_se)
+        lines.setdefault(g.method + others, {})[getattr(g.runs[0], attr)] = stat.text()
+    for name, cells in lines.items():
+        out.append(f"| {name} | {' | '.join(cells.get(v, '-') for v in values)} |")
     return out + [""]
 
 
@@ -307,21 +452,31 @@ def _failures(diagnoses: list) -> list[str]:
 # --- plots -----------------------------------------------------------------------------
 
 
-def draw_plots(view: SuiteView, rows: list[Row], directory: Path) -> list[tuple[str, str]]:
-    """Draw every plot the data allows into `directory`; (title, file name) of each."""
+Progress = Callable[[str], None]
+
+
+def draw_plots(view: SuiteView, rows: list[Row], directory: Path, progress: Progress | None = None) -> list[tuple[str, str]]:
+    """Draw every plot the data allows into `directory`; (title, file name) of each.
+
+    Every plot averages the same runs as the tables (`included`), grouped the same way."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tell = progress or (lambda _: None)
     made: list[tuple[str, str]] = []
     for title, filename, draw in (
-        ("Reward per method (mean over seeds, band ± std)", REWARD_PLOT, _plot_rewards),
+        (f"Training {REWARD_CURVE_LABEL} (mean over seeds, band ± sd)", REWARD_PLOT,
+         lambda ax, rows: _plot_curves(ax, rows, "reward", "reward")),
+        ("Training correctness (share of correct completions, mean over seeds, band ± sd)", CORRECT_PLOT,
+         lambda ax, rows: _plot_curves(ax, rows, "reward/correct", "training correctness")),
         ("Held-out accuracy vs trainable parameters", FRONTIER_PLOT, _plot_frontier),
         ("Held-out accuracy vs rank", RANK_PLOT, lambda ax, rows: _plot_axis(ax, rows, "rank")),
         ("Held-out accuracy vs data size", DATA_PLOT, lambda ax, rows: _plot_axis(ax, rows, "data_size")),
         ("Effective rank of the adapter updates", EFFECTIVE_RANK_PLOT, _plot_effective_rank),
     ):
+        tell(f"drawing {filename}")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         try:
             if draw(ax, rows):
@@ -331,24 +486,34 @@ def draw_plots(view: SuiteView, rows: list[Row], directory: Path) -> list[tuple[
                 made.append((title, filename))
         finally:
             plt.close(fig)
-    for method, grid in _gradient_grids(rows).items():
+    grids = _gradient_grids(rows)
+    low, high = gradient_scale(grids)
+    for label, grid in grids.items():
+        filename = GRADIENT_PLOT.format(method=re.sub(r"[^\w.-]+", "_", label))
+        tell(f"drawing {filename}")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         try:
             steps, layers, values = grid
-            image = ax.imshow(values, aspect="auto", origin="lower", cmap="viridis")
-            fig.colorbar(image, ax=ax, label="gradient norm (log10)")
+            # One colour scale for every method's heatmap, so that colours compare across them.
+            image = ax.imshow(values, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high)
+            fig.colorbar(image, ax=ax, label="gradient norm (log10), same scale for every method")
             ax.set_xlabel("step")
             ax.set_ylabel("module")
             _ticks(ax.set_xticks, ax.set_xticklabels, steps)
             _ticks(ax.set_yticks, ax.set_yticklabels, layers)
-            ax.set_title(f"{view.suite}: gradient norms, {method}", fontsize=10)
+            ax.set_title(f"{view.suite}: gradient norms, {label}", fontsize=10)
             fig.tight_layout()
-            filename = GRADIENT_PLOT.format(method=method)
             fig.savefig(directory / filename, dpi=110)
-            made.append((f"Gradient norms per layer: {method}", filename))
+            made.append((f"Gradient norms per layer: {label}", filename))
         finally:
             plt.close(fig)
     return made
+
+
+def gradient_scale(grids: dict[str, tuple[list, list, list[list[float]]]]) -> tuple[float | None, float | None]:
+    """(min, max) of the log10 gradient norms over every method's grid: the heatmaps' shared scale."""
+    values = [v for _, _, grid in grids.values() for line in grid for v in line if math.isfinite(v)]
+    return (min(values), max(values)) if values else (None, None)
 
 
 def _by_step(points: Iterable[tuple[float | None, float | None]]) -> tuple[list[float], list[float], list[float]]:
@@ -363,70 +528,85 @@ def _by_step(points: Iterable[tuple[float | None, float | None]]) -> tuple[list[
     return steps, mean, std
 
 
-def _plot_rewards(ax, rows: list[Row]) -> bool:
+def curve(runs: list[Row], key: str) -> tuple[list[float], list[float], list[float]]:
+    """(steps, mean, sd) of metrics.jsonl's `key` over `runs`, at the steps every run logged:
+    each point averages all of them, so the mean cannot jump where one run's log ends."""
+    series = [{s: v for m in r.metrics if (s := _number(m.get("step"))) is not None
+               and (v := _number(m.get(key))) is not None} for r in runs]
+    common = set.intersection(*(set(x) for x in series)) if series else set()
+    return _by_step((s, x[s]) for x in series for s in common)
+
+
+def _plot_curves(ax, rows: list[Row], key: str, ylabel: str) -> bool:
     drawn = False
-    current = [r for r in rows if r.view.state != st.STALE and r.metrics]
-    for method, members in sorted(by_key(current, lambda r: r.method).items()):
-        steps, mean, std = _by_step(
-            (_number(m.get("step")), _number(m.get("reward"))) for r in members for m in r.metrics
-        )
+    for g in groups(rows):
+        steps, mean, std = curve(g.runs, key)
         if not steps:
             continue
-        (line,) = ax.plot(steps, mean, label=f"{method} ({len(members)} runs)", linewidth=1.5)
+        n = len(g.runs)
+        (line,) = ax.plot(steps, mean, label=f"{g.label} ({n} run{'s' if n != 1 else ''})", linewidth=1.5)
         ax.fill_between(steps, [m - d for m, d in zip(mean, std, strict=True)], [m + d for m, d in zip(mean, std, strict=True)],
                         color=line.get_color(), alpha=0.2, linewidth=0)
         drawn = True
     if drawn:
         ax.set_xlabel("step")
-        ax.set_ylabel("reward")
-        ax.legend(fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8, title="each point averages", title_fontsize=8)
         ax.grid(alpha=0.3)
     return drawn
 
 
 def _plot_frontier(ax, rows: list[Row]) -> bool:
-    """One point per method (mean ± std over seeds); in a rank suite one line per method through its ranks."""
-    done = [r for r in rows if r.done and r.accuracy is not None and _number(r.eval.get("trainable_pct"))]
+    """One point per configuration (mean ± se over seeds); a line through a method's ranks or data sizes."""
+    done = [g for g in groups(rows) if any(r.accuracy is not None and _number(r.eval.get("trainable_pct")) for r in g.runs)]
     if not done:
         return False
-    by_rank = ("rank", "rank") in varying_axes(rows)
-    for method, members in sorted(by_key(done, lambda r: r.method).items()):
-        groups = by_key(members, lambda r: r.rank) if by_rank else {None: members}
+    pcts = []
+    for method, members in by_key(done, lambda g: g.method).items():
         xs, ys, errs = [], [], []
-        for key in sorted(groups, key=_sort_key):
-            xs.append(statistics.fmean(r.eval["trainable_pct"] for r in groups[key]))
-            acc = Stat([r.accuracy for r in groups[key]])
+        for g in members:
+            runs = [r for r in g.runs if r.accuracy is not None and _number(r.eval.get("trainable_pct"))]
+            xs.append(statistics.fmean(r.eval["trainable_pct"] for r in runs))
+            one = runs[0] if len(runs) == 1 else None
+            acc = Stat([r.accuracy for r in runs], one and one.accuracy_se)
             ys.append(acc.mean)
-            errs.append(acc.std or 0.0)
-        ax.errorbar(xs, ys, yerr=errs, fmt="o-" if by_rank else "o", capsize=3, label=method)
-        if not by_rank:
+            errs.append(acc.se or 0.0)
+            pcts += [r.eval["trainable_pct"] for r in runs]
+        several = len(members) > 1
+        ax.errorbar(xs, ys, yerr=errs, fmt="o-" if several else "o", capsize=3, label=method)
+        if not several:
             ax.annotate(method, (xs[-1], ys[-1]), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    pcts = [r.eval["trainable_pct"] for r in done]
     if max(pcts) / min(pcts) >= 10:
         from matplotlib.ticker import NullFormatter, ScalarFormatter
 
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("trainable parameters (% of the model)" + (", one point per rank" if by_rank else ""))
-    ax.set_ylabel("held-out accuracy (sampled pass@1)")
+    ax.set_xlabel("trainable parameters (% of the model)")
+    ax.set_ylabel("held-out accuracy (sampled pass@1), ± se")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return True
 
 
 def _plot_axis(ax, rows: list[Row], attr: str) -> bool:
-    done = [r for r in rows if r.done and r.accuracy is not None and getattr(r, attr) is not None]
-    if len({getattr(r, attr) for r in done}) < 2:
+    key = AXIS_SETTING[attr]
+    done = [g for g in groups(rows) if g.runs and getattr(g.runs[0], attr) is not None
+            and any(r.accuracy is not None for r in g.runs)]
+    if len({getattr(g.runs[0], attr) for g in done}) < 2:
         return False
-    for method, members in sorted(by_key(done, lambda r: r.method).items()):
-        groups = by_key(members, lambda r: getattr(r, attr))
-        xs = sorted(groups)
-        stats = [Stat([r.accuracy for r in groups[x]]) for x in xs]
-        ax.errorbar(xs, [s.mean for s in stats], yerr=[s.std or 0.0 for s in stats], marker="o", capsize=3, label=method)
+    lines = by_key(done, lambda g: g.method + "".join(f" {k}={_axis_text(v)}" for k, v in g.settings.items() if k != key))
+    for name, members in sorted(lines.items()):
+        members = sorted(members, key=lambda g: getattr(g.runs[0], attr))
+        stats = []
+        for g in members:
+            runs = [r for r in g.runs if r.accuracy is not None]
+            stats.append(Stat([r.accuracy for r in runs], runs[0].accuracy_se if len(runs) == 1 else None))
+        xs = [getattr(g.runs[0], attr) for g in members]
+        ax.errorbar(xs, [s.mean for s in stats], yerr=[s.se or 0.0 for s in stats], marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2 if attr == "rank" else 10)
     ax.set_xlabel("rank" if attr == "rank" else "training examples")
-    ax.set_ylabel("held-out accuracy (sampled pass@1)")
+    ax.set_ylabel("held-out accuracy (sampled pass@1), ± se")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return True
@@ -434,12 +614,16 @@ def _plot_axis(ax, rows: list[Row], attr: str) -> bool:
 
 def _plot_effective_rank(ax, rows: list[Row]) -> bool:
     drawn = False
-    current = [r for r in rows if r.view.state != st.STALE]
-    for method, members in sorted(by_key(current, lambda r: r.method).items()):
-        steps, mean, _ = _by_step(point for r in members for point in _spectral_series(r))
+    for g in groups(rows):
+        series = [dict(_spectral_series(r)) for r in g.runs]
+        series = [x for x in series if x]
+        if not series:
+            continue
+        common = set.intersection(*(set(x) for x in series))
+        steps, mean, _ = _by_step((s, x[s]) for x in series for s in common)
         if not steps:
             continue
-        ax.plot(steps, mean, marker=".", label=method)
+        ax.plot(steps, mean, marker=".", label=f"{g.label} ({len(series)} run{'s' if len(series) != 1 else ''})")
         drawn = True
     if drawn:
         ax.set_xlabel("step")
@@ -476,14 +660,14 @@ def _spectral_series(row: Row) -> list[tuple[float, float]]:
 
 
 def _gradient_grids(rows: list[Row]) -> dict[str, tuple[list, list, list[list[float]]]]:
-    """Per method, (steps, modules, log10 gradient norm [module][step]) of its first seed with gradient_flow.json."""
+    """Per configuration, (steps, modules, log10 gradient norm [module][step]) of its first completed
+    run with gradient_flow.json."""
     grids = {}
-    current = [r for r in rows if r.view.state != st.STALE]
-    for method, members in sorted(by_key(current, lambda r: r.method).items()):
-        for r in members:
+    for g in groups(rows):
+        for r in g.runs:
             grid = _gradient_grid(_history(r, GRADIENT_FILES))
             if grid:
-                grids[method] = grid
+                grids[g.label] = grid
                 break
     return grids
 
@@ -520,18 +704,28 @@ def _ticks(set_ticks, set_labels, labels: list, most: int = 12) -> None:
 # --- the command -------------------------------------------------------------------------
 
 
-def build(view: SuiteView, *, draw: bool, config_path: Path | None, output: Path) -> tuple[str, list[tuple[str, str]]]:
-    """The markdown, drawing the plots into the suite directory first when `draw`."""
+def build(view: SuiteView, *, draw: bool, config_path: Path | None, output: Path,
+          progress: Progress | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """The markdown, drawing the plots into the suite directory first when `draw`.
+
+    `progress` is told what is being done (reading, each plot, diagnosing, writing)."""
     from perl_cli import diagnose as diagnoselib
 
+    tell = progress or (lambda _: None)
+    tell(f"reading {len(view.experiments)} experiments")
     rows = load_rows(view)
-    plots = draw_plots(view, rows, view.suite_dir) if draw else []
+    plots = draw_plots(view, rows, view.suite_dir, tell) if draw else []
+    tell("classifying failures")
     diagnoses = diagnoselib.diagnose_suite(view, lines=0, config_path=config_path, output=output)
+    tell("writing the summary")
     return summary_markdown(view, rows, diagnoses, plots), plots
 
 
 def command(suite: str | None, *, config_path: Path | None, output: Path, stdout: bool = False,
             stall_after_s: float) -> int:
+    from rich.progress import Progress as RichProgress
+    from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
     from perl_cli.ui import console as make_console
 
     cfg = views.load_config(config_path)
@@ -540,24 +734,64 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
     if not names:
         console.print(f"No suites under {output}/ yet: nothing to report.", markup=False)
         return 0
-    for name in names:
-        view = views.load_suite(output, name, cfg, stall_after_s=stall_after_s)
-        if stdout:
-            text, _ = build(view, draw=False, config_path=config_path, output=output)
-            print(text)
-            continue
-        view.suite_dir.mkdir(parents=True, exist_ok=True)
-        text, plots = build(view, draw=True, config_path=config_path, output=output)
-        st.atomic_write_text(view.suite_dir / SUMMARY_FILE, text)
-        console.print(
-            f"wrote {view.suite_dir / SUMMARY_FILE}"
-            + (f" and {len(plots)} plots ({', '.join(f for _, f in plots)})" if plots else " (no plot: no data yet)"),
-            markup=False,
-        )
+    # A live line on a terminal (stderr with --stdout, so the markdown stays clean); nothing when piped.
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.fields[suite]}[/]: {task.description}"), TimeElapsedColumn())
+    with RichProgress(*columns, console=console, transient=True) as bar:
+        for name in names:
+            task = bar.add_task("loading", suite=name, total=None)
+
+            def tell(what: str, task=task) -> None:
+                bar.update(task, description=what)
+
+            view = views.load_suite(output, name, cfg, stall_after_s=stall_after_s)
+            if stdout:
+                text, _ = build(view, draw=False, config_path=config_path, output=output, progress=tell)
+                bar.remove_task(task)
+                print(text)
+                continue
+            view.suite_dir.mkdir(parents=True, exist_ok=True)
+            text, plots = build(view, draw=True, config_path=config_path, output=output, progress=tell)
+            st.atomic_write_text(view.suite_dir / SUMMARY_FILE, text)
+            bar.remove_task(task)
+            console.print(
+                f"wrote {view.suite_dir / SUMMARY_FILE}"
+                + (f" and {len(plots)} plots ({', '.join(f for _, f in plots)})" if plots else " (no plot: no data yet)"),
+                markup=False,
+            )
     return 0
 
 
 # --- small helpers --------------------------------------------------------------------------
+
+
+def eval_se(ev: dict, key: str) -> float | None:
+    """The standard error of eval.json's accuracy `key`, over held-out problems.
+
+    The worker writes it (`<key>_se`); for an eval.json without it, sqrt(p(1-p)/problems)
+    bounds it from above (the per-problem means lie in [0, 1])."""
+    se = _number(ev.get(f"{key}_se"))
+    if se is not None:
+        return se
+    p, n = _number(ev.get(key)), _number(ev.get("eval_problems"))
+    return math.sqrt(p * (1 - p) / n) if p is not None and n else None
+
+
+def tail_mean(values: list[float], share: float = 0.1) -> float:
+    """Mean of the last `share` of `values` (at least one); the worker's reward_last_10pct too."""
+    k = max(1, round(share * len(values)))
+    return statistics.fmean(values[-k:])
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    """section.key -> the value as JSON text (hashable), for every setting but the seed."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "."))
+        elif path != "common.seed":
+            out[path] = json.dumps(value, sort_keys=True)
+    return out
 
 
 def _number(value: Any) -> float | None:
@@ -568,6 +802,10 @@ def _number(value: Any) -> float | None:
 
 def _or(value: float | None) -> float:
     return value if value is not None else -math.inf
+
+
+def _with_se(value: float | None, se: float | None) -> str:
+    return _fmt(value) + (f" ± {se:.3f}" if value is not None and se is not None else "")
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from suite_fixtures import build_mixed_suite, write_config, write_experiment
+from suite_fixtures import FAILURE_LOGS, build_mixed_suite, write_config, write_experiment
 from typer.testing import CliRunner
 
 from perl_cli import config as configlib
@@ -51,13 +52,15 @@ def test_complete_suite_report_and_plots(tmp_path: Path) -> None:
         section(md, title)
     by_method = section(md, "Results by method")
     ranked = re.findall(
-        r"^\| (\d+) \| (\w+) \| 2 \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|", by_method, re.MULTILINE
+        r"^\| (\d+) \| (\w+) \| 2/2 \| ([\d.]+) ± ([\d.]+) \| [\d.]+ ± [\d.]+ \| \+[\d.]+ ± [\d.]+ \| "
+        r"([\d.]+) ± ([\d.]+) \|", by_method, re.MULTILINE
     )
     # Exact method names (lora_plus and adalora are not lora), ranked by mean sampled accuracy
-    # (the fixture's sampled accuracy is 0.9 x greedy), std over seeds; greedy beside it.
+    # (the fixture's sampled accuracy is 0.9 x greedy), ± the standard error over the 2 seeds
+    # (sd / sqrt 2); greedy beside it.
     assert [(r[1], r[4], r[5]) for r in ranked] == [
-        ("pissa", "0.750", "0.071"), ("dora", "0.610", "0.014"), ("lora_plus", "0.500", "0.071"),
-        ("lora", "0.450", "0.071"), ("milora", "0.300", "0.000"), ("adalora", "0.150", "0.071"),
+        ("pissa", "0.750", "0.050"), ("dora", "0.610", "0.010"), ("lora_plus", "0.500", "0.050"),
+        ("lora", "0.450", "0.050"), ("milora", "0.300", "0.000"), ("adalora", "0.150", "0.050"),
     ]
     assert [r[2] for r in ranked] == ["0.675", "0.549", "0.450", "0.405", "0.270", "0.135"]
     assert "12/12 experiments completed (100%)" in md
@@ -82,7 +85,7 @@ def test_partial_suite_report(tmp_path: Path) -> None:
     assert "CUDA out of memory" in failures and "stalled" in failures and "interrupted" in failures
     assert "--set training.per_device_train_batch_size=2" in failures
     # Only the two completed lora runs count in the results; the stale milora run does not.
-    assert re.search(r"^\| 1 \| lora \| 2 \|", section(md, "Results by method"), re.MULTILINE)
+    assert re.search(r"^\| 1 \| lora \| 2/2 \|", section(md, "Results by method"), re.MULTILINE)
     assert "milora" not in section(md, "Results by method")
     assert (out / "core" / reportlib.REWARD_PLOT).exists()
 
@@ -154,3 +157,193 @@ def test_report_imports_no_torch(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "HEAVY [] True" in proc.stderr, proc.stderr
+
+
+# --- one consistent report ------------------------------------------------------------------
+
+
+def _write_metrics(d: Path, rows: list[dict]) -> None:
+    (d / st.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _record_plots(monkeypatch) -> dict[str, list]:
+    """Record what draw_plots hands matplotlib: lines (label, y values) and heatmaps (vmin, vmax)."""
+    from matplotlib.axes import Axes
+
+    seen: dict[str, list] = {"lines": [], "images": [], "ylabels": []}
+    plot, imshow, set_ylabel = Axes.plot, Axes.imshow, Axes.set_ylabel
+
+    def record_plot(self, *args, **kwargs):
+        seen["lines"].append((kwargs.get("label"), list(args[1]) if len(args) > 1 else None))
+        return plot(self, *args, **kwargs)
+
+    def record_imshow(self, values, **kwargs):
+        seen["images"].append((kwargs.get("vmin"), kwargs.get("vmax"), values))
+        return imshow(self, values, **kwargs)
+
+    def record_ylabel(self, label, *args, **kwargs):
+        seen["ylabels"].append(label)
+        return set_ylabel(self, label, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", record_plot)
+    monkeypatch.setattr(Axes, "imshow", record_imshow)
+    monkeypatch.setattr(Axes, "set_ylabel", record_ylabel)
+    return seen
+
+
+def test_curves_average_the_runs_the_tables_count(tmp_path: Path, monkeypatch) -> None:
+    """A failed run that stops at step 30 must not make the curve's mean jump there, and the
+    legend counts the runs each point averages: the completed ones, as in the table."""
+    cfg_path = write_config(tmp_path)
+    out = tmp_path / "output"
+    exps = {e.name: e for e in configlib.expand(configlib.load(cfg_path), "core")}
+    sd = out / "core"
+    for name, level in (("lora_r16_s42", 0.2), ("lora_r16_s123", 0.4)):
+        d = write_experiment(sd, exps[name])
+        _write_metrics(d, [{"step": s, "reward": level + s / 1000} for s in range(10, 101, 10)])
+    failed = write_experiment(sd, exps["dora_r16_s42"], state=st.FAILED, step=30, log=FAILURE_LOGS["unknown"][0])
+    _write_metrics(failed, [{"step": s, "reward": 0.9} for s in (10, 20, 30)])
+    write_experiment(sd, exps["dora_r16_s123"], state=st.FAILED, step=30)
+    seen = _record_plots(monkeypatch)
+    code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    lines = dict(seen["lines"])
+    assert "lora (2 runs)" in lines, lines.keys()
+    assert lines["lora (2 runs)"] == pytest.approx([0.3 + s / 1000 for s in range(10, 101, 10)])
+    assert not any(label and label.startswith("dora") for label in lines)  # no completed dora run
+    assert re.search(r"^\| 1 \| lora \| 2/2 \|", section((sd / "SUMMARY.md").read_text(), "Results by method"), re.MULTILINE)
+
+
+def test_table_marks_methods_ranked_on_fewer_runs(tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path)
+    out = tmp_path / "output"
+    exps = {e.name: e for e in configlib.expand(configlib.load(cfg_path), "core")}
+    write_experiment(out / "core", exps["dora_r16_s42"], eval_accuracy=0.8)
+    write_experiment(out / "core", exps["dora_r16_s123"], state=st.FAILED, step=30)
+    write_experiment(out / "core", exps["lora_r16_s42"], eval_accuracy=0.5)
+    write_experiment(out / "core", exps["lora_r16_s123"], eval_accuracy=0.6)
+    code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    table = section((out / "core" / "SUMMARY.md").read_text(), "Results by method")
+    assert re.search(r"^\| 1 \| dora \| 1/2 † \|", table, re.MULTILINE), table
+    assert re.search(r"^\| 2 \| lora \| 2/2 \|", table, re.MULTILINE), table
+    assert "† fewer completed runs than the best-covered configuration (2)" in table
+
+
+@pytest.mark.parametrize(("suite", "labels", "runs_se"), [
+    # rank: 2 seeds 0.02 apart in greedy accuracy (sampled = 0.9 x greedy): se = sd / sqrt(2) = 0.009.
+    ("rank", ["lora r=4", "lora r=16", "lora r=64", "dora r=4", "dora r=16", "dora r=64"], ("2", "0.009")),
+    # data: one seed per data size, and no eval_problems in the fixture: no ±.
+    ("data", ["lora data_size=1,000", "lora data_size=4,000", "pissa data_size=1,000", "pissa data_size=4,000"],
+     ("1", "")),
+])
+def test_spread_over_seeds_keeps_other_axes_apart(tmp_path: Path, suite: str, labels: list[str], runs_se) -> None:
+    """± is a spread over seeds only: runs of different ranks or data sizes are never pooled."""
+    seeds = {42: 0.0, 123: 0.02}
+    cfg_path, out = complete_suite(
+        tmp_path, suite, accuracy=lambda e: e.rank / 100 + (e.data_size or 0) / 10_000 + seeds[e.seed]
+    )
+    code, text = run_cli("report", suite, "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    md = (out / suite / "SUMMARY.md").read_text()
+    rows = {m[0]: m[1:] for m in re.findall(
+        r"^\| \d+ \| ([\w =,]+?) \| (\d+)/(\d+) \| ([\d.]+)(?: ± ([\d.]+))? \|", section(md, "Results by method"),
+        re.MULTILINE,
+    )}
+    assert sorted(rows) == sorted(labels)
+    for runs, planned, _, se in rows.values():
+        assert (runs, se) == runs_se and planned == runs
+
+
+def test_one_reward_definition_labelled_everywhere(tmp_path: Path, monkeypatch) -> None:
+    cfg_path = write_config(tmp_path)
+    out = tmp_path / "output"
+    exp = configlib.expand(configlib.load(cfg_path), "core")[0]
+    d = write_experiment(out / "core", exp)
+    rewards = [0.1 * i for i in range(1, 16)]  # 15 logged steps: the last 10% is the last 2 (round(1.5))
+    _write_metrics(d, [{"step": 10 * i, "reward": r} for i, r in enumerate(rewards, 1)])
+    seen = _record_plots(monkeypatch)
+    code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    md = (out / "core" / "SUMMARY.md").read_text()
+    label = reportlib.REWARD_LABEL
+    assert label == "reward (mean of last 10% of logged steps)"
+    assert "final reward" not in md
+    expected = f"{(rewards[-1] + rewards[-2]) / 2:.3f}"
+    for title in ("Experiments", "Results by method"):
+        table = section(md, title)
+        header = next(line for line in table.splitlines() if line.startswith("| "))
+        cells = next(line for line in table.splitlines() if "lora" in line).split(" | ")
+        assert cells[header.split(" | ").index(label)] == expected, (title, header)
+    assert "reward (mean of each logging window)" in md  # the curve's title names its own definition
+    assert "reward" in seen["ylabels"]
+
+
+def test_gradient_heatmaps_share_one_colour_scale(tmp_path: Path, monkeypatch) -> None:
+    cfg_path, out = complete_suite(tmp_path)
+    for name, scale in (("lora_r16_s42", 1e-4), ("dora_r16_s42", 10.0)):
+        history = [{"step": s, "layers": {"q": {"A": scale * s, "B": scale}, "v": {"A": scale}}} for s in (10, 20)]
+        st.atomic_write_json(out / "core" / name / "gradient_flow.json", {"history": history})
+    seen = _record_plots(monkeypatch)
+    code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    assert len(seen["images"]) == 6
+    scales = {(vmin, vmax) for vmin, vmax, _ in seen["images"]}
+    values = [v for _, _, grid in seen["images"] for line in grid for v in line]
+    assert scales == {(min(values), max(values))}
+    assert min(values) < -3 and max(values) > 2  # lora's and dora's norms are on one scale
+
+
+def test_report_shows_progress(tmp_path: Path, monkeypatch) -> None:
+    """`perl report` tells, through a Rich progress display, what it is doing while it works."""
+    from rich.progress import Progress
+
+    cfg_path, out = complete_suite(tmp_path)
+    told: list[str] = []
+    update = Progress.update
+
+    def record(self, task, **kwargs):
+        if "description" in kwargs:
+            told.append(kwargs["description"])
+        return update(self, task, **kwargs)
+
+    monkeypatch.setattr(Progress, "update", record)
+    code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    assert told[0] == "reading 12 experiments"
+    assert f"drawing {reportlib.REWARD_PLOT}" in told and "drawing gradient_norms_lora.png" in told
+    assert told[-2:] == ["classifying failures", "writing the summary"]
+
+
+def test_accuracies_carry_standard_errors(tmp_path: Path) -> None:
+    """One run: ± its standard error over problems (from eval.json, or the bound sqrt(p(1-p)/n)
+    for an eval.json without one); several seeds: ± sd / sqrt(n). SUMMARY.md says how."""
+    cfg_path = write_config(tmp_path)
+    out = tmp_path / "output"
+    exps = {e.name: e for e in configlib.expand(configlib.load(cfg_path), "core")}
+    sd = out / "core"
+    for name, extra in (
+        ("lora_r16_s42", {"accuracy_sampled": 0.40, "accuracy_sampled_se": 0.021, "base_accuracy_sampled": 0.30,
+                          "base_accuracy_sampled_se": 0.020, "eval_problems": 200}),
+        ("lora_r16_s123", {"accuracy_sampled": 0.46, "accuracy_sampled_se": 0.022, "base_accuracy_sampled": 0.30,
+                           "base_accuracy_sampled_se": 0.020, "eval_problems": 200}),
+        ("dora_r16_s42", {"accuracy_sampled": 0.5, "base_accuracy_sampled": 0.3, "eval_problems": 200}),
+    ):
+        d = write_experiment(sd, exps[name])
+        ev = json.loads((d / st.EVAL_FILE).read_text())
+        ev.update(extra)
+        for key in ("accuracy_greedy_se", "base_accuracy_greedy_se"):
+            ev.pop(key, None)
+        st.atomic_write_json(d / st.EVAL_FILE, ev)
+    code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    md = (sd / "SUMMARY.md").read_text()
+    experiments = section(md, "Experiments")
+    assert "| 0.400 ± 0.021 | 0.300 ± 0.020 |" in experiments
+    assert "| 0.500 ± 0.035 | 0.300 ± 0.032 |" in experiments  # sqrt(.5 x .5 / 200), sqrt(.3 x .7 / 200)
+    table = section(md, "Results by method")
+    # dora, one run: its own standard error; the gain's adds both evaluations' (independent: an upper bound).
+    assert "| 1 | dora | 1/2 † | 0.500 ± 0.035 | 0.300 ± 0.032 | +0.200 ± 0.048 |" in table
+    # lora, two seeds: sd / sqrt(2) of (0.40, 0.46) = 0.030.
+    assert "| 2 | lora | 2/2 | 0.430 ± 0.030 | 0.300 ± 0.000 | +0.130 ± 0.030 |" in table
+    assert "over the held-out problems" in table and "over seeds" in table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +11,19 @@ from perl_cli.rewards import countdown_correct
 
 # Prompts per generate() call; sampled calls multiply this by the samples per problem.
 EVAL_BATCH_PROMPTS = 64
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def standard_error(values: Sequence[float]) -> float:
+    """Standard error of the mean of `values` (sample standard deviation / sqrt(n))."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def _generate(
@@ -53,7 +67,13 @@ def evaluate_accuracy(
     max_new_tokens: int,
     seed: int,
 ) -> dict[str, float]:
-    """``accuracy_greedy`` and ``accuracy_sampled`` (mean over `num_samples` per problem)."""
+    """``accuracy_greedy`` and ``accuracy_sampled`` (mean over `num_samples` per problem), each
+    with its standard error over problems (``*_se``).
+
+    The samples of one problem are not independent draws (an easy problem is solved by all
+    of them), so the error is computed over problems, from each problem's mean, not as a
+    binomial over every sample, which would understate it.
+    """
     import torch
 
     was_training = model.training
@@ -62,7 +82,8 @@ def evaluate_accuracy(
     # Chat templates already contain the special tokens; plain prompts are tokenized
     # exactly as GRPOTrainer tokenizes them.
     special = prompt_format != countdown.CHAT
-    greedy_hits = sampled_hits = 0
+    greedy_hits: list[float] = []  # per problem: 0 or 1
+    sampled_rates: list[float] = []  # per problem: share of its samples that are correct
     # The same sampling stream for the base model and the trained one.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -74,14 +95,15 @@ def evaluate_accuracy(
             sampled = _generate(model, tokenizer, chunk, sample=True, num_samples=num_samples, **common)
             for i, problem in enumerate(batch):
                 nums, target = list(problem.numbers), problem.target
-                greedy_hits += countdown_correct(greedy[i], nums, target)
+                greedy_hits.append(float(countdown_correct(greedy[i], nums, target)))
                 group = sampled[i * num_samples : (i + 1) * num_samples]
-                sampled_hits += sum(countdown_correct(c, nums, target) for c in group)
+                sampled_rates.append(sum(countdown_correct(c, nums, target) for c in group) / num_samples)
     model.train(was_training)
-    n = max(1, len(problems))
     return {
-        "accuracy_greedy": greedy_hits / n,
-        "accuracy_sampled": sampled_hits / (n * num_samples),
+        "accuracy_greedy": _mean(greedy_hits),
+        "accuracy_greedy_se": standard_error(greedy_hits),
+        "accuracy_sampled": _mean(sampled_rates),
+        "accuracy_sampled_se": standard_error(sampled_rates),
         "eval_problems": len(problems),
         "eval_samples_per_problem": num_samples,
     }
