@@ -68,7 +68,7 @@ install() {
 
 write_configs() {
   local cpus mem
-  cpus="$(nproc)"
+  cpus="$(getconf _NPROCESSORS_ONLN)"  # not nproc: it obeys OMP_NUM_THREADS
   mem="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
   mkdir -p "$DIR"/{etc,run,log,state,spool,munge,dev,mysql}
   chmod 755 "$DIR" "$DIR/munge"  # munged refuses a socket directory others cannot reach

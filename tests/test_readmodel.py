@@ -175,7 +175,7 @@ def test_run_refuses_an_unreadable_experiment_without_fresh(mixed, tmp_path: Pat
     assert "status.json is not valid JSON" in message and '"attempt" is \'x\'' in message
     assert "restore or delete the file" in message and "--fresh" in message
     assert message.count("lora_r16_s42") == 2  # once in its reason, once in the --only of the fix
-    assert run_suite(RunOptions(**opts, fresh=True, cpu=True)) == 0  # --fresh plans it (keeps the old directory)
+    assert run_suite(RunOptions(**opts, fresh=True)) == 0  # --fresh plans it (keeps the old directory)
 
 
 # --- B: bounded, safe reads ------------------------------------------------------------------

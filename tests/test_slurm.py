@@ -165,16 +165,17 @@ def test_time_limit_requeues_from_the_checkpoint_and_a_spent_budget_fails_with_c
 def test_status_shows_queued_tasks_while_the_node_is_busy_and_perl_cancel_cancels_everything(
     tmp_path: Path, cluster,
 ) -> None:
-    # 2 CPUs, one per task: two run, two wait in the queue.
-    write_config(tmp_path, steps=400, save_steps=1000, methods=("lora", "dora"), seeds=(1, 2))
+    # Each task asks for every CPU of the node: one runs, three wait in the queue.
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True, timeout=30).stdout.split()[0]
+    write_config(tmp_path, steps=2000, save_steps=5000, methods=("lora", "dora"), seeds=(1, 2))
     env = env_for(tmp_path, gpus="[]", step_s=0.05)
-    assert perl(tmp_path, "--backend", "slurm", "--cpus-per-job", "1", env=env).returncode == 0
-    wait_until(lambda: sum(s.get("state") == "running" for s in statuses(tmp_path).values()) == 2,
-               timeout=60, what="two running tasks")
+    assert perl(tmp_path, "--backend", "slurm", "--cpus-per-job", cpus, env=env).returncode == 0
+    wait_until(lambda: sum(s.get("state") == "running" for s in statuses(tmp_path).values()) == 1,
+               timeout=60, what="one running task")
     shown = json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)
-    assert shown["counts"]["running"] == 2 and shown["counts"]["queued"] == 2, shown["counts"]
+    assert shown["counts"]["running"] == 1 and shown["counts"]["queued"] == 3, shown["counts"]
     queued = [e["name"] for e in shown["experiments"] if e["state"] == "queued"]
-    assert len(queued) == 2
+    assert len(queued) == 3
     # A queued task cancelled behind PeRL's back: its file still says queued, status asks Slurm.
     subprocess.run(["scancel", task_of(tmp_path, queued[0])], check=True, timeout=30)
     wait_until(lambda: task_of(tmp_path, queued[0]) not in squeue_ids(), what="the task gone from the queue")
@@ -182,7 +183,7 @@ def test_status_shows_queued_tasks_while_the_node_is_busy_and_perl_cancel_cancel
     shown = {e["name"]: e["state"] for e in json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)["experiments"]}
     assert shown[queued[0]] == "interrupted" and shown[queued[1]] == "queued", shown
     # Submitting again does not submit twice (and resubmits the one cancelled behind its back).
-    again = perl(tmp_path, "--backend", "slurm", "--cpus-per-job", "1", env=env)
+    again = perl(tmp_path, "--backend", "slurm", "--cpus-per-job", cpus, env=env)
     assert again.returncode == 0 and "3 already queued or running in Slurm" in again.stdout, again.stdout
     assert "submitted 1 experiment(s)" in again.stdout
 
