@@ -244,6 +244,25 @@ def watch(
 
 @app.command(rich_help_panel="Watch and analyse")
 @user_errors
+def logs(
+    suite: Annotated[str, typer.Argument(help="Suite name, e.g. core-1.5b.", show_default=False, callback=_suite_name)],
+    experiment: Annotated[str, typer.Argument(help="Experiment name, e.g. lora_r16_s42.", show_default=False)],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing what is appended until the experiment ends (Ctrl+C stops).")] = False,
+    lines: Annotated[int | None, typer.Option("--lines", "-n", help="Only the last N lines (default: the whole log).", show_default=False)] = None,
+    stall_after: StallOpt = 600.0,
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
+    """Print one experiment's train.log, or follow it while it runs."""
+    from perl_cli import logs as logslib
+
+    raise typer.Exit(logslib.command(
+        suite, experiment, config_path=config, output=output, follow=follow, lines=lines, stall_after_s=stall_after,
+    ))
+
+
+@app.command(rich_help_panel="Watch and analyse")
+@user_errors
 def diagnose(
     suite: SuiteArg = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show each failure's full Python traceback.")] = False,
