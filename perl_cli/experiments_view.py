@@ -529,8 +529,7 @@ def read_experiment(
     if view.state == st.RUNNING:
         beat = status.get("heartbeat") or status.get("started")
         view.heartbeat_age_s = max(0.0, at - beat) if beat is not None else None
-        if not view.step and status.get("phase") is not None:
-            view.phase = status["phase"]
+        view.phase = status.get("phase")  # the worker clears it at its first step
     view.wandb_url = _wandb_url(path, resolved)
     view.error = status.get("error") if view.state in (st.FAILED, st.INTERRUPTED) else None
     rows = last_json_rows(path / st.METRICS_FILE, RATE_WINDOW, root=path)

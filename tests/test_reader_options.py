@@ -87,8 +87,8 @@ def test_a_worker_building_its_model_shows_the_phase_not_zero_steps(tmp_path: Pa
     code, text = run_cli("status", "core", "--json", "--config", str(cfg_path), "--output", str(out))
     entry = next(e for e in json.loads(text)["experiments"] if e["name"] == exp.name)
     assert entry["phase"] == {"name": "warm start", "done": 500, "total": 600}
-    # Once training runs, the step counts again.
-    st.update_status(out / "core" / exp.name, step=5)
+    # Once training runs the worker clears the phase, and the step counts again.
+    st.update_status(out / "core" / exp.name, step=5, phase=None)
     view = views.load_suite(out, "core", configlib.load(cfg_path))
     assert view.experiments[0].phase is None and view.experiments[0].phase_text is None
 

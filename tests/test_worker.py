@@ -182,6 +182,33 @@ def test_heartbeat_thread_beats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert final["state"] == "completed" and final["ended"] >= final["heartbeat"] - 1e-3
 
 
+def test_phase_before_the_first_step_is_written_throttled_and_cleared(tmp_path: Path, monkeypatch) -> None:
+    from perl_cli.train import status as status_mod
+
+    writes = []
+    real = status_mod.state.write_status
+    monkeypatch.setattr(status_mod.state, "write_status", lambda d, s: (writes.append(dict(s)), real(d, s)))
+    writer = status_mod.StatusWriter(tmp_path, fingerprint="f", total_steps=10)
+    writer.phase("building builtin:tiny-countdown")
+    for done in range(1, 601):
+        writer.phase("warm start", done, 600)
+    assert _status(tmp_path)["phase"] == {"name": "warm start", "done": 600, "total": 600}
+    assert len(writes) < 10  # the first and the last of 600, not each one
+    writer.phase("first step")
+    writer.update(step=1)
+    assert _status(tmp_path)["phase"] is None and _status(tmp_path)["step"] == 1
+
+
+def test_the_warm_start_reports_its_progress(tmp_path: Path) -> None:
+    from perl_cli import models
+
+    recipe = models.TinyRecipe(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, ffn_size=32,
+                               sft_steps=4, sft_batch_size=4)
+    heard = []
+    models._build(recipe, tmp_path, lambda name, done, total: heard.append((name, done, total)))
+    assert heard == [("warm start", i, 4) for i in range(1, 5)]
+
+
 def _spawn_worker(exp: Path) -> subprocess.Popen:
     env = {**os.environ, "PERL_CACHE_DIR": str(CACHE_DIR), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     log = open(exp / "train.log", "w")  # noqa: SIM115 - closed with the process
