@@ -239,7 +239,7 @@ def watch(
     cfg = statuslib.load_config(config)
     name = pick_suite(output, suite, cfg)
     selection.apply(statuslib.load_suite(output, name, cfg, with_size=False))  # a pattern that names nothing: exit 2 now
-    WatchApp(output, name, cfg, interval=interval, stall_after_s=stall_after, selection=selection).run()
+    WatchApp(output, name, cfg, interval=interval, stall_after_s=stall_after, selection=selection, config_path=config).run()
 
 
 @app.command(rich_help_panel="Watch and analyse")

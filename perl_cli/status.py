@@ -99,15 +99,20 @@ def counts_line(view: SuiteView) -> str:
     return ", ".join(parts)
 
 
-def ordered_rows(view: SuiteView, verbose: bool) -> tuple[list[ExperimentView], list[ExperimentView]]:
-    """(rows to show, rows summarised): attention first; without --verbose the rest is summarised."""
+def attention_sorted(experiments: list[ExperimentView]) -> list[ExperimentView]:
+    """Stalled first, then by ATTENTION_ORDER, the most recently completed first (`perl status` and `perl watch`)."""
     rank = {s: i for i, s in enumerate(ATTENTION_ORDER)}
-    ordered = sorted(
-        view.experiments,
+    return sorted(
+        experiments,
         key=lambda e: (not e.stalled, rank[e.state], -(e.ended or 0) if e.state == st.COMPLETED else 0),
     )
+
+
+def ordered_rows(view: SuiteView, verbose: bool) -> tuple[list[ExperimentView], list[ExperimentView]]:
+    """(rows to show, rows summarised): attention first; without --verbose the rest is summarised."""
+    ordered = attention_sorted(view.experiments)
     if verbose:
-        return sorted(view.experiments, key=lambda e: rank[e.state]), []
+        return ordered, []
     shown, hidden, recent = [], [], 0
     for e in ordered:
         if e.state in ATTENTION:
