@@ -114,3 +114,19 @@ def test_ctrl_c_stops_following_cleanly(running) -> None:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and "Traceback" not in err  # README: 130 interrupted
+
+
+def test_logs_imports_no_heavy_module(running) -> None:
+    d, common = running
+    code = (
+        "import sys\n"
+        "from perl_cli.cli import app\n"
+        f"try:\n    app(['logs', 'core', {d.name!r}, *{list(common)!r}])\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'textual', 'matplotlib', 'wandb')"
+        " if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "HEAVY []" in proc.stderr and "line 5" in proc.stdout, proc.stderr

@@ -285,3 +285,57 @@ def test_watch_state_filter(tmp_path: Path, utc) -> None:
             assert rows == ["dora_r16_s123", "adalora_r16_s42", "adalora_r16_s123"]
 
     run(scenario())
+
+
+def test_fake_gpu_processes_and_their_errors(tmp_path: Path) -> None:
+    from perl_cli.scheduler.gpus import GPUInventoryError, GPUProcess
+
+    inv = load_inventory({"PERL_FAKE_GPUS": SUITE_GPUS})
+    assert inv.processes() == {0: [GPUProcess(WORKER_PID, 30720), GPUProcess(OTHER_PID, 2048)], 1: []}
+    assert "processes" not in inv.gpus[0].as_dict()  # the scheduler's view of a GPU is unchanged
+    # A file is re-read: processes come and go while a suite runs.
+    path = tmp_path / "gpus.json"
+    path.write_text(SUITE_GPUS)
+    inv = load_inventory({"PERL_FAKE_GPUS": str(path)})
+    path.write_text(json.dumps([{"index": 0, "name": "A100", "memory_total_mb": 81920, "processes": [{"pid": 7}]}]))
+    assert inv.processes()[0] == [GPUProcess(7, None)]
+    bad = json.dumps([{"index": 0, "memory_total_mb": 1, "processes": [{"pid": "x"}]}])
+    with pytest.raises(GPUInventoryError, match='"processes"'):
+        load_inventory({"PERL_FAKE_GPUS": bad})
+
+
+def test_nvml_process_query_is_read_through_the_cached_handles() -> None:
+    """The NVML path, with a stand-in for pynvml: bytes become MiB, unknown memory stays unknown."""
+    from types import SimpleNamespace
+
+    from perl_cli.scheduler.gpus import GPU, GPUProcess, Inventory
+
+    class NVMLError(Exception):
+        pass
+
+    calls = []
+
+    def running(handle):
+        calls.append(handle)
+        if handle == "h1":
+            raise NVMLError("not supported")
+        return [SimpleNamespace(pid=4242, usedGpuMemory=30 * 1024**3), SimpleNamespace(pid=17, usedGpuMemory=None)]
+
+    inv = Inventory()
+    inv.source, inv._nvml = "nvml", SimpleNamespace(NVMLError=NVMLError, nvmlDeviceGetComputeRunningProcesses=running)
+    inv.gpus = [GPU(0, "A100", 81920, 0), GPU(1, "A100", 81920, 0)]
+    inv._handles = {0: "h0", 1: "h1"}
+    assert inv.processes() == {0: [GPUProcess(4242, 30720), GPUProcess(17, None)]}  # GPU 1: unknown, left out
+    assert calls == ["h0", "h1"]
+
+
+def test_details_show_the_wandb_link_and_the_phase(tmp_path: Path) -> None:
+    from perl_cli import experiments_view as views
+    from perl_cli.tui import panels
+
+    e = views.ExperimentView(name="lora_r16_s42", state=st.RUNNING, step=0, total_steps=100, pid=4242,
+                             phase={"name": "warm start", "done": 500, "total": 600},
+                             wandb_url="https://wandb.ai/lab/peft/runs/abc", dir=tmp_path)
+    text = panels.details(e, "core", None, [], {"step": 0, "reward": 0.25, "loss": 0.5}).plain
+    assert "warm start 500/600" in text and "W&B  https://wandb.ai/lab/peft/runs/abc" in text
+    assert "reward 0.25" in text and "perl logs core lora_r16_s42" in text
