@@ -825,6 +825,7 @@ def command(
 
     from perl_cli import config as configlib
     from perl_cli import experiments_view as views
+    from perl_cli.status import hanging
     from perl_cli.ui import console as make_console
 
     if lines < 0:
@@ -852,6 +853,6 @@ def command(
         console.print(f"No suites under {output}/ yet: nothing to diagnose.", markup=False)
     for view, diagnoses in results:
         for part in render(view, diagnoses, verbose=verbose):
-            # Prose wraps at word boundaries; commands and log lines stay whole, so they can be copied.
-            console.print(part, soft_wrap=isinstance(part, Verbatim))
+            # Prose wraps at word boundaries, indented; commands and log lines stay whole, to be copied.
+            console.print(part, soft_wrap=True) if isinstance(part, Verbatim) else console.print(hanging(part, console))
     return 1 if failed else 0

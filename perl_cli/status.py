@@ -181,7 +181,22 @@ def render_suite(view: SuiteView, *, verbose: bool = False, console: Any = None)
             f"  {stale} stale: settings no longer match the config (with the --set they ran with); "
             f"`perl run {view.suite} --only {names} --fresh` redoes them."
         ))
-    return Group(*lines)
+    console = console or make_console()
+    return Group(*(hanging(line, console) for line in lines))
+
+
+def hanging(line: Any, console: Any) -> Any:
+    """A Text wrapped at word boundaries to the console's width, its continuation lines
+    indented like its first (leading spaces become a margin); other renderables as they are."""
+    from rich.text import Text
+
+    if not isinstance(line, Text) or not line.plain.strip():
+        return line
+    depth = len(line.plain) - len(line.plain.lstrip(" "))
+    wrapped = line[depth:].wrap(console, max(20, console.width - depth))
+    for part in wrapped:
+        part.rstrip()
+    return Text("\n").join(Text(" " * depth) + part for part in wrapped)
 
 
 def attention(view: SuiteView) -> list[ExperimentView]:

@@ -394,3 +394,7 @@ def test_diagnose_wraps_its_prose_and_keeps_commands_whole(every_failure) -> Non
     commands = [line.strip()[2:] for line in lines if line.lstrip().startswith("$ ")]
     assert commands and all(c.startswith(("perl ", "HF_HUB_OFFLINE=1 perl", "NCCL_DEBUG=INFO perl")) for c in commands)
     assert any(len(line) > 80 for line in lines if line.lstrip().startswith("$ "))  # whole, not wrapped
+    # A wrapped fix keeps its indentation, up to its commands.
+    start = next(i for i, line in enumerate(lines) if line.startswith("    fix: "))
+    end = next(i for i in range(start, len(lines)) if lines[i].lstrip().startswith("$ "))
+    assert end - start > 1 and all(line.startswith("    ") and not line.endswith(" ") for line in lines[start:end])
