@@ -29,14 +29,24 @@ def _status(exp: Path) -> dict[str, Any]:
     return json.loads((exp / "status.json").read_text())
 
 
-def test_lifecycle_files(tmp_path: Path) -> None:
+def test_lifecycle_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from perl_cli.train import run_experiment
+    from perl_cli.train import status as status_mod
 
+    phases = []
+    real = status_mod.state.write_status
+    monkeypatch.setattr(status_mod.state, "write_status", lambda d, s: (phases.append((s.get("phase") or {}).get("name")), real(d, s)))
     exp = write_experiment(tmp_path, make_config("life", training__max_steps=4, training__save_steps=2))
     before = time.time()
     assert run_experiment(exp) == 0
 
+    # What it did before step 1, in order, then nothing (the first step clears the phase).
+    named = [p for i, p in enumerate(phases) if p and (i == 0 or phases[i - 1] != p)]
+    assert named[-3:] == ["base model evaluation", "lora adapter", "first step"], named
+    assert any(p.startswith("loading builtin:") for p in named) and phases[-1] is None
+
     status = _status(exp)
+    assert status["phase"] is None
     assert status["state"] == "completed" and status["exit_code"] == 0 and status["error"] is None
     assert status["step"] == status["total_steps"] == 4
     assert status["pid"] == os.getpid() and status["host"]
