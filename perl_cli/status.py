@@ -247,27 +247,38 @@ def _run_text(view: SuiteView) -> str:
     return "" if view.run is None else f" of the run in progress ({len(view.in_run)} experiments)"
 
 
-def render_overview(output: Path, views: list[SuiteView]):
+OVERVIEW_COLUMNS = ("suite", "experiments", "states", "progress", "ETA", "disk")
+# Dropped in this order when the terminal is too narrow; the suite name is never cut.
+OVERVIEW_OPTIONAL_COLUMNS = ["disk", "progress", "ETA", "experiments"]
+
+
+def render_overview(output: Path, views: list[SuiteView], console: Any = None):
     """One line per suite found under the output directory."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=escape(f"suites in {output}/"), title_justify="left", box=None, header_style="bold")
-    for column, justify in (
-        ("suite", "left"), ("experiments", "right"), ("states", "left"), ("progress", "left"),
-        ("ETA", "right"), ("disk", "right"),
-    ):
-        table.add_column(column, justify=justify)
-    for view in views:
-        table.add_row(
-            Text(view.suite),
-            str(len(view.experiments)),
-            counts_line(view),
-            Text(progress_bar(view.progress, width=20)),
-            _eta_text(view),
-            human_bytes(view.size_bytes),
-        )
-    return table
+    from perl_cli.ui import console as make_console
+    from perl_cli.ui import fit_columns
+
+    def build(dropped: set[str]) -> Table:
+        table = Table(title=escape(f"suites in {output}/"), title_justify="left", box=None, header_style="bold")
+        shown = [c for c in OVERVIEW_COLUMNS if c not in dropped]
+        for column in shown:
+            table.add_column(column, justify="left" if column in ("suite", "states", "progress") else "right",
+                             no_wrap=column != "states")
+        for view in views:
+            cells = {
+                "suite": Text(view.suite),
+                "experiments": str(len(view.experiments)),
+                "states": counts_line(view),
+                "progress": Text(progress_bar(view.progress, width=20)),
+                "ETA": human_seconds(view.eta_s) if view.eta_s is not None else _eta_text(view),
+                "disk": human_bytes(view.size_bytes),
+            }
+            table.add_row(*(cells[c] for c in shown))
+        return table
+
+    return fit_columns(console or make_console(), build, OVERVIEW_OPTIONAL_COLUMNS)[0]
 
 
 def _eta_text(view: SuiteView) -> str:
@@ -344,7 +355,7 @@ def command(
 
             hint = f" Suites in {cfg.path}: {', '.join(cfg.suites)}." if cfg is not None else ""
             return data, Text(f"No suites under {output}/ yet. Start one with `perl run SUITE` (see `perl plan`).{hint}")
-        return data, render_overview(output, views)
+        return data, render_overview(output, views, console)
 
     if not watch:
         data, renderable = snapshot()

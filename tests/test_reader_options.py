@@ -164,3 +164,12 @@ def test_status_never_cuts_a_name_and_fits_the_width(tmp_path: Path, columns: in
         assert name in text, text
     assert "…" not in text
     assert max(len(line) for line in text.splitlines()) <= columns, text
+
+
+def test_status_overview_never_cuts_a_suite_name(mixed) -> None:
+    _, out, _, common = mixed
+    long = "core-1.5b-adalora-rank-sweep"
+    (out / "core").rename(out / long)
+    code, text = run_cli("status", *common, columns=80)
+    assert code == 0 and long in text and "…" not in text
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80
