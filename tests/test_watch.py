@@ -339,3 +339,21 @@ def test_details_show_the_wandb_link_and_the_phase(tmp_path: Path) -> None:
     text = panels.details(e, "core", None, [], {"step": 0, "reward": 0.25, "loss": 0.5}).plain
     assert "warm start 500/600" in text and "W&B  https://wandb.ai/lab/peft/runs/abc" in text
     assert "reward 0.25" in text and "perl logs core lora_r16_s42" in text
+
+
+def test_columns_follow_the_terminal_width(tmp_path: Path, utc) -> None:
+    async def scenario() -> None:
+        app = watch_app(tmp_path)
+        async with app.run_test(size=(200, 50)) as pilot:
+            await settle(pilot)
+            wide = [str(c.label) for c in app.query_one(DataTable).columns.values()]
+            assert wide == ["experiment", "state", "step", "progress", "reward", "cause", "beat", "GPU", "elapsed", "ETA"]
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause()
+            narrow = [str(c.label) for c in app.query_one(DataTable).columns.values()]
+            assert narrow[:2] == ["experiment", "state"] and "progress" not in narrow and "cause" in narrow
+            assert not app.query_one("#gpus").display and app.query_one("#gpu-line").display
+            screen = screen_text(app)
+            assert all(name in screen for name in NAMES)
+
+    run(scenario())

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -186,10 +186,10 @@ class WatchApp(App):
         self.poll()
         self.set_interval(self.interval, self.poll)
 
-    def on_resize(self) -> None:
-        self.screen.set_class(self.size.width < WIDE, "-narrow")
+    def on_resize(self, event: events.Resize) -> None:
+        self.screen.set_class(event.size.width < WIDE, "-narrow")
         if self.last is not None:
-            self.fill_table(self.last)
+            self.fill_table(self.last, event.size.width)
 
     # --- reading (thread) ------------------------------------------------------------
 
@@ -288,10 +288,11 @@ class WatchApp(App):
         self.update_log(view)
         self.update_details()
 
-    def fill_table(self, snap: Snapshot) -> None:
+    def fill_table(self, snap: Snapshot, screen_width: int | None = None) -> None:
         table = self.query_one(DataTable)
         made = [rows.make_row(e, self.cause_name(snap, e.name)) for e in snap.view.experiments]
-        width = self.size.width - (0 if self.size.width < WIDE else GPU_PANEL_WIDTH) - 2  # the scrollbar
+        screen_width = screen_width or self.size.width
+        width = screen_width - (0 if screen_width < WIDE else GPU_PANEL_WIDTH) - 2  # the scrollbar
         columns = rows.fit(made, width)
         names = [r.name for r in made]
         existing = [str(row.value) for row in table.rows]
