@@ -111,7 +111,7 @@ STATUS_FIELDS: dict[str, tuple[Any, str]] = {
     "error": (_is_str, "a string"),
     "gpu": (_is_gpu, "a GPU index, 'cpu' or a list of them"),
     "retries": (lambda v: isinstance(v, list), "a list"),
-    "phase": (lambda v: _is_phase(v), 'an object {"name": str, "done": int, "total": int}'),
+    "phase": (_is_phase, 'an object {"name": str, "done": int, "total": int}'),
 }
 # config.json: (section, key) -> check; what readers and the fix suggestions use.
 CONFIG_FIELDS: dict[tuple[str, ...], tuple[Any, str]] = {
