@@ -152,6 +152,7 @@ def run(
     settle_seconds: Annotated[float, typer.Option("--settle-seconds", min=0, help="A new job's memory counts as reserved on its GPU for this long (until NVML shows it).")] = 60.0,
     grace_seconds: Annotated[float, typer.Option("--grace-seconds", min=0, help="On Ctrl+C, how long workers get to save a checkpoint before they are killed.")] = 30.0,
     stall_timeout: Annotated[float | None, typer.Option("--stall-timeout", min=15, help="Kill and retry a worker with no heartbeat for this many seconds (it beats every 5 s; default: the suite's run table, else 600).", show_default=False)] = None,
+    notify_cmd: Annotated[str | None, typer.Option("--notify", help="Run this shell command when the run ends: the summary on stdin, PERL_EXIT_CODE, PERL_SUITE and PERL_OUTPUT_DIR in its environment (e.g. --notify 'mail -s done me@lab').", show_default=False)] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU, ignoring GPUs; needed without a GPU for models over 0.2B parameters.")] = False,
     backend: Annotated[str, typer.Option("--backend", help="Where to run: local or slurm.")] = "local",
     config: ConfigOpt = None,
@@ -184,7 +185,23 @@ def run(
         settle_seconds=settle_seconds, grace_seconds=grace_seconds, overrides=tuple(sets or ()), config_file=cfg,
         stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S), cpu=cpu,
     )
-    raise typer.Exit(scheduler.run_suite(options))
+    code = scheduler.run_suite(options)
+    if not dry_run:
+        _end_of_run(output, suite, cfg, [e.name for e in chosen], code, notify_cmd)
+    raise typer.Exit(code)
+
+
+def _end_of_run(output: Path, suite: str, cfg: configlib.ConfigFile, names: list[str], code: int, notify_cmd: str | None) -> None:
+    """The summary table, then --notify; neither changes the run's exit code."""
+    from perl_cli import run_summary
+    from perl_cli.ui import console, output_width
+
+    summary = run_summary.build(output, suite, cfg, names, code, width=output_width() or 100)
+    console().print(summary.renderable)
+    if notify_cmd:
+        problem = run_summary.notify(notify_cmd, summary, exit_code=code, suite=suite, output=output)
+        if problem:
+            typer.echo(f"perl: warning: {problem}", err=True)
 
 
 StallOpt = Annotated[float, typer.Option("--stall-after", help="Seconds without a worker heartbeat before a running experiment is flagged stalled.")]
