@@ -45,6 +45,9 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Experiments fi
 OutputOpt = Annotated[Path, typer.Option("--output", help="Output directory; each suite writes into <output>/<suite>/.", callback=_output_dir)]
 OnlyOpt = Annotated[str | None, typer.Option("--only", help="Comma-separated experiment names to include.", show_default=False)]
 ExcludeOpt = Annotated[str | None, typer.Option("--exclude", help="Comma-separated experiment names to leave out.", show_default=False)]
+StateOpt = Annotated[str | None, typer.Option("--state", help="Only experiments in these states, comma-separated: pending, running, completed, failed, interrupted, stale, unreadable, stalled.", show_default=False)]
+ReadOnlyOpt = Annotated[str | None, typer.Option("--only", help="Comma-separated experiment names or globs ('lora_*') to show.", show_default=False)]
+ReadExcludeOpt = Annotated[str | None, typer.Option("--exclude", help="Comma-separated experiment names or globs to leave out.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
@@ -149,6 +152,7 @@ def run(
     settle_seconds: Annotated[float, typer.Option("--settle-seconds", min=0, help="A new job's memory counts as reserved on its GPU for this long (until NVML shows it).")] = 60.0,
     grace_seconds: Annotated[float, typer.Option("--grace-seconds", min=0, help="On Ctrl+C, how long workers get to save a checkpoint before they are killed.")] = 30.0,
     stall_timeout: Annotated[float | None, typer.Option("--stall-timeout", min=15, help="Kill and retry a worker with no heartbeat for this many seconds (it beats every 5 s; default: the suite's run table, else 600).", show_default=False)] = None,
+    notify_cmd: Annotated[str | None, typer.Option("--notify", help="Run this shell command when the run ends: the summary on stdin, PERL_EXIT_CODE, PERL_SUITE and PERL_OUTPUT_DIR in its environment (e.g. --notify 'mail -s done me@lab').", show_default=False)] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU, ignoring GPUs; needed without a GPU for models over 0.2B parameters.")] = False,
     backend: Annotated[str, typer.Option("--backend", help="Where to run: local (this machine) or slurm (one Slurm array task per experiment).")] = "local",
     partition: Annotated[str | None, typer.Option("--partition", help="Slurm: the partition (default: the cluster's default).", rich_help_panel="Slurm", show_default=False)] = None,
@@ -196,7 +200,23 @@ def run(
         stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S), cpu=cpu,
         slurm=scheduler.slurm_options(slurm_cli, cfg.slurm_defaults(suite)) if backend == "slurm" else None,
     )
-    raise typer.Exit(scheduler.run_suite(options))
+    code = scheduler.run_suite(options)
+    if not dry_run:
+        _end_of_run(output, suite, cfg, [e.name for e in chosen], code, notify_cmd)
+    raise typer.Exit(code)
+
+
+def _end_of_run(output: Path, suite: str, cfg: configlib.ConfigFile, names: list[str], code: int, notify_cmd: str | None) -> None:
+    """The summary table, then --notify; neither changes the run's exit code."""
+    from perl_cli import run_summary
+    from perl_cli.ui import console, output_width
+
+    summary = run_summary.build(output, suite, cfg, names, code, width=output_width() or 100)
+    console().print(summary.renderable)
+    if notify_cmd:
+        problem = run_summary.notify(notify_cmd, summary, exit_code=code, suite=suite, output=output)
+        if problem:
+            typer.echo(f"perl: warning: {problem}", err=True)
 
 
 @app.command(rich_help_panel="Run")
@@ -227,17 +247,22 @@ def status(
     json_out: JsonOpt = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl+C.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 5.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every experiment.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List every experiment, with W&B links.")] = False,
+    state: StateOpt = None,
+    only: ReadOnlyOpt = None,
+    exclude: ReadExcludeOpt = None,
     stall_after: StallOpt = 600.0,
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
 ) -> None:
     """Counts, progress and per-experiment state, step, reward, ETA and size."""
     from perl_cli import status as statuslib
+    from perl_cli.experiments_view import Selection
 
     raise typer.Exit(statuslib.command(
         suite, config_path=config, output=output, json_out=json_out, watch=watch,
         interval=interval, verbose=verbose, stall_after_s=stall_after,
+        selection=Selection.parse(state, only, exclude),
     ))
 
 
@@ -246,28 +271,56 @@ def status(
 def watch(
     suite: SuiteArg = None,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.")] = 2.0,
+    state: StateOpt = None,
+    only: ReadOnlyOpt = None,
+    exclude: ReadExcludeOpt = None,
     stall_after: StallOpt = 600.0,
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
 ) -> None:
     """Live monitor (Textual): progress bars, GPU memory, log tails."""
     from perl_cli import status as statuslib
+    from perl_cli.experiments_view import Selection
     from perl_cli.tui.app import WatchApp, pick_suite
 
     if interval <= 0:
         fail(f"--interval {interval}: must be a positive number of seconds.")
+    selection = Selection.parse(state, only, exclude)
     cfg = statuslib.load_config(config)
     name = pick_suite(output, suite, cfg)
-    WatchApp(output, name, cfg, interval=interval, stall_after_s=stall_after).run()
+    selection.apply(statuslib.load_suite(output, name, cfg, with_size=False))  # a pattern that names nothing: exit 2 now
+    WatchApp(output, name, cfg, interval=interval, stall_after_s=stall_after, selection=selection, config_path=config).run()
+
+
+@app.command(rich_help_panel="Watch and analyse")
+@user_errors
+def logs(
+    suite: Annotated[str, typer.Argument(help="Suite name, e.g. core-1.5b.", show_default=False, callback=_suite_name)],
+    experiment: Annotated[str, typer.Argument(help="Experiment name, e.g. lora_r16_s42.", show_default=False)],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing what is appended until the experiment ends (Ctrl+C stops).")] = False,
+    lines: Annotated[int | None, typer.Option("--lines", "-n", help="Only the last N lines (default: the whole log).", show_default=False)] = None,
+    stall_after: StallOpt = 600.0,
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
+    """Print one experiment's train.log, or follow it while it runs."""
+    from perl_cli import logs as logslib
+
+    raise typer.Exit(logslib.command(
+        suite, experiment, config_path=config, output=output, follow=follow, lines=lines, stall_after_s=stall_after,
+    ))
 
 
 @app.command(rich_help_panel="Watch and analyse")
 @user_errors
 def diagnose(
     suite: SuiteArg = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show each failure's full Python traceback.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show each failure's full Python traceback.")] = False,
     json_out: JsonOpt = False,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Log lines shown per experiment.")] = 30,
+    state: StateOpt = None,
+    only: ReadOnlyOpt = None,
+    exclude: ReadExcludeOpt = None,
     stall_after: StallOpt = 600.0,
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
@@ -277,10 +330,11 @@ def diagnose(
     Exit code 1 when a failed or stalled experiment is found, else 0.
     """
     from perl_cli import diagnose as diagnoselib
+    from perl_cli.experiments_view import Selection
 
     raise typer.Exit(diagnoselib.command(
         suite, config_path=config, output=output, json_out=json_out, verbose=verbose,
-        lines=lines, stall_after_s=stall_after,
+        lines=lines, stall_after_s=stall_after, selection=Selection.parse(state, only, exclude),
     ))
 
 
@@ -289,14 +343,21 @@ def diagnose(
 def report(
     suite: SuiteArg = None,
     stdout: Annotated[bool, typer.Option("--stdout", help="Print SUMMARY.md instead of writing it (no plots).")] = False,
+    state: StateOpt = None,
+    only: ReadOnlyOpt = None,
+    exclude: ReadExcludeOpt = None,
     stall_after: StallOpt = 600.0,
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
 ) -> None:
     """Write SUMMARY.md and plots into the suite's output directory."""
     from perl_cli import report as reportlib
+    from perl_cli.experiments_view import Selection
 
-    raise typer.Exit(reportlib.command(suite, config_path=config, output=output, stdout=stdout, stall_after_s=stall_after))
+    raise typer.Exit(reportlib.command(
+        suite, config_path=config, output=output, stdout=stdout, stall_after_s=stall_after,
+        selection=Selection.parse(state, only, exclude),
+    ))
 
 
 @app.command(rich_help_panel="Set up")

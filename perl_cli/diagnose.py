@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from perl_cli import outcomes, schema
 from perl_cli import state as st
-from perl_cli.experiments_view import ExperimentView, SuiteView
+from perl_cli.experiments_view import ExperimentView, SuiteView, needs_attention
 from perl_cli.logtail import last_json_rows, tail_lines
 from perl_cli.ui import human_bytes
 
@@ -192,13 +194,30 @@ def fix_stalled(ctx: Context, ev: Evidence) -> Fix:
     pid, host = ev.status.get("pid"), ev.status.get("host") or "its host"
     beat = ev.status.get("heartbeat")
     age = f" (last heartbeat {_ago(beat)})" if isinstance(beat, (int, float)) else ""
+    where = f"see where with `py-spy dump --pid {pid}`, then " if installed("py-spy") else ""
     return Fix(
         f"The worker stopped reporting{age}. If pid {pid} on {host} is gone (reboot, killed "
         f"scheduler), run it again to resume from its last checkpoint. If it is still alive but "
-        f"hangs, see where with `py-spy dump --pid {pid}`, then stop it with `kill -TERM -{pid}` "
-        "(its process group) before running it again.",
+        f"hangs, {where}stop it with `kill -TERM -{pid}` (its process group) before running it again.",
         [ctx.run()],
     )
+
+
+def installed(tool: str) -> bool:
+    """Whether `tool` is on PATH: advice names only tools the user can run."""
+    import shutil
+
+    return shutil.which(tool) is not None
+
+
+def hub_download(name: str, *, dataset: bool = False) -> str:
+    """The command that downloads `name` from the hub with what is installed here."""
+    kind = " --repo-type dataset" if dataset else ""
+    for cli in ("hf", "huggingface-cli"):
+        if installed(cli):
+            return f"`{cli} download{kind} {name}`"
+    repo = ", repo_type='dataset'" if dataset else ""
+    return f"`python -c \"from huggingface_hub import snapshot_download; snapshot_download('{name}'{repo})\"`"
 
 
 def fix_cuda_oom(ctx: Context, ev: Evidence) -> Fix:
@@ -268,20 +287,24 @@ def fix_host_oom(ctx: Context, ev: Evidence) -> Fix:
 
 
 def fix_nan(ctx: Context, ev: Evidence) -> Fix:
+    """Every change the advice names is in the command (a fix you copy does what it says)."""
     lr = ctx.setting("training", "learning_rate")
-    commands = []
-    text = "The loss or the gradients became NaN/Inf: training diverged. "
+    changes: dict[str, Any] = {}
+    advice = []
     if isinstance(lr, (int, float)) and lr > 0:
-        text += f"Halve the learning rate ({lr:g} → {lr / 2:g})"
-        commands.append(ctx.run({"training.learning_rate": float(f"{lr / 2:g}")}))
-    else:
-        text += "Lower the learning rate"
+        advice.append(f"halve the learning rate ({lr:g} → {lr / 2:g})")
+        changes["training.learning_rate"] = float(f"{lr / 2:g}")
     grad = ctx.setting("training", "max_grad_norm")
     if isinstance(grad, (int, float)) and grad > 0.5:
-        text += ", and clip gradients harder (training.max_grad_norm=0.5)"
+        advice.append(f"clip gradients harder (max_grad_norm {grad:g} → 0.5)")
+        changes["training.max_grad_norm"] = 0.5
     if ctx.setting("training", "bf16"):
-        text += "; bfloat16 can overflow on some methods: training.bf16=false is the safe fallback"
-    return Fix(text + ".", commands)
+        advice.append("train in float32 (bfloat16 can overflow on some methods)")
+        changes["training.bf16"] = False
+    text = "The loss or the gradients became NaN/Inf: training diverged. "
+    if not changes:
+        return Fix(text + "Lower the learning rate in experiments.toml, then run it again.", [ctx.run()])
+    return Fix(text + "; ".join(advice).capitalize() + ".", [ctx.run(changes)])
 
 
 def fix_disk_full(ctx: Context, ev: Evidence) -> Fix:
@@ -338,7 +361,7 @@ def fix_hub_gated(ctx: Context, ev: Evidence) -> Fix:
     model = ctx.setting("model", "model_name_or_path") or "MODEL"
     return Fix(
         f"The model hub refused '{model}': it is gated or private (accept its licence on its hub "
-        "page, then `huggingface-cli login` or export HF_TOKEN=... before `perl run`), or the "
+        "page, then export HF_TOKEN=... before `perl run`), or the "
         "name is misspelled. Or download it where you have access and point at the local copy.",
         [ctx.run({"model.model_name_or_path": f"/path/to/{_basename(model)}"})],
     )
@@ -351,22 +374,23 @@ def fix_hub_offline(ctx: Context, ev: Evidence) -> Fix:
         return Fix(
             f"The data set '{dataset}' could not be fetched: this machine cannot reach the hub "
             "(or HF_HUB_OFFLINE=1 is set) and it is not in the local cache. Download it where there "
-            "is network (`huggingface-cli download --repo-type dataset ...`) and use the local file.",
+            f"is network ({hub_download(dataset, dataset=True)}) and use the local file.",
             [ctx.run({"dataset.dataset_name_or_path": f"/path/to/{_basename(dataset)}.jsonl"})],
         )
     return Fix(
         f"The model '{model}' could not be fetched: this machine cannot reach the hub (or "
         "HF_HUB_OFFLINE=1 is set) and the model is not in the local cache. On a machine with "
-        f"network run `huggingface-cli download {model}` and copy ~/.cache/huggingface/hub here, "
+        f"network run {hub_download(model)} and copy ~/.cache/huggingface/hub here, "
         "then run with HF_HUB_OFFLINE=1 so nothing tries the network; or point at a local copy.",
         [f"HF_HUB_OFFLINE=1 {ctx.run()}", ctx.run({"model.model_name_or_path": f"/path/to/{_basename(model)}"})],
     )
 
 
 def fix_nccl(ctx: Context, ev: Evidence) -> Fix:
+    check = "Check `nvidia-smi topo -m` and `nvidia-smi`; run" if installed("nvidia-smi") else "Run"
     return Fix(
         "A collective (NCCL) call failed or timed out: a GPU or its peer link is unhealthy, or "
-        "another job holds it. Check `nvidia-smi topo -m` and `nvidia-smi`; run again with "
+        f"another job holds it. {check} again with "
         "NCCL_DEBUG=INFO to see the failing call, and with NCCL_P2P_DISABLE=1 if peer-to-peer "
         "transfers are broken on this machine.",
         [f"NCCL_DEBUG=INFO {ctx.run()}"],
@@ -376,8 +400,9 @@ def fix_nccl(ctx: Context, ev: Evidence) -> Fix:
 def fix_cuda_driver(ctx: Context, ev: Evidence) -> Fix:
     gpu = ev.status.get("gpu")
     which = f"GPU {gpu}" if gpu is not None else "the GPU"
+    smi = "`nvidia-smi -q`, and " if installed("nvidia-smi") else ""
     return Fix(
-        f"A CUDA driver or device error on {which}: check it (`nvidia-smi -q`, and "
+        f"A CUDA driver or device error on {which}: check it ({smi}"
         "`dmesg -T | grep -i xid` for hardware faults), and that the driver supports this torch "
         "build (`python -c 'import torch; print(torch.version.cuda, torch.cuda.is_available())'`). "
         "Leave a faulty GPU out with --gpus, then run it again; CUDA_LAUNCH_BLOCKING=1 shows the "
@@ -576,11 +601,6 @@ class Diagnosis:
         }
 
 
-def needs_diagnosis(e: ExperimentView) -> bool:
-    """Failed, interrupted and unreadable experiments, and running ones only when stalled."""
-    return e.state in (st.FAILED, st.INTERRUPTED, st.UNREADABLE) or (e.state == st.RUNNING and e.stalled)
-
-
 def last_traceback(lines: list[str]) -> str | None:
     """The last traceback in `lines`, with the tracebacks it was chained from, to the end."""
     starts = [i for i, line in enumerate(lines) if line.strip() == TRACEBACK_START]
@@ -615,7 +635,7 @@ def classify(ev: Evidence) -> Rule:
 
 def diagnose_experiment(
     view: ExperimentView, suite: str, *, lines: int = DEFAULT_LINES, tail: int = CLASSIFY_LINES,
-    config_path: Path | None = None, output: Path = DEFAULT_OUTPUT,
+    config_path: Path | None = None, output: Path = DEFAULT_OUTPUT, verbose: bool = False,
 ) -> Diagnosis:
     ev = gather(view, tail)
     rule = classify(ev)
@@ -632,7 +652,7 @@ def diagnose_experiment(
         stalled=view.stalled,
         rule=rule,
         summary=_summary(ev, rule),
-        lines=_excerpt(ev.tail, rule, lines),
+        lines=_excerpt(ev.tail, rule, lines, with_traceback=verbose),
         traceback=ev.traceback,
         fix=fix,
         status=view.status,
@@ -648,12 +668,14 @@ def _context(view: ExperimentView, suite: str, config_path: Path | None, output:
 
 def diagnose_suite(
     view: SuiteView, *, lines: int = DEFAULT_LINES, tail: int = CLASSIFY_LINES,
-    config_path: Path | None = None, output: Path = DEFAULT_OUTPUT,
+    config_path: Path | None = None, output: Path = DEFAULT_OUTPUT, verbose: bool = False,
 ) -> list[Diagnosis]:
     return [
-        diagnose_experiment(e, view.suite, lines=lines, tail=tail, config_path=config_path, output=output)
+        diagnose_experiment(
+            e, view.suite, lines=lines, tail=tail, config_path=config_path, output=output, verbose=verbose
+        )
         for e in view.experiments
-        if needs_diagnosis(e)
+        if needs_attention(e)
     ]
 
 
@@ -702,13 +724,25 @@ def _summary(ev: Evidence, rule: Rule) -> str:
     return rule.title
 
 
-def _excerpt(tail: list[str], rule: Rule, n: int) -> list[str]:
-    """`n` log lines around the last line the rule matched, else the last `n` lines."""
+def _excerpt(tail: list[str], rule: Rule, n: int, *, with_traceback: bool = False) -> list[str]:
+    """`n` log lines around the last line the rule matched, else the last `n` lines.
+
+    With `with_traceback` (--verbose) the excerpt grows to hold the whole last traceback
+    too, so it shows everything the default does and more (e.g. the `{'loss': nan}` line
+    printed just before the traceback of a NaN failure).
+    """
     if n <= 0 or not tail:
         return []
     hit = rule.matching_line(tail)
     end = len(tail) if hit is None else min(len(tail), hit + 3)
-    return tail[max(0, end - n) : end]
+    start = max(0, end - n)
+    if with_traceback:
+        starts = [i for i, line in enumerate(tail) if line.strip() == TRACEBACK_START]
+        tb = last_traceback(tail)
+        if tb is not None:
+            first = next(i for i in starts if "\n".join(tail[i:]).rstrip() == tb)
+            start, end = min(start, first), len(tail)
+    return tail[start:end]
 
 
 def _missing_path(text: str) -> str | None:
@@ -746,8 +780,12 @@ def _ago(t: float | None) -> str:
 # --- the command ----------------------------------------------------------------------
 
 
-def render(view: SuiteView, diagnoses: list[Diagnosis], *, verbose: bool = False):
-    from rich.console import Group
+class Verbatim(Text):
+    """A log line or a command: printed whole (soft-wrapped by the terminal), so it can be copied."""
+
+
+def render(view: SuiteView, diagnoses: list[Diagnosis], *, verbose: bool = False) -> list[Any]:
+    """The report as a list of Rich Texts: prose wraps at word boundaries, `Verbatim` lines never."""
     from rich.markup import escape
     from rich.text import Text
 
@@ -757,7 +795,7 @@ def render(view: SuiteView, diagnoses: list[Diagnosis], *, verbose: bool = False
         running = view.counts[st.RUNNING]
         note = f" ({running} running, none stalled)" if running else ""
         parts.append(Text.from_markup(f"[green]suite {escape(view.suite)}: no failed, interrupted or stalled experiments[/] among {n}{note}."))
-        return Group(*parts)
+        return parts
     failures = sum(d.is_failure for d in diagnoses)
     parts.append(Text.from_markup(
         f"[bold]suite {escape(view.suite)}[/]: {len(diagnoses)} of {n} experiments need attention "
@@ -773,13 +811,10 @@ def render(view: SuiteView, diagnoses: list[Diagnosis], *, verbose: bool = False
             label = d.state + (" (stalled)" if d.stalled else "")
             summary = d.summary if len(d.summary) <= SUMMARY_CHARS else d.summary[: SUMMARY_CHARS - 1] + "…"
             parts.append(Text.assemble("  ", (d.name, "bold"), f"  {label}: ", summary))
-            if verbose and d.traceback:
-                parts.extend(Text("    │ " + line, style="dim") for line in d.traceback.splitlines())
-            else:
-                parts.extend(Text("    │ " + line, style="dim") for line in d.lines)
+            parts.extend(Verbatim("    │ " + line, style="dim") for line in d.lines)
             parts.append(Text.assemble("    ", ("fix: ", "bold green"), d.fix.text))
-            parts.extend(Text("      $ " + command, style="green") for command in d.fix.commands)
-    return Group(*parts)
+            parts.extend(Verbatim("      $ " + command, style="green") for command in d.fix.commands)
+    return parts
 
 
 def command(
@@ -791,23 +826,29 @@ def command(
     verbose: bool = False,
     lines: int = DEFAULT_LINES,
     stall_after_s: float,
+    selection: Any = None,
 ) -> int:
     """`perl diagnose`: 1 when a failed or stalled experiment is found, else 0."""
     import json
 
     from perl_cli import config as configlib
     from perl_cli import experiments_view as views
+    from perl_cli.status import hanging
     from perl_cli.ui import console as make_console
 
     if lines < 0:
         raise configlib.ConfigError(f"--lines {lines}: must be 0 or more.")
+    selection = selection or views.Selection()
+    selection.check_suite(suite)
     cfg = views.load_config(config_path)
     names = views.suites_to_read(output, suite, cfg)
     tail = max(lines, VERBOSE_LINES if verbose else CLASSIFY_LINES)
     results = []
     for name in names:
-        view = views.load_suite(output, name, cfg, stall_after_s=stall_after_s, with_size=False)
-        results.append((view, diagnose_suite(view, lines=lines, tail=tail, config_path=config_path, output=output)))
+        view = selection.apply(views.load_suite(output, name, cfg, stall_after_s=stall_after_s, with_size=False))
+        results.append((view, diagnose_suite(
+            view, lines=lines, tail=tail, config_path=config_path, output=output, verbose=verbose,
+        )))
     failed = any(d.is_failure for _, diagnoses in results for d in diagnoses)
     if json_out:
         data: Any = to_json(*results[0]) if suite is not None else {
@@ -819,6 +860,7 @@ def command(
     if not results:
         console.print(f"No suites under {output}/ yet: nothing to diagnose.", markup=False)
     for view, diagnoses in results:
-        # Soft wrap: commands and log lines stay whole, so they can be copied.
-        console.print(render(view, diagnoses, verbose=verbose), soft_wrap=True)
+        for part in render(view, diagnoses, verbose=verbose):
+            # Prose wraps at word boundaries, indented; commands and log lines stay whole, to be copied.
+            console.print(part, soft_wrap=True) if isinstance(part, Verbatim) else console.print(hanging(part, console))
     return 1 if failed else 0

@@ -22,8 +22,10 @@ overrides) is read, so progress and ETA cover the experiments actually being run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -32,12 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import config as configlib
+from perl_cli import logtail
 from perl_cli import state as st
 from perl_cli.logtail import cap_line, last_json_rows
 
 DEFAULT_STALL_AFTER_S = 600.0
 # Metric rows whose step times feed a running experiment's ETA.
 RATE_WINDOW = 20
+# An experiment's own pace counts only from this step on: the first steps carry compilation
+# and warm-up, so one experiment at step 1 would swing the suite's ETA (2m37s to 40m39s).
+MIN_RATE_STEPS = 3
+# The W&B run link is printed near the start of train.log: read at most this much of it.
+WANDB_HEAD_BYTES = 64 * 1024
+WANDB_URL = re.compile(r"View run\b.*? at:?\s+(https?://\S+/runs/\S+)")
+# `--state` accepts the states and the stalled flag.
+STALLED = "stalled"
 # config.json key: the `--set` arguments the experiment was resolved with (outside the fingerprint).
 OVERRIDES_KEY = "overrides"
 # An error message longer than this is cut: readers show and search it, a worker writes ~500 chars.
@@ -72,6 +83,14 @@ def _is_gpu(v: Any) -> bool:
     return one(v) or (isinstance(v, list) and all(one(g) for g in v))
 
 
+def _is_phase(v: Any) -> bool:
+    """The worker's phase before step 1, e.g. {"name": "warm start", "done": 500, "total": 600}."""
+    return (
+        isinstance(v, dict) and _is_str(v.get("name"))
+        and all(v.get(k) is None or _is_count(v.get(k)) for k in ("done", "total"))
+    )
+
+
 # status.json field -> (check, what it must be); null always means "not known".
 STATUS_FIELDS: dict[str, tuple[Any, str]] = {
     "state": (lambda v: _is_str(v) and v in st.WRITTEN_STATES, "one of " + ", ".join(st.WRITTEN_STATES)),
@@ -92,6 +111,7 @@ STATUS_FIELDS: dict[str, tuple[Any, str]] = {
     "error": (_is_str, "a string"),
     "gpu": (_is_gpu, "a GPU index, 'cpu' or a list of them"),
     "retries": (lambda v: isinstance(v, list), "a list"),
+    "phase": (_is_phase, 'an object {"name": str, "done": int, "total": int}'),
     "cause": (_is_str, "a string"),
     "requeues": (lambda v: isinstance(v, list), "a list"),  # Slurm: each requeue (perl_cli/scheduler/slurm_task.py)
     "slurm": (lambda v: isinstance(v, dict), "an object"),  # Slurm: job id, node, time limit
@@ -286,6 +306,10 @@ class ExperimentView:
     problem: str | None = None  # why it is unreadable: the file and what is wrong
     overrides: list[str] = field(default_factory=list)  # the --set it ran (or will run) with
     in_config: bool = True
+    pid: int | None = None
+    heartbeat_age_s: float | None = None  # seconds since the worker's last heartbeat (running only)
+    phase: dict | None = None  # before step 1: {"name", "done", "total"} (model build, warm start)
+    wandb_url: str | None = None
     status: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # config.json as run, else the resolved config expected
     expected: dict | None = None  # what the config file resolves to now; None when it does not know it
@@ -308,7 +332,19 @@ class ExperimentView:
             "error": self.error,
             "problem": self.problem,
             "overrides": self.overrides,
+            "pid": self.pid,
+            "heartbeat_age_s": self.heartbeat_age_s,
+            "phase": self.phase,
+            "wandb_url": self.wandb_url,
         }
+
+    @property
+    def phase_text(self) -> str | None:
+        """"warm start 500/600" while the worker prepares (before its first step), else None."""
+        if self.phase is None:
+            return None
+        done, total = self.phase.get("done"), self.phase.get("total")
+        return self.phase["name"] + (f" {done or 0}/{total}" if total else "")
 
 
 @dataclass
@@ -319,6 +355,7 @@ class SuiteView:
     in_config: bool
     at: float
     run: RunInfo | None = None  # the `perl run` in progress, if any
+    selected_from: int | None = None  # narrowed by --state/--only/--exclude: the suite's size
 
     @property
     def counts(self) -> dict[str, int]:
@@ -367,6 +404,7 @@ class SuiteView:
         running = [e for e in self.experiments if e.state == st.RUNNING and not e.stalled]
         if not running:
             return None
+        # seconds_per_step is only known from step MIN_RATE_STEPS on.
         rates = [e.seconds_per_step for e in self.experiments if e.seconds_per_step]
         if not rates:
             return None
@@ -510,6 +548,12 @@ def read_experiment(
     view.total_steps = status.get("total_steps") or dig(resolved, "training", "max_steps") or view.total_steps
     view.started, view.ended = status.get("started"), status.get("ended")
     view.gpu = status.get("gpu")
+    view.pid = status.get("pid")
+    if view.state == st.RUNNING:
+        beat = status.get("heartbeat") or status.get("started")
+        view.heartbeat_age_s = max(0.0, at - beat) if beat is not None else None
+        view.phase = status.get("phase")  # the worker clears it at its first step
+    view.wandb_url = _wandb_url(path, resolved)
     view.error = status.get("error") if view.state in (st.FAILED, st.INTERRUPTED) else None
     rows = last_json_rows(path / st.METRICS_FILE, RATE_WINDOW, root=path)
     rewards = [r["reward"] for r in rows if isinstance(r.get("reward"), (int, float)) and not isinstance(r.get("reward"), bool)]
@@ -526,17 +570,35 @@ def read_experiment(
 
 
 def _rate(view: ExperimentView, rows: list[dict], path: Path) -> float | None:
-    """Observed seconds per optimizer step: recent step times, else eval.json, else elapsed/steps."""
+    """Observed seconds per optimizer step: the median of recent step times, else eval.json,
+    else elapsed/steps; None for an experiment still before step MIN_RATE_STEPS."""
+    early = (view.step or 0) < MIN_RATE_STEPS
     times = [r["step_seconds"] for r in rows if _positive(r.get("step_seconds"))]
-    if times:
+    if times and not early:
         return statistics.median(times)
     if view.state == st.COMPLETED:
         ev = read_eval(path)
         if _positive(ev.get("seconds_per_step")):
             return float(ev["seconds_per_step"])
-    if view.duration_s and view.step:
+    if view.duration_s and not early:
         return view.duration_s / view.step
     return None
+
+
+def _wandb_url(path: Path, config: dict) -> str | None:
+    """The experiment's W&B run page: eval.json's wandb_url, else the link wandb prints in train.log."""
+    if not dig(config, "wandb", "use_wandb"):
+        return None
+    url = read_eval(path).get("wandb_url")
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return cap_line(url, 500)
+    try:
+        with logtail.open_safe(path / st.LOG_FILE, root=path) as f:
+            head = f.read(WANDB_HEAD_BYTES)
+    except OSError:
+        return None
+    found = WANDB_URL.search(head.decode("utf-8", errors="replace"))
+    return cap_line(found.group(1), 500) if found else None
 
 
 def disk_usage(path: Path) -> int:
@@ -587,6 +649,70 @@ def suites_to_read(output: Path, suite: str | None, cfg: configlib.ConfigFile | 
         return find_suites(output)
     resolve_suite(output, suite, cfg)
     return [suite]
+
+
+def needs_attention(e: ExperimentView) -> bool:
+    """What `perl diagnose` explains and `perl status` counts as needing attention: failed,
+    interrupted and unreadable experiments, and running ones only when stalled."""
+    return e.state in (st.FAILED, st.INTERRUPTED, st.UNREADABLE) or (e.state == st.RUNNING and e.stalled)
+
+
+@dataclass
+class Selection:
+    """--state / --only / --exclude of a reader."""
+
+    states: set[str] | None = None
+    only: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, state: str | None = None, only: str | None = None, exclude: str | None = None) -> Selection:
+        return cls(parse_states(state), configlib.split_names(only), configlib.split_names(exclude, "--exclude"))
+
+    def check_suite(self, suite: str | None) -> None:
+        if suite is None and (self.only or self.exclude):
+            raise configlib.ConfigError("--only/--exclude name experiments of one suite: give the suite, e.g. `perl status core-1.5b --only 'lora_*'`.")
+
+    def apply(self, view: SuiteView) -> SuiteView:
+        return select(view, states=self.states, only=self.only, exclude=self.exclude)
+
+
+def parse_states(text: str | None) -> set[str] | None:
+    """`--state failed,running`: the states (and `stalled`) asked for; an unknown one is a ConfigError."""
+    if text is None:
+        return None
+    valid = (*st.STATES, STALLED)
+    wanted = {w.strip().lower() for w in text.split(",") if w.strip()}
+    unknown = sorted(wanted - set(valid))
+    if unknown or not wanted:
+        raise configlib.ConfigError(
+            f"--state {text!r}: {'unknown state ' + ', '.join(unknown) if unknown else 'names no state'}. "
+            f"Valid states: {', '.join(valid)} (comma-separated, e.g. --state failed,running)."
+        )
+    return wanted
+
+
+def select(
+    view: SuiteView, *, states: set[str] | None = None, only: list[str] = (), exclude: list[str] = ()
+) -> SuiteView:
+    """The suite view narrowed to the experiments in `states` and matching --only/--exclude (globs)."""
+    names = [e.name for e in view.experiments]
+    for flag, patterns in (("--only", only), ("--exclude", exclude)):
+        unknown = [p for p in patterns if not configlib.matching(names, p)]
+        if unknown:
+            raise configlib.ConfigError(
+                f"{flag}: {', '.join(unknown)} matches no experiment of suite '{view.suite}'. "
+                f"See the names with `perl status {view.suite} --verbose`."
+            )
+    keep = {n for p in only for n in configlib.matching(names, p)} if only else set(names)
+    keep -= {n for p in exclude for n in configlib.matching(names, p)}
+
+    def wanted(e: ExperimentView) -> bool:
+        return e.name in keep and (states is None or e.state in states or (STALLED in states and e.stalled))
+
+    if states is None and not only and not exclude:
+        return view
+    return dataclasses.replace(view, experiments=[e for e in view.experiments if wanted(e)], selected_from=len(view.experiments))
 
 
 def _left(e: ExperimentView) -> int:

@@ -25,10 +25,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+# progress(phase, done, total): hears what a worker does before its first step (train/status.py).
+Progress = Callable[[str, int | None, int | None], None]
 
 BUILTIN_PREFIX = "builtin:"
 PAD, EOS = "<pad>", "<eos>"
@@ -154,7 +157,7 @@ def _tiny_config(recipe: TinyRecipe, vocab_size: int, pad_id: int, eos_id: int) 
     )
 
 
-def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe) -> None:
+def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe, progress: Progress | None = None) -> None:
     """Supervised training on (prompt, solution) pairs, loss on the completion only."""
     import torch
 
@@ -199,6 +202,8 @@ def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe) -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        if progress is not None:
+            progress("warm start", step + 1, recipe.sft_steps)
         if (step + 1) % 100 == 0:
             print(
                 f"[perl] warm start {step + 1}/{recipe.sft_steps} loss {out.loss.item():.3f} "
@@ -208,7 +213,7 @@ def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe) -> None:
     model.eval()
 
 
-def _build(recipe: TinyRecipe, out_dir: Path) -> None:
+def _build(recipe: TinyRecipe, out_dir: Path, progress: Progress | None = None) -> None:
     import torch
     from transformers import Qwen2ForCausalLM
 
@@ -219,7 +224,7 @@ def _build(recipe: TinyRecipe, out_dir: Path) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     if recipe.sft_steps:
-        _warm_start(model, tokenizer, recipe)
+        _warm_start(model, tokenizer, recipe, progress)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "perl_recipe.json").write_text(json.dumps(asdict(recipe), indent=2, sort_keys=True) + "\n")
@@ -236,8 +241,12 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def builtin_model_path(name: str) -> Path:
-    """The directory of built-in model `name` (``builtin:...``), building it if needed."""
+def builtin_model_path(name: str, progress: Progress | None = None) -> Path:
+    """The directory of built-in model `name` (``builtin:...``), building it if needed.
+
+    `progress(phase, done, total)` hears of the build and its warm start (a worker puts
+    them in status.json), and of waiting while another worker builds it.
+    """
     short = name.removeprefix(BUILTIN_PREFIX)
     if short not in BUILTIN_MODELS:
         known = ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS)
@@ -246,10 +255,14 @@ def builtin_model_path(name: str) -> Path:
     final = cache_dir() / "models" / f"{short}-{recipe.digest()}"
     if (final / "perl_recipe.json").exists():
         return final
+    if progress is not None:
+        progress(f"waiting for {name} to be built", None, None)
     with _file_lock(final.parent / f".{final.name}.lock"):
         if (final / "perl_recipe.json").exists():  # another worker built it while we waited
             return final
         print(f"[perl] building {name} into {final} (once per machine)", flush=True)
+        if progress is not None:
+            progress(f"building {name}", None, None)
         started = time.time()
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
@@ -261,7 +274,7 @@ def builtin_model_path(name: str) -> Path:
             torch.set_num_threads(os.cpu_count() or threads)
             try:
                 with torch.random.fork_rng(devices=[]):
-                    _build(recipe, tmp)
+                    _build(recipe, tmp, progress)
             finally:
                 torch.set_num_threads(threads)
             if final.exists():  # a leftover without a recipe file is an aborted build
@@ -301,19 +314,19 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
     )
 
 
-def resolve_model_path(name: str) -> str:
+def resolve_model_path(name: str, progress: Progress | None = None) -> str:
     """A local directory for built-in names; other names are passed to from_pretrained."""
     if is_builtin(name):
-        return str(builtin_model_path(name))
+        return str(builtin_model_path(name, progress))
     # Something written as a path must exist: do not let it fall through to a hub lookup.
     if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().is_dir():
         raise ModelError(f"model directory {name!r} does not exist (model.model_name_or_path)")
     return str(Path(name).expanduser()) if name.startswith("~") else name
 
 
-def load_tokenizer(model_cfg: dict[str, Any]) -> Any:
+def load_tokenizer(model_cfg: dict[str, Any], progress: Progress | None = None) -> Any:
     name = str(model_cfg["model_name_or_path"])
-    path = resolve_model_path(name)
+    path = resolve_model_path(name, progress)
     if is_builtin(name):
         from transformers import PreTrainedTokenizerFast
 
@@ -331,13 +344,15 @@ def load_tokenizer(model_cfg: dict[str, Any]) -> Any:
     return tokenizer
 
 
-def load_model(model_cfg: dict[str, Any], *, on_gpu: bool) -> Any:
+def load_model(model_cfg: dict[str, Any], *, on_gpu: bool, progress: Progress | None = None) -> Any:
     """The causal LM named by the config's `model` section, ready for training."""
     from huggingface_hub.errors import HFValidationError
     from transformers import AutoModelForCausalLM
 
     name = str(model_cfg["model_name_or_path"])
-    path = resolve_model_path(name)
+    path = resolve_model_path(name, progress)
+    if progress is not None:
+        progress(f"loading {name}", None, None)
     kwargs: dict[str, Any] = {
         "dtype": _torch_dtype(str(model_cfg.get("dtype", "auto")), on_gpu),
         "trust_remote_code": bool(model_cfg.get("trust_remote_code")),

@@ -722,12 +722,19 @@ def build(view: SuiteView, *, draw: bool, config_path: Path | None, output: Path
 
 
 def command(suite: str | None, *, config_path: Path | None, output: Path, stdout: bool = False,
-            stall_after_s: float) -> int:
+            stall_after_s: float, selection: views.Selection | None = None) -> int:
     from rich.progress import Progress as RichProgress
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from perl_cli.ui import console as make_console
 
+    selection = selection or views.Selection()
+    selection.check_suite(suite)
+    if selection != views.Selection() and not stdout:
+        raise views.configlib.ConfigError(
+            "--state/--only/--exclude narrow the report: add --stdout to print it "
+            "(SUMMARY.md and the plots always cover the whole suite)."
+        )
     cfg = views.load_config(config_path)
     names = views.suites_to_read(output, suite, cfg)
     console = make_console(stderr=stdout)
@@ -743,7 +750,7 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
             def tell(what: str, task=task) -> None:
                 bar.update(task, description=what)
 
-            view = views.load_suite(output, name, cfg, stall_after_s=stall_after_s)
+            view = selection.apply(views.load_suite(output, name, cfg, stall_after_s=stall_after_s))
             if stdout:
                 text, _ = build(view, draw=False, config_path=config_path, output=output, progress=tell)
                 bar.remove_task(task)

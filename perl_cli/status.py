@@ -14,8 +14,11 @@ JSON object of `perl status SUITE --json` (contract; fields are only ever added)
      "run": {"experiments": [name], "overrides": [str]} | null (the `perl run` in progress),
      "experiments": [{"name", "state", "stalled", "step", "total_steps", "reward",
                       "started", "ended", "duration_s", "eta_s", "gpu", "size_bytes",
-                      "method", "error", "problem", "overrides"}]}
+                      "method", "error", "problem", "overrides",
+                      "pid", "heartbeat_age_s", "phase", "wandb_url"}]}
 
+`phase` is {"name", "done", "total"} while a running worker prepares (model build, warm
+start) before its first step, else null; `wandb_url` is the run's W&B page when known.
 `problem` says which file of an `unreadable` experiment is wrong and how; `overrides`
 lists the `--set` arguments it ran with. Times are unix epoch seconds; durations seconds;
 a value not known is null. `perl status --json` without a suite prints {"output_dir",
@@ -37,10 +40,12 @@ from perl_cli import state as st
 from perl_cli.experiments_view import (
     DEFAULT_STALL_AFTER_S,
     ExperimentView,
+    Selection,
     SuiteView,
     find_suites,
     load_config,
     load_suite,
+    needs_attention,
     resolve_suite,
 )
 from perl_cli.ui import human_bytes, human_seconds
@@ -96,15 +101,20 @@ def counts_line(view: SuiteView) -> str:
     return ", ".join(parts)
 
 
-def ordered_rows(view: SuiteView, verbose: bool) -> tuple[list[ExperimentView], list[ExperimentView]]:
-    """(rows to show, rows summarised): attention first; without --verbose the rest is summarised."""
+def attention_sorted(experiments: list[ExperimentView]) -> list[ExperimentView]:
+    """Stalled first, then by ATTENTION_ORDER, the most recently completed first (`perl status` and `perl watch`)."""
     rank = {s: i for i, s in enumerate(ATTENTION_ORDER)}
-    ordered = sorted(
-        view.experiments,
+    return sorted(
+        experiments,
         key=lambda e: (not e.stalled, rank[e.state], -(e.ended or 0) if e.state == st.COMPLETED else 0),
     )
+
+
+def ordered_rows(view: SuiteView, verbose: bool) -> tuple[list[ExperimentView], list[ExperimentView]]:
+    """(rows to show, rows summarised): attention first; without --verbose the rest is summarised."""
+    ordered = attention_sorted(view.experiments)
     if verbose:
-        return sorted(view.experiments, key=lambda e: rank[e.state]), []
+        return ordered, []
     shown, hidden, recent = [], [], 0
     for e in ordered:
         if e.state in ATTENTION:
@@ -117,16 +127,24 @@ def ordered_rows(view: SuiteView, verbose: bool) -> tuple[list[ExperimentView], 
     return shown, hidden
 
 
-def render_suite(view: SuiteView, *, verbose: bool = False):
-    """A Rich renderable of one suite (used by `perl status` and, later, `perl watch`)."""
+STATUS_COLUMNS = ("experiment", "state", "step", "reward", "time", "ETA", "GPU", "size")
+# Dropped in this order when the terminal is too narrow; the experiment name is never cut.
+STATUS_OPTIONAL_COLUMNS = ["size", "GPU", "reward", "time", "ETA", "step"]
+
+
+def render_suite(view: SuiteView, *, verbose: bool = False, console: Any = None):
+    """A Rich renderable of one suite; with `console`, columns are dropped to fit its width."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
+
+    from perl_cli.ui import console as make_console
+    from perl_cli.ui import fit_columns
 
     n = len(view.experiments)
     where = "" if view.in_config else " (not in the config: from its directories alone)"
+    of = f" (of {view.selected_from}, filtered)" if view.selected_from is not None else ""
     lines: list[Any] = [
-        Text.from_markup(f"[bold]suite {escape(view.suite)}[/]: {n} experiments in {escape(str(view.suite_dir))}/{where}"),
+        Text.from_markup(f"[bold]suite {escape(view.suite)}[/]: {n} experiments{of} in {escape(str(view.suite_dir))}/{where}"),
         Text.from_markup("  " + counts_line(view)),
         Text(
             f"  progress {progress_bar(view.progress)} of steps{_run_text(view)} · "
@@ -135,24 +153,14 @@ def render_suite(view: SuiteView, *, verbose: bool = False):
     ]
     shown, hidden = ordered_rows(view, verbose)
     if shown:
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column, justify in (
-            ("experiment", "left"), ("state", "left"), ("step", "right"), ("reward", "right"),
-            ("time", "right"), ("ETA", "right"), ("GPU", "left"), ("size", "right"),
-        ):
-            table.add_column(column, justify=justify)
-        for e in shown:
-            table.add_row(
-                Text(e.name + (f" {OVERRIDE_MARK}" if e.overrides else "")),
-                state_label(e),
-                _step_text(e),
-                "-" if e.reward is None else f"{e.reward:.3f}",
-                _time_text(e),
-                human_seconds(e.eta_s) if e.eta_s is not None else "-",
-                _gpu_text(e.gpu),
-                human_bytes(e.size_bytes) if e.size_bytes else "-",
-            )
+        def build(dropped: set[str]):
+            return _table(shown, [c for c in STATUS_COLUMNS if c not in dropped])
+
+        table, dropped = fit_columns(console or make_console(), build, STATUS_OPTIONAL_COLUMNS)
         lines.append(table)
+        if dropped:
+            left_out = ", ".join(c for c in STATUS_COLUMNS if c in dropped)
+            lines.append(Text(f"  (left out to fit the width: {left_out}; --json has every field)", style="dim"))
     if hidden:
         by_state: dict[str, int] = {}
         for e in hidden:
@@ -162,8 +170,10 @@ def render_suite(view: SuiteView, *, verbose: bool = False):
     for e in shown:
         if e.problem:
             lines.append(Text(f"  {e.name}: {e.problem}", style="red"))
+    if verbose:
+        lines.extend(Text(f"  {e.name}: W&B {e.wandb_url}") for e in shown if e.wandb_url)
     lines.extend(_override_lines(view, verbose))
-    problems = [e for e in view.experiments if e.state in (st.FAILED, st.UNREADABLE) or e.stalled]
+    problems = attention(view)
     if problems:
         lines.append(Text.from_markup(f"  [bold red]{len(problems)} need attention[/]: `perl diagnose {escape(view.suite)}` says why."))
     stale = view.counts[st.STALE]
@@ -173,7 +183,50 @@ def render_suite(view: SuiteView, *, verbose: bool = False):
             f"  {stale} stale: settings no longer match the config (with the --set they ran with); "
             f"`perl run {view.suite} --only {names} --fresh` redoes them."
         ))
-    return Group(*lines)
+    console = console or make_console()
+    return Group(*(hanging(line, console) for line in lines))
+
+
+def hanging(line: Any, console: Any) -> Any:
+    """A Text wrapped at word boundaries to the console's width, its continuation lines
+    indented like its first (leading spaces become a margin); other renderables as they are."""
+    from rich.text import Text
+
+    if not isinstance(line, Text) or not line.plain.strip():
+        return line
+    depth = len(line.plain) - len(line.plain.lstrip(" "))
+    wrapped = line[depth:].wrap(console, max(20, console.width - depth))
+    for part in wrapped:
+        part.rstrip()
+    return Text("\n").join(Text(" " * depth) + part for part in wrapped)
+
+
+def attention(view: SuiteView) -> list[ExperimentView]:
+    """What `perl diagnose` lists: failed, interrupted, unreadable, and stalled experiments."""
+    return [e for e in view.experiments if needs_attention(e)]
+
+
+def _table(shown: list[ExperimentView], columns: list[str]):
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("experiment", "state", "GPU") else "right",
+                         no_wrap=True)
+    for e in shown:
+        cells = {
+            "experiment": Text(e.name + (f" {OVERRIDE_MARK}" if e.overrides else "")),
+            "state": state_label(e),
+            "step": _step_text(e),
+            "reward": "-" if e.reward is None else f"{e.reward:.3f}",
+            "time": _time_text(e),
+            "ETA": human_seconds(e.eta_s) if e.eta_s is not None else "-",
+            "GPU": _gpu_text(e.gpu),
+            "size": human_bytes(e.size_bytes) if e.size_bytes else "-",
+        }
+        table.add_row(*(cells[c] for c in columns))
+    return table
 
 
 def _override_lines(view: SuiteView, verbose: bool) -> list[Any]:
@@ -196,27 +249,38 @@ def _run_text(view: SuiteView) -> str:
     return "" if view.run is None else f" of the run in progress ({len(view.in_run)} experiments)"
 
 
-def render_overview(output: Path, views: list[SuiteView]):
+OVERVIEW_COLUMNS = ("suite", "experiments", "states", "progress", "ETA", "disk")
+# Dropped in this order when the terminal is too narrow; the suite name is never cut.
+OVERVIEW_OPTIONAL_COLUMNS = ["disk", "progress", "ETA", "experiments"]
+
+
+def render_overview(output: Path, views: list[SuiteView], console: Any = None):
     """One line per suite found under the output directory."""
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=escape(f"suites in {output}/"), title_justify="left", box=None, header_style="bold")
-    for column, justify in (
-        ("suite", "left"), ("experiments", "right"), ("states", "left"), ("progress", "left"),
-        ("ETA", "right"), ("disk", "right"),
-    ):
-        table.add_column(column, justify=justify)
-    for view in views:
-        table.add_row(
-            Text(view.suite),
-            str(len(view.experiments)),
-            counts_line(view),
-            Text(progress_bar(view.progress, width=20)),
-            _eta_text(view),
-            human_bytes(view.size_bytes),
-        )
-    return table
+    from perl_cli.ui import console as make_console
+    from perl_cli.ui import fit_columns
+
+    def build(dropped: set[str]) -> Table:
+        table = Table(title=escape(f"suites in {output}/"), title_justify="left", box=None, header_style="bold")
+        shown = [c for c in OVERVIEW_COLUMNS if c not in dropped]
+        for column in shown:
+            table.add_column(column, justify="left" if column in ("suite", "states", "progress") else "right",
+                             no_wrap=column != "states")
+        for view in views:
+            cells = {
+                "suite": Text(view.suite),
+                "experiments": str(len(view.experiments)),
+                "states": counts_line(view),
+                "progress": Text(progress_bar(view.progress, width=20)),
+                "ETA": human_seconds(view.eta_s) if view.eta_s is not None else _eta_text(view),
+                "disk": human_bytes(view.size_bytes),
+            }
+            table.add_row(*(cells[c] for c in shown))
+        return table
+
+    return fit_columns(console or make_console(), build, OVERVIEW_OPTIONAL_COLUMNS)[0]
 
 
 def _eta_text(view: SuiteView) -> str:
@@ -228,6 +292,8 @@ def _eta_text(view: SuiteView) -> str:
 
 
 def _step_text(e: ExperimentView) -> str:
+    if e.phase_text:
+        return e.phase_text
     if (e.step is None and e.total_steps is None) or e.state == st.UNREADABLE:
         return "-"
     step = e.total_steps if e.state == st.COMPLETED and e.step is None else e.step
@@ -237,7 +303,7 @@ def _step_text(e: ExperimentView) -> str:
 def _time_text(e: ExperimentView) -> str:
     if e.duration_s is None:
         return "-"
-    return human_seconds(e.duration_s) + (" elapsed" if e.state == st.RUNNING else "")
+    return human_seconds(e.duration_s)
 
 
 def _gpu_text(gpu: Any) -> str:
@@ -261,6 +327,7 @@ def command(
     interval: float = 5.0,
     verbose: bool = False,
     stall_after_s: float = DEFAULT_STALL_AFTER_S,
+    selection: Selection | None = None,
 ) -> int:
     """`perl status`: print once, or refresh every `interval` seconds until Ctrl+C."""
     import json
@@ -269,15 +336,18 @@ def command(
 
     if interval <= 0:
         raise configlib.ConfigError(f"--interval {interval}: must be a positive number of seconds.")
+    selection = selection or Selection()
+    selection.check_suite(suite)
     cfg = load_config(config_path)
     if suite is not None:
         resolve_suite(output, suite, cfg)
+    console = make_console()
 
     def snapshot() -> tuple[Any, Any]:
         if suite is not None:
-            view = load_suite(output, suite, cfg, stall_after_s=stall_after_s)
-            return view.to_json(), render_suite(view, verbose=verbose)
-        views = [load_suite(output, name, cfg, stall_after_s=stall_after_s) for name in find_suites(output)]
+            view = selection.apply(load_suite(output, suite, cfg, stall_after_s=stall_after_s))
+            return view.to_json(), render_suite(view, verbose=verbose, console=console)
+        views = [selection.apply(load_suite(output, name, cfg, stall_after_s=stall_after_s)) for name in find_suites(output)]
         data = {
             "output_dir": str(output),
             "suites": [{k: v for k, v in view.to_json().items() if k != "experiments"} | {"experiments": len(view.experiments)} for view in views],
@@ -287,9 +357,8 @@ def command(
 
             hint = f" Suites in {cfg.path}: {', '.join(cfg.suites)}." if cfg is not None else ""
             return data, Text(f"No suites under {output}/ yet. Start one with `perl run SUITE` (see `perl plan`).{hint}")
-        return data, render_overview(output, views)
+        return data, render_overview(output, views, console)
 
-    console = make_console()
     if not watch:
         data, renderable = snapshot()
         if json_out:

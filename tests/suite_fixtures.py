@@ -335,9 +335,10 @@ def write_experiment(
     checkpoints: int = 2,
     fingerprint: str | None = None,
     tracking: bool = False,
+    now: float | None = None,
 ) -> Path:
-    """One experiment directory as the scheduler and worker leave it."""
-    now = time.time()
+    """One experiment directory as the scheduler and worker leave it (times relative to `now`)."""
+    now = time.time() if now is None else now
     d = suite_dir / exp.name
     d.mkdir(parents=True, exist_ok=True)
     total = exp.max_steps

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -328,3 +329,72 @@ def test_resume_command_repeats_the_settings_it_ran_with(tmp_path: Path) -> None
     _, parsed = parse_run(d.fix.commands[0])
     assert parsed["--set"] == ["training.per_device_train_batch_size=1", "training.gradient_accumulation_steps=32"]
     assert parsed["flags"] == ["--fresh"]
+
+
+def nan_failure(tmp_path: Path) -> tuple[configlib.Experiment, tuple[str, ...]]:
+    cfg_path = write_config(tmp_path)
+    exp = configlib.expand(configlib.load(cfg_path), "core")[0]
+    failure(tmp_path / "output" / "core", exp, "nan")
+    return exp, ("--config", str(cfg_path), "--output", str(tmp_path / "output"))
+
+
+def test_verbose_shows_more_than_the_default_never_less(tmp_path: Path) -> None:
+    """The `{'loss': nan}` line printed before the traceback is the evidence: --verbose keeps it."""
+    _, args = nan_failure(tmp_path)
+    _, default = run_cli("diagnose", "core", *args)
+    _, verbose = run_cli("diagnose", "core", "--verbose", *args)
+    assert "{'loss': nan" in default and "{'loss': nan" in verbose
+    shown = [line for line in default.splitlines() if "│" in line]
+    assert shown and all(line in verbose for line in shown)
+    _, verbose_few = run_cli("diagnose", "core", "--verbose", "--lines", "2", *args)
+    _, default_few = run_cli("diagnose", "core", "--lines", "2", *args)
+    assert "_generate_single_turn" in verbose_few and "_generate_single_turn" not in default_few
+
+
+def test_the_nan_fix_sets_every_change_its_advice_names(tmp_path: Path) -> None:
+    exp, args = nan_failure(tmp_path)
+    _, text = run_cli("diagnose", "core", "--json", *args)
+    (entry,) = json.loads(text)["experiments"]
+    assert entry["cause"] == "nan"
+    advice, (command,) = entry["fix"]["text"], entry["fix"]["commands"]
+    _, parsed = parse_run(command)
+    assert "learning rate" in advice and "max_grad_norm" in advice and "float32" in advice
+    assert set(parsed["--set"]) == {"training.learning_rate=5e-06", "training.max_grad_norm=0.5", "training.bf16=false"}
+
+
+def test_status_and_diagnose_agree_on_how_many_need_attention(mixed_suite) -> None:
+    cfg_path, out, _ = mixed_suite
+    args = ("--config", str(cfg_path), "--output", str(out))
+    _, status_text = run_cli("status", "core", *args)
+    _, diagnose_text = run_cli("diagnose", "core", *args)
+    in_status = int(re.search(r"(\d+) need attention", status_text).group(1))
+    in_diagnose = int(re.search(r"(\d+) of \d+ experiments need attention", diagnose_text).group(1))
+    assert in_status == in_diagnose == 4  # cuda_oom, host_oom, stalled, interrupted
+
+
+def test_no_advice_names_a_tool_that_is_not_installed(mixed_suite, every_failure, monkeypatch) -> None:
+    monkeypatch.setattr(dg, "installed", lambda tool: False)
+    seen = []
+    for cfg_path, out, suite in ((*mixed_suite[:2], "core"), (*every_failure[:2], "wide")):
+        view = views.load_suite(out, suite, configlib.load(cfg_path))
+        seen += [d.fix.text + " ".join(d.fix.commands) for d in dg.diagnose_suite(view)]
+    text = "\n".join(seen)
+    for tool in ("py-spy", "huggingface-cli", "hf download", "nvidia-smi"):
+        assert tool not in text, tool
+    assert "snapshot_download" in text  # the hub download spelled with what is installed: Python
+
+
+def test_diagnose_wraps_its_prose_and_keeps_commands_whole(every_failure) -> None:
+    cfg_path, out, _ = every_failure
+    result = CliRunner().invoke(app, ["diagnose", "wide", "--config", str(cfg_path), "--output", str(out)],
+                                env={**ONE_GPU, "COLUMNS": "80"})
+    lines = result.output.splitlines()
+    prose = [line for line in lines if not line.lstrip().startswith(("│", "$"))]
+    assert max(len(line) for line in prose) <= 80
+    commands = [line.strip()[2:] for line in lines if line.lstrip().startswith("$ ")]
+    assert commands and all(c.startswith(("perl ", "HF_HUB_OFFLINE=1 perl", "NCCL_DEBUG=INFO perl")) for c in commands)
+    assert any(len(line) > 80 for line in lines if line.lstrip().startswith("$ "))  # whole, not wrapped
+    # A wrapped fix keeps its indentation, up to its commands.
+    start = next(i for i, line in enumerate(lines) if line.startswith("    fix: "))
+    end = next(i for i in range(start, len(lines)) if lines[i].lstrip().startswith("$ "))
+    assert end - start > 1 and all(line.startswith("    ") and not line.endswith(" ") for line in lines[start:end])

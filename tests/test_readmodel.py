@@ -455,9 +455,9 @@ def test_watch_shows_markup_names_and_unreadable_experiments_literally(tmp_path:
             await pilot.pause()
             table = app.query_one(DataTable)
             # A str cell would be rendered as markup ("lost"); a Text cell is shown as it is.
-            name, gpu = table.get_row("[bold]lost")[0], table.get_row("[bold]lost")[5]
+            name, gpu = table.get_cell("[bold]lost", "experiment"), table.get_cell("[bold]lost", "gpu")
             assert isinstance(name, Text) and name.plain == "[bold]lost" and isinstance(gpu, Text) and gpu.plain == "[red]0"
-            assert str(table.get_row("broken")[1]) == "unreadable"
+            assert str(table.get_cell("broken", "state")) == "unreadable"
             assert "1 unreadable" in str(app.query_one("#summary", Static).render())
             assert list(app.query_one(Log).lines)[-1] == "step [/r16] [bold]x"
             assert "[bold]lost" in str(app.query_one("#log-title", Static).render())

@@ -29,14 +29,24 @@ def _status(exp: Path) -> dict[str, Any]:
     return json.loads((exp / "status.json").read_text())
 
 
-def test_lifecycle_files(tmp_path: Path) -> None:
+def test_lifecycle_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from perl_cli.train import run_experiment
+    from perl_cli.train import status as status_mod
 
+    phases = []
+    real = status_mod.state.write_status
+    monkeypatch.setattr(status_mod.state, "write_status", lambda d, s: (phases.append((s.get("phase") or {}).get("name")), real(d, s)))
     exp = write_experiment(tmp_path, make_config("life", training__max_steps=4, training__save_steps=2))
     before = time.time()
     assert run_experiment(exp) == 0
 
+    # What it did before step 1, in order, then nothing (the first step clears the phase).
+    named = [p for i, p in enumerate(phases) if p and (i == 0 or phases[i - 1] != p)]
+    assert named[-3:] == ["base model evaluation", "lora adapter", "first step"], named
+    assert any(p.startswith("loading builtin:") for p in named) and phases[-1] is None
+
     status = _status(exp)
+    assert status["phase"] is None
     assert status["state"] == "completed" and status["exit_code"] == 0 and status["error"] is None
     assert status["step"] == status["total_steps"] == 4
     assert status["pid"] == os.getpid() and status["host"]
@@ -180,6 +190,33 @@ def test_heartbeat_thread_beats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     writer.finish("completed", 0)
     final = _status(tmp_path)
     assert final["state"] == "completed" and final["ended"] >= final["heartbeat"] - 1e-3
+
+
+def test_phase_before_the_first_step_is_written_throttled_and_cleared(tmp_path: Path, monkeypatch) -> None:
+    from perl_cli.train import status as status_mod
+
+    writes = []
+    real = status_mod.state.write_status
+    monkeypatch.setattr(status_mod.state, "write_status", lambda d, s: (writes.append(dict(s)), real(d, s)))
+    writer = status_mod.StatusWriter(tmp_path, fingerprint="f", total_steps=10)
+    writer.phase("building builtin:tiny-countdown")
+    for done in range(1, 601):
+        writer.phase("warm start", done, 600)
+    assert _status(tmp_path)["phase"] == {"name": "warm start", "done": 600, "total": 600}
+    assert len(writes) < 10  # the first and the last of 600, not each one
+    writer.phase("first step")
+    writer.update(step=1)
+    assert _status(tmp_path)["phase"] is None and _status(tmp_path)["step"] == 1
+
+
+def test_the_warm_start_reports_its_progress(tmp_path: Path) -> None:
+    from perl_cli import models
+
+    recipe = models.TinyRecipe(hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=1, ffn_size=32,
+                               sft_steps=4, sft_batch_size=4)
+    heard = []
+    models._build(recipe, tmp_path, lambda name, done, total: heard.append((name, done, total)))
+    assert heard == [("warm start", i, 4) for i in range(1, 5)]
 
 
 def _spawn_worker(exp: Path) -> subprocess.Popen:

@@ -3,7 +3,8 @@
 NVML is initialised once and device handles are cached; `refresh()` re-reads only
 memory and utilisation through those handles. The environment variable
 `PERL_FAKE_GPUS` (contract) replaces NVML entirely: inline JSON, or the path of a JSON
-file, holding a list of ``{"index", "name", "memory_total_mb", "memory_used_mb"}``.
+file, holding a list of ``{"index", "name", "memory_total_mb", "memory_used_mb"}``, each
+optionally with ``"processes": [{"pid", "used_memory_mb"}]`` (what `processes()` reports).
 Fake GPUs are for tests and "what if" planning: jobs placed on them still get
 `CUDA_VISIBLE_DEVICES`, and run on the CPU. A file is re-read on every refresh, so a
 test (or a curious user) can change a fake GPU's used memory while a suite runs.
@@ -42,6 +43,14 @@ class GPU:
         return {**asdict(self), "memory_free_mb": self.memory_free_mb}
 
 
+@dataclass
+class GPUProcess:
+    """A compute process on a GPU (NVML's running-process query): its pid and memory (None: unknown)."""
+
+    pid: int
+    used_memory_mb: int | None = None
+
+
 class GPUInventoryError(Exception):
     """PERL_FAKE_GPUS is set but unusable; the message says how to fix it."""
 
@@ -56,6 +65,7 @@ class Inventory:
         self._handles: dict[int, Any] = {}
         self._nvml: Any = None
         self._fake_path: Path | None = None
+        self._fake_processes: dict[int, list[GPUProcess]] = {}
 
     @property
     def fake(self) -> bool:
@@ -92,6 +102,31 @@ class Inventory:
                     gpu.memory_total_mb = fresh[gpu.index].memory_total_mb
         return self.gpus
 
+    def processes(self) -> dict[int, list[GPUProcess]]:
+        """The compute processes on each GPU, by GPU index (for the monitor; the scheduler never asks).
+
+        A GPU whose query fails is left out: nothing is known about it.
+        """
+        if self.source == "fake":
+            if self._fake_path is not None:
+                try:
+                    _parse_fake(self._fake_path.read_text(encoding="utf-8"), self._fake_processes)
+                except (OSError, GPUInventoryError):
+                    pass  # keep the last reading
+            return {g.index: list(self._fake_processes.get(g.index, [])) for g in self.gpus}
+        out: dict[int, list[GPUProcess]] = {}
+        if self.source != "nvml":
+            return out
+        for gpu in self.gpus:
+            try:
+                found = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handles[gpu.index])
+            except self._nvml.NVMLError:
+                continue
+            out[gpu.index] = [
+                GPUProcess(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory // MIB)) for p in found
+            ]
+        return out
+
     def close(self) -> None:
         if self._nvml is not None:
             try:
@@ -109,11 +144,11 @@ def load_inventory(environ: dict[str, str] | None = None) -> Inventory:
     if fake:
         inv.source = "fake"
         if fake.startswith("["):
-            inv.gpus = _parse_fake(fake)
+            inv.gpus = _parse_fake(fake, inv._fake_processes)
         else:
             inv._fake_path = Path(fake)
             try:
-                inv.gpus = _parse_fake(inv._fake_path.read_text(encoding="utf-8"))
+                inv.gpus = _parse_fake(inv._fake_path.read_text(encoding="utf-8"), inv._fake_processes)
             except OSError as exc:
                 raise GPUInventoryError(
                     f"{FAKE_GPUS_ENV}={fake}: cannot read it ({exc.strerror}). Set it to inline JSON "
@@ -167,7 +202,8 @@ def _load_nvml(inv: Inventory) -> None:
         inv.close()
 
 
-def _parse_fake(text: str) -> list[GPU]:
+def _parse_fake(text: str, processes: dict[int, list[GPUProcess]] | None = None) -> list[GPU]:
+    """The fake GPUs in `text`; their "processes" lists go into `processes` (by GPU index) when given."""
     hint = (
         f"{FAKE_GPUS_ENV} must be a JSON list like "
         '[{"index": 0, "name": "A100", "memory_total_mb": 81920, "memory_used_mb": 0}]'
@@ -201,7 +237,32 @@ def _parse_fake(text: str) -> list[GPU]:
         )
     if len({g.index for g in gpus}) != len(gpus):
         raise GPUInventoryError(f"{hint}; two items have the same index.")
+    found = {g.index: _parse_fake_processes(item.get("processes"), i, hint) for i, (g, item) in enumerate(zip(gpus, data, strict=True))}
+    if processes is not None:
+        processes.clear()
+        processes.update(found)
     return gpus
+
+
+def _parse_fake_processes(value: Any, i: int, hint: str) -> list[GPUProcess]:
+    if value is None:
+        return []
+    what = f'{hint}; item {i} has "processes" = {value!r}: expected a list of {{"pid": int, "used_memory_mb": int}}.'
+    if not isinstance(value, list):
+        raise GPUInventoryError(what)
+    out = []
+    for p in value:
+        if not isinstance(p, dict):
+            raise GPUInventoryError(what)
+        pid, mem = p.get("pid"), p.get("used_memory_mb")
+        if not _whole(pid) or not (mem is None or _whole(mem)):
+            raise GPUInventoryError(what)
+        out.append(GPUProcess(int(pid), None if mem is None else int(mem)))
+    return out
+
+
+def _whole(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < MAX_FAKE_NUMBER
 
 
 def _text(value: Any) -> str:

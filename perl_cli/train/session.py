@@ -59,7 +59,7 @@ class TrainingSession:
         model_cfg = self.config["model"]
         name = str(model_cfg["model_name_or_path"])
         set_seed(self.seed)
-        self.tokenizer = load_tokenizer(model_cfg)
+        self.tokenizer = load_tokenizer(model_cfg, progress=self.status.phase)
         self.prompt_format = countdown.resolve_prompt_format(self.config["dataset"].get("prompt_format", "auto"), name)
         if self.prompt_format == countdown.CHAT and not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
@@ -75,11 +75,13 @@ class TrainingSession:
             f"{self.prompt_format} prompts",
             flush=True,
         )
-        model = load_model(model_cfg, on_gpu=self.on_gpu)
+        model = load_model(model_cfg, on_gpu=self.on_gpu, progress=self.status.phase)
         if self.on_gpu:
             model = model.to("cuda")
+        self.status.phase("base model evaluation")
         self.base_eval = self._base_eval(model, resumed=resume is not None)
         set_seed(self.seed)  # adapter init must not depend on what ran before it
+        self.status.phase(f"{self.method.name} adapter")
         model = build_adapter(model, self.peft_section, self.training)
         if self.method.needs_weight_conversion_on_save:
             self._save_initial_adapter(model)
@@ -93,6 +95,7 @@ class TrainingSession:
                 "model, which for this method is the residual base, not the original one",
                 flush=True,
             )
+        self.status.phase("first step")  # generation warms up; step 1 clears the phase
 
     def _warn_if_warm_start_saw_eval(self, model_name: str) -> None:
         """The tiny model's warm start excludes only the default held-out split."""

@@ -1,20 +1,28 @@
-"""The worker's side of status.json: lifecycle fields and a heartbeat thread.
+"""The worker's side of status.json: lifecycle fields, the phase before step 1, and a heartbeat thread.
 
 While the worker is alive it is the file's only writer; the main thread
-(step updates, final state) and the heartbeat thread both write through one lock, so
-updates never interleave.
+(step updates, phases, final state) and the heartbeat thread both write through one lock,
+so updates never interleave.
+
+Before its first optimizer step a worker may spend minutes building a model, warm-starting
+it, loading it or evaluating the base model. It says so in status.json's `phase`:
+``{"name": "warm start", "done": 500, "total": 600}`` (done/total null when not counted),
+so readers show "warm start 500/600" rather than "0/120". The first step clears it.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from perl_cli import state
 
 HEARTBEAT_SECONDS = 5.0
+# Progress within a phase is written at most this often (a warm start reports every step).
+PHASE_WRITE_SECONDS = 1.0
 
 
 class StatusWriter:
@@ -23,6 +31,7 @@ class StatusWriter:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._phase_written = 0.0
         # Keep what the scheduler wrote (e.g. gpu, attempt) and overwrite our fields.
         self._status: dict[str, Any] = dict(state.read_status(exp_dir) or {})
         pid = os.getpid()
@@ -40,6 +49,7 @@ class StatusWriter:
             exit_code=None,
             error=None,
             fingerprint=fingerprint,
+            phase=None,
         )
 
     def start(self) -> None:
@@ -48,9 +58,20 @@ class StatusWriter:
         self._thread.start()
 
     def update(self, **fields: Any) -> None:
+        if fields.get("step"):
+            fields.setdefault("phase", None)  # training has begun
         with self._lock:
             self._status.update({"heartbeat": state.now(), **fields})
             state.write_status(self._dir, self._status)
+
+    def phase(self, name: str, done: int | None = None, total: int | None = None) -> None:
+        """What the worker does before its first step; progress is written at most every PHASE_WRITE_SECONDS."""
+        current = self._status.get("phase") or {}
+        new_phase = current.get("name") != name
+        if not new_phase and done != total and time.monotonic() - self._phase_written < PHASE_WRITE_SECONDS:
+            return
+        self._phase_written = time.monotonic()
+        self.update(phase={"name": name, "done": done, "total": total})
 
     def finish(self, final_state: str, exit_code: int, error: str | None = None, **fields: Any) -> None:
         self._stop.set()
