@@ -468,7 +468,7 @@ def test_job_waits_for_memory_instead_of_failing(tmp_path: Path) -> None:
     gpu_file = tmp_path / "gpus.json"
     gpu_file.write_text(fake_gpus(4000, used=3500))  # a file is re-read: its "used" memory can change
     proc = start_perl(tmp_path, env=env_for(tmp_path, gpus=str(gpu_file)))
-    # That it does not start is placement's decision (tests/test_placement.py); here: the run
+    # That it does not start is placement's decision (tests/test_slots.py); here: the run
     # says it waits, launches nothing, and starts the job once the memory is free.
     seen = []
     while not any("waiting for GPU memory" in line for line in seen):

@@ -57,9 +57,9 @@ from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
 from perl_cli.scheduler.handles import AdoptedHandle, ChildHandle
 from perl_cli.scheduler.lock import LockHeld, RunLock
 from perl_cli.scheduler.memory import CPU_MAX_PARAMS, estimate_mb, too_big_for_cpu
-from perl_cli.scheduler.placement import Placed, choose_slot
 from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
+from perl_cli.scheduler.slots import Placed, choose_slot
 from perl_cli.scheduler.slurm import SlurmBackend, SlurmOptions, slurm_tasks_in_flight
 from perl_cli.ui import human_bytes, human_seconds
 
@@ -563,7 +563,7 @@ class LocalRunner:
     # -- placing and launching -------------------------------------------------------------
 
     def _choose(self, job: Job, running: list[Job], now_mono: float) -> tuple[bool, int | None]:
-        """(placed, gpu index or None for CPU): placement.choose_slot over the current inventory."""
+        """(placed, gpu index or None for CPU): slots.choose_slot over the current inventory."""
         assert self.inventory is not None or self.cpu_mode
         return choose_slot(
             job.estimate_mb, {i: g.memory_free_mb for i, g in self.gpus.items()},

@@ -1,8 +1,8 @@
-"""Placement from numbers alone (perl_cli/scheduler/placement.py): no processes, no sleeps."""
+"""GPU slots for jobs from numbers alone (perl_cli/scheduler/slots.py): no processes, no sleeps."""
 
 from __future__ import annotations
 
-from perl_cli.scheduler.placement import Placed, choose_slot
+from perl_cli.scheduler.slots import Placed, choose_slot
 
 NOW = 1000.0
 

@@ -1,4 +1,4 @@
-"""Placement: which slot a job gets, from numbers alone (no NVML, no processes, no clock).
+"""Slots: which GPU slot a job gets, from numbers alone (no NVML, no processes, no clock).
 
     choose_slot(estimate_mb, free_mb_by_gpu, running, capacity=..., jobs_per_gpu=..., ...)
       -> (placed, gpu index or None for the CPU)
@@ -7,7 +7,7 @@ A job goes to the GPU with a free slot whose free memory, minus what jobs starte
 within the settle period have reserved (NVML does not show a new job's memory yet;
 fake GPUs never do, so there a job reserves its estimate for as long as it runs), fits
 the job's estimate: the most free memory first, then the fewest jobs, then the lowest
-index. Unit-tested in tests/test_placement.py; the local runner feeds it its inventory.
+index. Unit-tested in tests/test_slots.py; the local runner feeds it its inventory.
 """
 
 from __future__ import annotations
