@@ -238,7 +238,7 @@ def ica_markdown(rows: list) -> list[str]:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     diffs: dict[str, list[float]] = {"accuracy": [], "reward": [], "seconds": []}
-    for a, b in sorted(pairs, key=lambda p: (str(ica_mode(p[1])), str(_seed(p[0])))):
+    for a, b in sorted(pairs, key=lambda p: (ica_mode(p[1]), _num(_seed(p[0])) or 0.0, str(_seed(p[0])))):
         values = {
             "accuracy": (a.accuracy, b.accuracy),
             "reward": (a.final_reward, b.final_reward),
@@ -261,9 +261,9 @@ def ica_markdown(rows: list) -> list[str]:
     out += [
         "",
         f"B - A over {len(pairs)} pair(s), mean ± std over seeds: "
-        f"held-out accuracy {_spread(diffs['accuracy'], '+.3f')}, "
-        f"final reward {_spread(diffs['reward'], '+.3f')}, "
-        f"time {_spread(diffs['seconds'], '+.0f')} s.",
+        f"held-out accuracy {_spread(diffs['accuracy'], '.3f')}, "
+        f"final reward {_spread(diffs['reward'], '.3f')}, "
+        f"time {_spread(diffs['seconds'], '.1f')} s.",
         "",
     ]
     return out
@@ -282,7 +282,7 @@ def _spread(values: list[float], spec: str) -> str:
         return "-"
     mean = statistics.fmean(values)
     std = _std(values)
-    return f"{mean:{spec}}" + (f" ± {std:.3f}" if std is not None else " (one pair: no spread)")
+    return f"{mean:+{spec}}" + (f" ± {std:{spec}}" if std is not None else " (one pair: no spread)")
 
 
 def plot_ica(ax: Any, rows: list) -> bool:
