@@ -99,7 +99,7 @@ def placement_results(rows: list) -> list[dict[str, Any]]:
     variants: dict[tuple[str, str], list] = {}
     for r in rows:
         variants.setdefault(placement_of(r), []).append(r)
-    order = [(ALL_LINEAR, ALL_LAYERS)] + sorted(k for k in variants if k != (ALL_LINEAR, ALL_LAYERS))
+    order = [(ALL_LINEAR, ALL_LAYERS)] + [k for k in variants if k != (ALL_LINEAR, ALL_LAYERS)]  # suite order
     results = [_variant(key, variants[key]) for key in order]
     base = results[0]
     for res in results:
