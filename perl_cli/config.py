@@ -326,7 +326,7 @@ def coverage_warnings(experiments: Iterable[Experiment]) -> list[str]:
 
 def fingerprint(config: dict[str, Any]) -> str:
     """Hash of the resolved settings: any change that could change results changes it."""
-    settings = {k: v for k, v in config.items() if k not in IDENTITY_KEYS}
+    settings = schema.fingerprint_view({k: v for k, v in config.items() if k not in IDENTITY_KEYS})
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -528,10 +528,14 @@ def settings_problems(config: dict[str, Any]) -> list[str]:
 
     Shared by plan time (here) and the worker, which re-checks config.json before training.
     """
+    from perl_cli.ica import ica_problems
     from perl_cli.methods import validate_method_settings
 
     t, d = config["training"], config["dataset"]
-    problems = list(validate_method_settings(config["peft"]["type"], config["peft"], max_steps=t["max_steps"]))
+    problems = list(validate_method_settings(
+        config["peft"]["type"], config["peft"], max_steps=t["max_steps"], model_name=config["model"]["model_name_or_path"]
+    ))
+    problems += ica_problems(config)
     completions = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
     if completions % t["num_generations"]:
         problems.append(

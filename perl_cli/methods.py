@@ -34,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-ALL_LINEAR = "all-linear"
+from perl_cli.placement import ALL_LINEAR, placement_problems, resolve_targets
+
 # Modules IA3 treats as feed-forward (it scales their input rather than their output).
 _FEEDFORWARD_NAMES = ("down_proj", "fc2", "w2", "dense_4h_to_h", "c_proj")
 
@@ -300,10 +301,15 @@ def adalora_orthogonality(model: Any) -> Any:
 
 
 def build_adapter(model: Any, peft: dict[str, Any], training: dict[str, Any]) -> Any:
-    """The PeftModel of `peft.type` on `model`, initialised; its trainable tensors are float32."""
+    """The PeftModel of `peft.type` on `model`, initialised; its trainable tensors are float32.
+
+    Its placement (`peft.target_modules` × `peft.layers`) is resolved against `model`
+    first (placement.resolve_targets; a PlacementError when the model cannot satisfy it).
+    """
     from peft import get_peft_model
 
     method = get_method(peft["type"])
+    peft = {**peft, "target_modules": resolve_targets(model, peft)}
     adapted = get_peft_model(model, method.build_config(peft, training))
     if method.custom_init is not None:
         method.custom_init(adapted, peft)
@@ -370,10 +376,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def validate_method_settings(method: str, peft_section: dict[str, Any], *, max_steps: int | None = None) -> list[str]:
+def validate_method_settings(
+    method: str, peft_section: dict[str, Any], *, max_steps: int | None = None, model_name: str | None = None
+) -> list[str]:
     """Human-readable problems with a method's settings; empty when they are usable.
 
-    `max_steps` (the training section's) lets the AdaLoRA schedule be checked too.
+    `max_steps` (the training section's) lets the AdaLoRA schedule be checked too, and
+    `model_name` a built-in model's layer count against `peft.layers`.
     """
     if method not in METHODS:
         return [f"peft.type {method!r} is not a known method; choose one of: {', '.join(METHOD_NAMES)}"]
@@ -389,13 +398,7 @@ def validate_method_settings(method: str, peft_section: dict[str, Any], *, max_s
     dropout = peft.get("lora_dropout", 0.0)
     if spec.uses_dropout and not (_is_number(dropout) and 0 <= dropout < 1):
         problems.append(f"peft.lora_dropout must be in [0, 1), got {dropout!r}")
-    targets = peft.get("target_modules", ALL_LINEAR)
-    if targets != ALL_LINEAR and not (
-        isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
-    ):
-        problems.append(
-            f'peft.target_modules must be "all-linear" or a non-empty list of module names, got {targets!r}'
-        )
+    problems += placement_problems(method, peft, model_name)
 
     if method == "lora_plus":
         ratio = peft.get("lora_plus_ratio")

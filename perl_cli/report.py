@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
+from perl_cli import report_studies
 from perl_cli import state as st
 from perl_cli.config import IDENTITY_KEYS
 from perl_cli.experiments_view import ExperimentView, SuiteView, dig, disk_usage
@@ -316,6 +317,7 @@ def summary_markdown(view: SuiteView, rows: list[Row], diagnoses: list, plots: l
     lines += _method_table(rows)
     for attr, label in varying_axes(rows):
         lines += _axis_table(rows, attr, label)
+    lines += report_studies.markdown(rows)  # placement / ICA suites: their own comparison
     if plots:
         lines += ["## Plots", ""]
         for title, filename in plots:
@@ -475,6 +477,7 @@ def draw_plots(view: SuiteView, rows: list[Row], directory: Path, progress: Prog
         ("Held-out accuracy vs rank", RANK_PLOT, lambda ax, rows: _plot_axis(ax, rows, "rank")),
         ("Held-out accuracy vs data size", DATA_PLOT, lambda ax, rows: _plot_axis(ax, rows, "data_size")),
         ("Effective rank of the adapter updates", EFFECTIVE_RANK_PLOT, _plot_effective_rank),
+        *report_studies.plots(rows),
     ):
         tell(f"drawing {filename}")
         fig, ax = plt.subplots(figsize=(7, 4.5))

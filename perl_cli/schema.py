@@ -11,13 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from perl_cli.placement import layer_spec_problem
+
 Check = Callable[[Any], str | None]
 
 
 @dataclass(frozen=True)
 class Field:
     default: Any
-    kind: str  # int | float | bool | str | str_list | str_or_list | int_list
+    kind: str  # int | float | bool | str | str_list | str_or_list | layers
     help: str
     check: Check | None = None
     choices: tuple[str, ...] | None = None
@@ -97,7 +99,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
             between(0, 0.999),
         ),
         "target_modules": Field(
-            "all-linear", "str_or_list", "modules that get adapters: all-linear or a list of names"
+            "all-linear", "str_or_list",
+            "modules that get adapters: all-linear, attention (q/k/v/o), mlp (gate/up/down) or a list of names",
+        ),
+        "layers": Field(
+            "all", "layers",
+            'decoder layers that get adapters: all, a list of indices, or a range such as "0:12", "12:", "::2"',
+            layer_spec_problem,
         ),
         "lora_plus_ratio": Field(16.0, "float", "LoRA+: learning-rate ratio of B over A", greater_than(0)),
         "adalora_init_r": Field(None, "int", "AdaLoRA: starting rank (default 1.5 x r)", at_least(1), nullable=True),
@@ -164,6 +172,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_new_tokens": Field(None, "int", "generation budget (default: max_completion_length)", at_least(1), nullable=True),
         "eval_base": Field(True, "bool", "also evaluate the base model before training"),
     },
+    "ica": {
+        "mode": Field(
+            "off", "str",
+            "ICA mask on the MLP neurons: off, key (zero the selected neurons) or complement (keep only them)",
+            choices=("off", "key", "complement"),
+        ),
+        "components": Field(20, "int", "FastICA components per layer", at_least(1)),
+        "percentile": Field(98.0, "float", "neurons scoring at or above this percentile are selected", between(0, 100)),
+        "sample_prompts": Field(64, "int", "training prompts the base model is run over to compute the mask", at_least(1)),
+    },
     "resources": {
         "memory_mb": Field(None, "int", "GPU memory a job needs (default: estimated)", at_least(1), nullable=True),
     },
@@ -182,7 +200,29 @@ ALIASES: dict[str, str] = {
     "lr": "training.learning_rate",
     "steps": "training.max_steps",
     "model": "model.model_name_or_path",
+    "targets": "peft.target_modules",
+    "layers": "peft.layers",
+    "ica": "ica.mode",
 }
+
+# Settings that, at these values, are left out of the fingerprint: experiments that
+# finished before the setting existed keep their fingerprint (and are not `stale`).
+# A section given by its "off" switch is left out whole when switched off.
+FINGERPRINT_NEUTRAL: dict[str, Any] = {"peft.layers": "all"}
+FINGERPRINT_OFF_SECTIONS: dict[str, tuple[str, Any]] = {"ica": ("mode", "off")}
+
+
+def fingerprint_view(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` without what FINGERPRINT_NEUTRAL and FINGERPRINT_OFF_SECTIONS leave out."""
+    out = {}
+    for section, values in settings.items():
+        off = FINGERPRINT_OFF_SECTIONS.get(section)
+        if off is not None and isinstance(values, dict) and values.get(off[0], off[1]) == off[1]:
+            continue
+        if isinstance(values, dict):
+            values = {k: v for k, v in values.items() if FINGERPRINT_NEUTRAL.get(f"{section}.{k}", ...) != v}
+        out[section] = values
+    return out
 
 
 def defaults() -> dict[str, dict[str, Any]]:
@@ -225,6 +265,12 @@ def coerce(path: str, value: Any) -> tuple[Any, str | None]:
     elif kind == "str_list":
         if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             return value, "must be a list of strings"
+    elif kind == "layers":
+        if isinstance(value, list):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return value, 'must be "all", a list of layer indices or a range string such as "0:12"'
+        elif not isinstance(value, str):
+            return value, 'must be "all", a list of layer indices or a range string such as "0:12"'
     elif kind == "str_or_list":
         if not (isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value))):
             return value, "must be a string or a non-empty list of strings"

@@ -15,7 +15,7 @@ from perl_cli.passthrough import find_system_perl, is_perl_invocation
 BIN = Path(sys.executable).parent
 PERL_SCRIPT = BIN / "perl"
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "trl", "peft", "textual", "matplotlib", "datasets")
+HEAVY = ("torch", "transformers", "trl", "peft", "textual", "matplotlib", "datasets", "sklearn")
 SYSTEM_PERL = shutil.which("perl", path=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != BIN.resolve()))
 
 needs_system_perl = pytest.mark.skipif(SYSTEM_PERL is None, reason="no system Perl on this machine")
@@ -58,6 +58,8 @@ def test_python_dash_m_works() -> None:
         ["plan"],
         ["plan", "core-1.5b"],
         ["plan", "core-1.5b", "--json"],
+        ["plan", "ica"],
+        ["plan", "placement-demo", "--json"],
         ["plan", "nosuch"],
         ["status", "--output", "{tmp}"],
         ["status", "demo", "--output", "{tmp}"],

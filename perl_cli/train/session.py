@@ -15,11 +15,12 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback, set_seed
 
-from perl_cli import rewards, state
+from perl_cli import ica, rewards, state
 from perl_cli.config import ConfigError
 from perl_cli.data import countdown
 from perl_cli.methods import Method, build_adapter, get_method
 from perl_cli.models import BUILTIN_MODELS, is_builtin, load_model, load_tokenizer
+from perl_cli.placement import PlacementError
 from perl_cli.train import callbacks as cb
 from perl_cli.train.evaluate import evaluate_accuracy
 from perl_cli.train.grpo import grpo_args
@@ -52,6 +53,7 @@ class TrainingSession:
         self.trainer: MethodGRPOTrainer | None = None
         self.trainable_params = 0
         self.train_seconds = 0.0
+        self.ica_summary: dict[str, Any] = {}
 
     # --- setup -------------------------------------------------------------------------
 
@@ -80,9 +82,15 @@ class TrainingSession:
             model = model.to("cuda")
         self.status.phase("base model evaluation")
         self.base_eval = self._base_eval(model, resumed=resume is not None)
+        mask = self._ica_mask(model) if ica.mode(self.config) != ica.OFF else None
         set_seed(self.seed)  # adapter init must not depend on what ran before it
         self.status.phase(f"{self.method.name} adapter")
-        model = build_adapter(model, self.peft_section, self.training)
+        try:
+            model = build_adapter(model, self.peft_section, self.training)
+        except PlacementError as exc:
+            raise ConfigError(str(exc)) from None
+        if mask is not None:
+            ica.apply_mask(model, mask, ica.mode(self.config))
         if self.method.needs_weight_conversion_on_save:
             self._save_initial_adapter(model)
         if self.training.get("gradient_checkpointing"):
@@ -174,6 +182,39 @@ class TrainingSession:
             flush=True,
         )
         return result
+
+    def _ica_mask(self, model: Any) -> dict[str, Any]:
+        """The ICA mask of the base model: ica_mask.json when a previous run saved it, else computed and saved."""
+        path = self.exp_dir / ica.MASK_FILE
+        settings = ica.mask_settings(self.config)
+        mask = ica.load_mask(path, settings)
+        if mask is not None:
+            print(f"[perl] ica: reusing {ica.MASK_FILE} ({mask['selected']} neurons, computed in {mask['seconds']:.1f}s)", flush=True)
+            self.ica_summary = {"ica_seconds": mask["seconds"], "ica_reused": True}
+        else:
+            problems = ica.sample(self.train_problems, settings["sample_prompts"], self.seed)
+            texts = [countdown.render_prompt(p, self.prompt_format, self.tokenizer) for p in problems]
+            try:
+                mask = ica.compute_mask(
+                    model, self.tokenizer, texts, settings, add_special_tokens=self.prompt_format != countdown.CHAT
+                )
+            except ica.MaskError as exc:
+                raise ConfigError(str(exc)) from None
+            ica.save_mask(path, mask)
+            print(
+                f"[perl] ica: {mask['selected']} of {mask['intermediate_size'] * len(mask['layers'])} MLP neurons "
+                f"selected over {len(mask['layers'])} layers from {mask['tokens']} tokens ({mask['seconds']:.1f}s)"
+                + (f"; FastICA did not converge in layers {mask['unconverged_layers']}" if mask["unconverged_layers"] else ""),
+                flush=True,
+            )
+            self.ica_summary = {"ica_seconds": mask["seconds"], "ica_reused": False}
+        neurons = mask["intermediate_size"] * len(mask["layers"])
+        self.ica_summary.update(
+            ica_mode=ica.mode(self.config),
+            ica_selected_neurons=mask["selected"],
+            ica_selected_pct=100 * mask["selected"] / max(1, neurons),
+        )
+        return mask
 
     def _save_initial_adapter(self, model: Any) -> None:
         """PiSSA/MiLoRA: the adapter at init, saved as plain LoRA, for conversion on save."""
@@ -309,6 +350,7 @@ class TrainingSession:
         results["seconds_per_step"] = sum(step_seconds) / len(step_seconds) if step_seconds else None
         results["train_seconds"] = self.train_seconds
         results["total_seconds"] = time.time() - started
+        results.update(self.ica_summary)
         results["peak_memory_mb"] = peak_memory_mb(self.on_gpu)
         results["device"] = "cuda" if self.on_gpu else "cpu"
         results.update(self._wandb_info())
