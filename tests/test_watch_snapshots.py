@@ -20,7 +20,11 @@ from textual.widgets import DataTable  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def utc(monkeypatch, tmp_path: Path):
-    """UTC times, and tmp_path as the working directory: paths shown are `output/...` on every run."""
+    """UTC times, tmp_path as the working directory (paths shown are `output/...` on every run),
+    and a fixed disk use per experiment (the fixtures' file sizes follow the config schema)."""
+    from perl_cli import experiments_view
+
+    monkeypatch.setattr(experiments_view, "disk_usage", lambda path: 8192)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
