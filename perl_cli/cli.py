@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
+SETTLE_DEFAULT_S = 60.0
+GRACE_DEFAULT_S = 30.0
 
 def _suite_name(value: str | None) -> str | None:
     """A suite name becomes <output>/<suite>/: the same rule as in experiments.toml."""
@@ -149,8 +151,8 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="Start the chosen experiments from scratch; old directories are kept as <name>.old-<timestamp>.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each experiment's exact command, environment, GPU and directory; run nothing.")] = False,
     sets: Annotated[list[str] | None, typer.Option("--set", help="Override a setting for this run, e.g. --set training.max_steps=50 (changes the fingerprint). Repeatable.", show_default=False)] = None,
-    settle_seconds: Annotated[float, typer.Option("--settle-seconds", min=0, help="A new job's memory counts as reserved on its GPU for this long (until NVML shows it).")] = 60.0,
-    grace_seconds: Annotated[float, typer.Option("--grace-seconds", min=0, help="On Ctrl+C, how long workers get to save a checkpoint before they are killed.")] = 30.0,
+    settle_seconds: Annotated[float, typer.Option("--settle-seconds", min=0, help="A new job's memory counts as reserved on its GPU for this long (until NVML shows it).")] = SETTLE_DEFAULT_S,
+    grace_seconds: Annotated[float, typer.Option("--grace-seconds", min=0, help="On Ctrl+C, how long workers get to save a checkpoint before they are killed.")] = GRACE_DEFAULT_S,
     stall_timeout: Annotated[float | None, typer.Option("--stall-timeout", min=15, help="Kill and retry a worker with no heartbeat for this many seconds (it beats every 5 s; default: the suite's run table, else 600).", show_default=False)] = None,
     notify_cmd: Annotated[str | None, typer.Option("--notify", help="Run this shell command when the run ends: the summary on stdin, PERL_EXIT_CODE, PERL_SUITE and PERL_OUTPUT_DIR in its environment (e.g. --notify 'mail -s done me@lab').", show_default=False)] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU, ignoring GPUs; needed without a GPU for models over 0.2B parameters.")] = False,
@@ -199,24 +201,13 @@ def run(
         settle_seconds=settle_seconds, grace_seconds=grace_seconds, overrides=tuple(sets or ()), config_file=cfg,
         stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S), cpu=cpu,
         slurm=scheduler.slurm_options(slurm_cli, cfg.slurm_defaults(suite)) if backend == "slurm" else None,
+        notify=notify_cmd, explicit=frozenset(flag for flag, given in (
+            ("--gpus", gpus is not None), ("--jobs", jobs is not None), ("--jobs-per-gpu", jobs_per_gpu is not None),
+            ("--retries", retries is not None), ("--cpu", cpu), ("--stall-timeout", stall_timeout is not None),
+            ("--settle-seconds", settle_seconds != SETTLE_DEFAULT_S), ("--grace-seconds", grace_seconds != GRACE_DEFAULT_S),
+        ) if given),
     )
-    code = scheduler.run_suite(options)
-    if not dry_run:
-        _end_of_run(output, suite, cfg, [e.name for e in chosen], code, notify_cmd)
-    raise typer.Exit(code)
-
-
-def _end_of_run(output: Path, suite: str, cfg: configlib.ConfigFile, names: list[str], code: int, notify_cmd: str | None) -> None:
-    """The summary table, then --notify; neither changes the run's exit code."""
-    from perl_cli import run_summary
-    from perl_cli.ui import console, output_width
-
-    summary = run_summary.build(output, suite, cfg, names, code, width=output_width() or 100)
-    console().print(summary.renderable)
-    if notify_cmd:
-        problem = run_summary.notify(notify_cmd, summary, exit_code=code, suite=suite, output=output)
-        if problem:
-            typer.echo(f"perl: warning: {problem}", err=True)
+    raise typer.Exit(scheduler.run_suite(options))
 
 
 @app.command(rich_help_panel="Run")

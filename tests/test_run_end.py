@@ -37,3 +37,55 @@ def test_a_failing_notifier_is_a_warning_not_a_failed_run(tmp_path: Path) -> Non
     result = perl(tmp_path, "--notify", "echo nope >&2; exit 3", env=env_for(tmp_path, gpus=fake_gpus(8000)))
     assert result.returncode == 0
     assert "perl: warning: --notify 'echo nope >&2; exit 3' exited with 3: nope." in result.stderr
+
+
+# --- adding work to a running suite ------------------------------------------------------
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_second_run_hands_new_experiments_to_the_running_one(tmp_path: Path) -> None:
+    from test_scheduler import launches, start_perl, statuses
+
+    write_config(tmp_path, steps=40, methods=("lora",), seeds=(1,))
+    env = env_for(tmp_path, gpus=fake_gpus(8000), step_s=0.05)
+    first = start_perl(tmp_path, env=env)
+    run_status = tmp_path / "out" / SUITE / "run_status.json"
+    _wait_for(lambda: run_status.exists() and '"lora_s1"' in run_status.read_text() and "lora_s1" in launches(tmp_path))
+    # Researchers add experiments to the TOML while the suite runs, then run it again.
+    write_config(tmp_path, steps=40, methods=("lora", "dora"), seeds=(1,))
+    second = perl(tmp_path, env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "handed 1 experiment(s) to the running `perl run`" in second.stdout and "dora_s1" in second.stdout
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, out + err
+    assert "added 1 experiment(s) handed over by another `perl run`: dora_s1" in out
+    assert {n: s["state"] for n, s in statuses(tmp_path).items()} == {"lora_s1": "completed", "dora_s1": "completed"}
+    assert sorted(launches(tmp_path)) == ["dora_s1", "lora_s1"]  # nothing twice, no second scheduler
+    assert "the run's 2 experiments" in out  # the summary covers what was added
+
+
+def test_a_second_run_with_conflicting_flags_is_refused_with_the_reason(tmp_path: Path) -> None:
+    from test_scheduler import launches, start_perl
+
+    write_config(tmp_path, steps=40, methods=("lora",), seeds=(1,))
+    env = env_for(tmp_path, gpus=fake_gpus(8000), step_s=0.05)
+    first = start_perl(tmp_path, env=env)
+    run_status = tmp_path / "out" / SUITE / "run_status.json"
+    _wait_for(lambda: run_status.exists() and "lora_s1" in launches(tmp_path))
+    refused = perl(tmp_path, "--set", "training.learning_rate=1e-3", "--gpus", "0", env=env)
+    assert refused.returncode == 2
+    message = " ".join(refused.stderr.split())
+    assert "it runs with no --set, this command asks for --set training.learning_rate=1e-3" in message
+    assert "--gpus configures a scheduler, and it keeps its own" in message
+    nothing = perl(tmp_path, env=env)
+    assert nothing.returncode == 0 and "nothing to add" in nothing.stdout
+    first.communicate(timeout=60)
+    assert first.returncode == 0

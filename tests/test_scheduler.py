@@ -291,15 +291,17 @@ def test_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
     assert status["state"] == "interrupted" and status["signal"] == "SIGKILL"
 
 
-def test_second_concurrent_run_is_refused(tmp_path: Path) -> None:
+def test_second_concurrent_run_starts_nothing_twice(tmp_path: Path) -> None:
     write_config(tmp_path, steps=300, methods=("lora",), seeds=(1,))
     env = env_for(tmp_path, gpus=fake_gpus(8000), step_s=0.02)
     first = start_perl(tmp_path, env=env)
     try:
         wait_until(lambda: len(launches(tmp_path)) == 1, what="first run launching")
+        wait_until(lambda: "lora_s1" in (tmp_path / "out" / SUITE / state.RUN_STATUS_FILE).read_text(), what="run status")
         second = perl(tmp_path, env=env)
-        assert second.returncode == 2
-        assert f"already running (pid {first.pid}, since " in second.stderr
+        # The lock holds: no second scheduler; what it would add is already running (test_run_end.py adds work).
+        assert second.returncode == 0, second.stderr
+        assert f"already running or queued in `perl run` (pid {first.pid})" in second.stdout
         assert launches(tmp_path) == ["lora_s1"]
     finally:
         first.send_signal(signal.SIGTERM)

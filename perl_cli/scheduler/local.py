@@ -51,7 +51,7 @@ from perl_cli.config import ConfigError, ConfigFile, Experiment
 from perl_cli.experiments_view import OVERRIDES_KEY, Expectations, read_records
 from perl_cli.logtail import tail_bytes
 from perl_cli.scheduler import gpus as gpulib
-from perl_cli.scheduler import planning
+from perl_cli.scheduler import handoff, planning
 from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
 from perl_cli.scheduler.handles import AdoptedHandle, ChildHandle
@@ -112,6 +112,8 @@ class RunOptions:
     overrides: tuple[str, ...] = ()  # --set, recorded in each config.json it writes
     config_file: ConfigFile | None = None  # resolves the overrides an experiment ran with
     slurm: SlurmOptions | None = None  # --backend slurm: submit array tasks instead of running workers here
+    explicit: frozenset[str] = frozenset()  # the flags given on the command line (a running run keeps its own)
+    notify: str | None = None  # --notify: a shell command run with the end-of-run summary
 
 
 @dataclass
@@ -219,6 +221,8 @@ class LocalRunner:
         try:
             lock.acquire()
         except LockHeld as exc:
+            if self.opts.slurm is None:
+                return self._hand_over(exc)
             raise RunError(str(exc)) from None
         try:
             with self._signals():
@@ -227,6 +231,57 @@ class LocalRunner:
             lock.release()
             if self.inventory is not None:
                 self.inventory.close()
+
+    def _hand_over(self, held: LockHeld) -> int:
+        """Another local `perl run` holds the suite: give it what it does not run yet (handoff.py)."""
+        scheduler = handoff.running_scheduler(self.suite_dir)
+        if scheduler is None:
+            raise RunError(str(held))
+        problems = handoff.conflicts(scheduler, overrides=tuple(self.opts.overrides), fresh=self.opts.fresh,
+                                     explicit=self.opts.explicit)
+        if problems:
+            raise RunError(
+                f"suite '{self.opts.suite}' is being run by `perl run` (pid {scheduler['pid']}), which can take "
+                f"more experiments, but not these as asked: {'; '.join(problems)}. Leave those out to hand the "
+                f"experiments to it, or wait for it to end (or stop it with `perl cancel {self.opts.suite}`)."
+            )
+        new = handoff.to_hand_over(self.opts.experiments, scheduler)
+        if not new:
+            print(f"nothing to add: the chosen experiments are already running or queued in `perl run` (pid {scheduler['pid']}).")
+            return EXIT_OK
+        handoff.request_add(self.suite_dir, new)
+        names = ", ".join(e.name for e in new[:8]) + (" ..." if len(new) > 8 else "")
+        if handoff.wait_for_pickup(self.suite_dir):
+            print(f"handed {len(new)} experiment(s) to the running `perl run` (pid {scheduler['pid']}), which plans and "
+                  f"queues them: {names}. Follow them with `perl status {self.opts.suite}` or `perl watch`.")
+        else:
+            print(f"asked the running `perl run` (pid {scheduler['pid']}) to take {len(new)} experiment(s) ({names}); "
+                  "it has not picked them up yet (busy, or ending): check `perl status` in a moment, and if the run "
+                  f"has ended, run `perl run {self.opts.suite}` again.")
+        return EXIT_OK
+
+    def _check_add_request(self) -> None:
+        """Experiments handed over by a second `perl run`: plan them as our own and queue them."""
+        if not (self.suite_dir / handoff.ADD_FILE).exists():
+            return
+        known = set(self.running) | {j.name for j in self.queue} | set(self.run_names)
+        handed = [e for e in handoff.read_add_request(self.suite_dir, self.opts.suite) if e.name not in known]
+        if not handed or self.stopping or self.disk_full:
+            return
+        assert self.reporter is not None
+        jobs, refusals = self._classify(find_live_workers(self.suite_dir), handed)
+        for name, reason in refusals:
+            self.reporter.info(f"not added: {name}: {reason}")
+        jobs = [j for j in jobs if j.action != "adopt"]
+        if not jobs:
+            return
+        listed = {e.name for e in self.all_experiments}
+        self.all_experiments = [*self.all_experiments, *(j.exp for j in jobs if j.name not in listed)]
+        self.run_names += [j.name for j in jobs]
+        self.queue.extend(jobs)
+        self.reporter.grow(len(jobs))
+        self.reporter.info(f"added {len(jobs)} experiment(s) handed over by another `perl run`: {', '.join(j.name for j in jobs)}")
+        self._aggregate_dirty = True
 
     def _load_gpus(self) -> None:
         try:
@@ -283,13 +338,15 @@ class LocalRunner:
 
     # -- deciding what to run -------------------------------------------------------
 
-    def _classify(self, live: dict[Path, tuple[int, float | None]]) -> tuple[list[Job], list[tuple[str, str]]]:
+    def _classify(self, live: dict[Path, tuple[int, float | None]],
+                  experiments: list[Experiment] | None = None) -> tuple[list[Job], list[tuple[str, str]]]:
         """Jobs to start or adopt, and the refusals as (name, reason): planning.decide per experiment."""
         jobs: list[Job] = []
         refusals: list[tuple[str, str]] = []
         asked = tuple(self.opts.overrides)
-        in_slurm = slurm_tasks_in_flight(self.suite_dir, [e.name for e in self.opts.experiments])
-        for exp in self.opts.experiments:
+        experiments = self.opts.experiments if experiments is None else experiments
+        in_slurm = slurm_tasks_in_flight(self.suite_dir, [e.name for e in experiments])
+        for exp in experiments:
             exp_dir = self.suite_dir / exp.name
             facts, running = self._facts(exp, exp_dir, live, in_slurm.get(exp.name), asked)
             decision = planning.decide(facts, fresh=self.opts.fresh, asked=asked, slurm=self.opts.slurm is not None)
@@ -398,6 +455,7 @@ class LocalRunner:
 
     def _run_locked(self) -> int:
         read_cancel_request(self.suite_dir / CANCEL_FILE)  # a request left by an earlier run is not ours
+        handoff.read_add_request(self.suite_dir, self.opts.suite)  # nor is a hand-over it did not pick up
         live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
         jobs, refusals = self._classify(live)
         if refusals:
@@ -432,7 +490,23 @@ class LocalRunner:
                 f"`perl run {self.opts.suite}` resumes.",
                 file=sys.stderr,
             )
-        return self._exit_code()
+        code = self._exit_code()
+        self._summarize(code)
+        return code
+
+    def _summarize(self, code: int) -> None:
+        """The end-of-run table, then --notify (run_summary.py); neither changes the exit code."""
+        from perl_cli import run_summary
+        from perl_cli.ui import console, output_width
+
+        summary = run_summary.build(self.opts.output, self.opts.suite, self.opts.config_file, self.run_names, code,
+                                    width=output_width() or 100)
+        console().print(summary.renderable)
+        if self.opts.notify:
+            problem = run_summary.notify(self.opts.notify, summary, exit_code=code, suite=self.opts.suite,
+                                         output=self.opts.output)
+            if problem:
+                print(f"perl: warning: {problem}", file=sys.stderr)
 
     def _run_slurm(self, jobs: list[Job]) -> int:
         assert self.opts.slurm is not None
@@ -535,6 +609,7 @@ class LocalRunner:
                 self._stop_all()
             try:
                 self._check_cancel_request()
+                self._check_add_request()
                 self._kill_overdue()
                 self._reap()
                 self._check_stalls()

@@ -97,6 +97,9 @@ class PlainReporter:
     def retrying(self, name: str, detail: str) -> None:
         self._line(f"retrying  {name} {detail}")
 
+    def grow(self, n: int) -> None:
+        self.total += n
+
     def update(self, running: list[Running]) -> None:
         if time.monotonic() - self._last_summary < PLAIN_SUMMARY_EVERY_S:
             return
@@ -144,6 +147,11 @@ class RichReporter:
             self.progress.update(self.suite_task, completed=self.done)
         colour = {"completed": "green", "failed": "red", "interrupted": "yellow"}.get(final_state, "white")
         self.progress.console.print(f"[{colour}]{final_state:<9}[/] {escape(name)}{' ' + escape(detail) if detail else ''}")
+
+    def grow(self, n: int) -> None:
+        """More experiments joined the run (handed over by another `perl run`)."""
+        self.total += n
+        self.progress.update(self.suite_task, total=max(self.total, 1))
 
     def retrying(self, name: str, detail: str) -> None:
         """One line for a failure a retry fixes (an OOM), not a red `failed` then `retrying`."""
