@@ -89,3 +89,15 @@ def test_a_second_run_with_conflicting_flags_is_refused_with_the_reason(tmp_path
     assert nothing.returncode == 0 and "nothing to add" in nothing.stdout
     first.communicate(timeout=60)
     assert first.returncode == 0
+
+
+def test_progress_lines_show_the_phase_before_step_1(tmp_path: Path) -> None:
+    from perl_cli import state
+    from perl_cli.scheduler.progress import read_progress
+
+    state.atomic_write_json(tmp_path / "status.json", {"state": "running", "step": 0, "total_steps": 300,
+                                                       "phase": {"name": "warm start", "done": 500, "total": 600}})
+    row = read_progress("lora_r16_s42", "cpu", tmp_path)
+    assert row.where == "warm start 500/600"
+    state.atomic_write_json(tmp_path / "status.json", {"state": "running", "step": 12, "total_steps": 300})
+    assert read_progress("lora_r16_s42", "cpu", tmp_path).where == "12/300"

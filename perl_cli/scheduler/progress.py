@@ -34,6 +34,11 @@ class Running:
     step: int | None = None
     total_steps: int | None = None
     reward: float | None = None
+    phase: str | None = None  # before step 1: e.g. "warm start 500/600"
+
+    @property
+    def where(self) -> str:
+        return self.phase or f"{self.step if self.step is not None else '-'}/{self.total_steps or '?'}"
 
 
 def read_progress(name: str, gpu: str, exp_dir: Path) -> Running:
@@ -41,6 +46,10 @@ def read_progress(name: str, gpu: str, exp_dir: Path) -> Running:
     status = state.read_status(exp_dir) or {}
     row = Running(name, gpu, _int(status.get("step")), _int(status.get("total_steps")))
     row.reward = _last_reward(exp_dir / state.METRICS_FILE)
+    phase = status.get("phase")
+    if isinstance(phase, dict) and isinstance(phase.get("name"), str):
+        done, total = phase.get("done"), phase.get("total")
+        row.phase = phase["name"] + (f" {_int(done) or 0}/{total}" if _int(total) else "")
     return row
 
 
@@ -104,7 +113,7 @@ class PlainReporter:
         if time.monotonic() - self._last_summary < PLAIN_SUMMARY_EVERY_S:
             return
         self._last_summary = time.monotonic()
-        parts = [f"{r.name} {r.step if r.step is not None else '-'}/{r.total_steps or '?'}" for r in running]
+        parts = [f"{r.name} {r.where}" for r in running]
         self._line(f"progress  {self.done}/{self.total} done, {len(running)} running: {', '.join(parts)}")
 
     def close(self) -> None:
@@ -167,7 +176,8 @@ class RichReporter:
                 continue
             reward = f"  reward {row.reward:.3f}" if row.reward is not None else ""
             self.progress.update(
-                task, total=row.total_steps, completed=row.step or 0, extra=f"{row.gpu}{reward}"
+                task, total=row.total_steps, completed=row.step or 0,
+                extra=escape(f"{row.gpu}{reward}" + (f"  {row.phase}" if row.phase else ""))
             )
 
     def close(self) -> None:
