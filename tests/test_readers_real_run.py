@@ -111,7 +111,7 @@ def test_report_on_real_output(real_suite) -> None:
     cfg, out = real_suite
     perl("report", SUITE, "--config", str(cfg), "--output", str(out))
     md = (out / SUITE / "SUMMARY.md").read_text()
-    assert "| `lora_r4_s1` | lora | completed |" in md and "| 1 | lora | 1 |" in md
+    assert "| `lora_r4_s1` | lora | completed |" in md and "| 1 | lora | 1/1 |" in md  # runs: completed/planned
     assert "CUDA out of memory" in md
     plots = ["reward_curves.png", "accuracy_vs_trainable.png"]
     if (out / SUITE / "lora_r4_s1" / "spectral_history.json").exists():  # once the worker records tracking
