@@ -10,6 +10,8 @@ docs/architecture.md, "Outcomes".
 
 from __future__ import annotations
 
+import errno
+import re
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,11 +48,15 @@ CUDA_OOM_PATTERNS = (
 CUDA_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory",
                     "CUBLAS_STATUS_ALLOC_FAILED", "HIP out of memory")
 # Text that means the disk or the quota is full.
-DISK_FULL_MARKERS = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")
-DISK_FULL_PATTERNS = (
-    r"No space left on device", r"\[Errno 28\]", r"Disk quota exceeded", r"\[Errno 122\]",
-    r"PytorchStreamWriter failed writing file",
-)
+DISK_FULL_MARKERS = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "[Errno 122]",
+                     "PytorchStreamWriter failed writing file")
+DISK_FULL_PATTERNS = tuple(re.escape(marker) for marker in DISK_FULL_MARKERS)  # diagnose's rule
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError that means the disk or the quota is full (anywhere PeRL writes)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 def signal_name(signum: int | str | None) -> str | None:

@@ -17,7 +17,6 @@ types, and what a malformed file means (`unreadable`), is the read model's busin
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from perl_cli import outcomes
 from perl_cli.logtail import TooLarge, UnsafeFile, open_safe, read_head
 
 # Experiment states (contract).
@@ -252,7 +252,7 @@ def write_status_best_effort(exp_dir: Path | str, **fields: Any) -> dict:
     try:
         return write_status(exp_dir, status)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not outcomes.is_disk_full(exc):
             raise
     text = json.dumps(status, indent=2, sort_keys=True) + "\n"
     try:

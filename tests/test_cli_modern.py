@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from test_cli import PERL_SCRIPT, REPO, needs_system_perl, venv_env
@@ -87,12 +85,6 @@ def test_plan_at_80_columns_keeps_every_name_whole() -> None:
 def test_human_bytes_names_binary_units() -> None:
     assert human_bytes(81_559 * 1024 * 1024) == "79.6 GiB"
     assert human_bytes(1536) == "1.5 KiB" and human_bytes(12) == "12 B"
-
-
-def test_help_is_fast_without_heavy_imports() -> None:
-    code = "import sys; from perl_cli.cli import app; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch','textual')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}).stdout
-    assert out.strip() == "[]"
 
 
 def test_only_and_exclude_accept_globs() -> None:

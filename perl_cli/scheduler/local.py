@@ -78,12 +78,7 @@ LOG_MARK = "[perl run "
 # 600 s = 120 missed heartbeats, the same threshold at which `perl status` flags it.
 DEFAULT_STALL_TIMEOUT_S = 600.0
 STALL_CHECK_EVERY_S = 1.0
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DISK_LOW_BYTES = 16 * 1024 * 1024  # a failure with less free than this is blamed on the disk
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
 
 
 class RunError(ConfigError):
@@ -620,7 +615,7 @@ class LocalRunner:
                 self._progress()
                 self._write_aggregate()
             except OSError as exc:
-                if not is_disk_full(exc):
+                if not outcomes.is_disk_full(exc):
                     raise
                 self._on_disk_full(exc)
             self._wait(POLL_S)
@@ -662,7 +657,7 @@ class LocalRunner:
                 try:
                     self._launch(job, gpu)
                 except OSError as exc:
-                    if not is_disk_full(exc):
+                    if not outcomes.is_disk_full(exc):
                         raise
                     self._launch_failed(job, exc)
                     raise  # the loop stops launching (_on_disk_full)
@@ -811,7 +806,7 @@ class LocalRunner:
             try:
                 status = state.update_status(job.dir, **fields)
             except OSError as exc:
-                if not is_disk_full(exc):
+                if not outcomes.is_disk_full(exc):
                     raise
                 if fields.get("cause") != "disk_full":
                     fields.update(cause="disk_full", error=f"{fields.get('error') or status.get('error')} "
@@ -990,7 +985,7 @@ class LocalRunner:
         try:
             write_run_status(self.opts.suite, self.suite_dir, self.all_experiments, scheduler)
         except OSError as exc:
-            if not is_disk_full(exc):
+            if not outcomes.is_disk_full(exc):
                 raise
             # Derived data: readers never need it. Stop launching, keep reaping.
             if self.reporter is not None:
