@@ -11,29 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_suite import TINY_SUITE
 
 from perl_cli import state
 
-CONFIG = """
-[suites.e2e]
-name = "{method}_s{seed}"
-[suites.e2e.base.model]
-model_name_or_path = "builtin:tiny-random"
-[suites.e2e.base.dataset]
-dataset_name_or_path = "builtin:countdown"
-data_size = 32
-eval_size = 8
-[suites.e2e.base.training]
-max_steps = 3
-save_steps = 2
-logging_steps = 1
-per_device_train_batch_size = 4
-gradient_accumulation_steps = 1
-num_generations = 2
-max_prompt_length = 32
-max_completion_length = 8
-bf16 = false
-[suites.e2e.base.eval]
+CONFIG = TINY_SUITE.format(suite="e2e") + """[suites.e2e.base.eval]
 enabled = false
 eval_base = false
 [suites.e2e.base.tracker]

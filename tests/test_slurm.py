@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from test_scheduler import SUITE, env_for, launches, perl, statuses, timings, wait_until, write_config
+from tiny_suite import TINY_SUITE
 
 from perl_cli import state
 
@@ -235,26 +236,7 @@ def test_no_sbatch_on_path_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / SUITE / "lora_s1").exists()
 
 
-REAL_CONFIG = """
-[suites.{suite}]
-name = "{{method}}_s{{seed}}"
-[suites.{suite}.base.model]
-model_name_or_path = "builtin:tiny-random"
-[suites.{suite}.base.dataset]
-dataset_name_or_path = "builtin:countdown"
-data_size = 32
-eval_size = 8
-[suites.{suite}.base.training]
-max_steps = 3
-save_steps = 2
-logging_steps = 1
-per_device_train_batch_size = 4
-gradient_accumulation_steps = 1
-num_generations = 2
-max_prompt_length = 32
-max_completion_length = 8
-bf16 = false
-[suites.{suite}.base.wandb]
+REAL_CONFIG = TINY_SUITE + """[suites.{suite}.base.wandb]
 use_wandb = false
 [suites.{suite}.matrix]
 method = ["lora", "dora"]
