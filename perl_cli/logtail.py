@@ -46,10 +46,12 @@ def open_safe(path: Path | str, root: Path | str | None = None) -> BinaryIO:
         if not stat.S_ISREG(mode):
             kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a device or socket"
             raise UnsafeFile(f"{path.name} is {kind}, not a regular file")
-        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+    # Outside the try: once fdopen has the descriptor it closes it itself if interrupted, and
+    # closing it again here would turn a Ctrl+C into "Bad file descriptor" (a lost Ctrl+C).
+    return os.fdopen(fd, "rb")
 
 
 class TooLarge(OSError):

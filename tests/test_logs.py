@@ -113,7 +113,7 @@ def test_ctrl_c_stops_following_cleanly(running) -> None:
     assert proc.stdout.readline() == "line 1\n"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "Traceback" not in err  # README: 130 interrupted
+    assert proc.returncode == 130 and "Traceback" not in err, (out, err)  # README: 130 interrupted
 
 
 def test_logs_imports_no_heavy_module(running) -> None:
@@ -130,3 +130,23 @@ def test_logs_imports_no_heavy_module(running) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "HEAVY []" in proc.stderr and "line 5" in proc.stdout, proc.stderr
+
+
+def test_ctrl_c_inside_opening_a_file_stays_a_ctrl_c(running, monkeypatch) -> None:
+    """Ctrl+C can land while open_safe hands its descriptor to a file object. io.open then
+    closes the descriptor itself before re-raising; closing it a second time turned the
+    KeyboardInterrupt into OSError(EBADF), the read model called the experiment
+    "unreadable" and `perl logs -f` ended with exit 0 (seen in CI)."""
+    from perl_cli import logtail
+    from perl_cli import experiments_view as views
+
+    d, _ = running
+    real_fdopen = os.fdopen
+
+    def interrupted_fdopen(fd, *args, **kwargs):
+        real_fdopen(fd, *args, **kwargs).close()  # what io.open does when interrupted after taking fd
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(logtail.os, "fdopen", interrupted_fdopen)
+    with pytest.raises(KeyboardInterrupt):
+        views.read_records(d)
