@@ -137,8 +137,8 @@ def test_ctrl_c_inside_opening_a_file_stays_a_ctrl_c(running, monkeypatch) -> No
     closes the descriptor itself before re-raising; closing it a second time turned the
     KeyboardInterrupt into OSError(EBADF), the read model called the experiment
     "unreadable" and `perl logs -f` ended with exit 0 (seen in CI)."""
-    from perl_cli import logtail
     from perl_cli import experiments_view as views
+    from perl_cli import logtail
 
     d, _ = running
     real_fdopen = os.fdopen
