@@ -105,6 +105,14 @@ BUILTIN_MODELS: dict[str, TinyRecipe] = {
 }
 
 
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity: a Slurm or taskset allocation), else os.cpu_count()."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return os.cpu_count()
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("PERL_CACHE_DIR") or Path.home() / ".cache" / "perl").expanduser()
 
@@ -269,9 +277,10 @@ def builtin_model_path(name: str, progress: Progress | None = None) -> Path:
             import torch
 
             # Seeded inside; forking keeps the caller's RNG stream untouched. The build
-            # uses every core: parallel workers are waiting on this lock, not computing.
+            # uses every core it may (a Slurm task: its allocation, not the node's):
+            # parallel workers are waiting on this lock, not computing.
             threads = torch.get_num_threads()
-            torch.set_num_threads(os.cpu_count() or threads)
+            torch.set_num_threads(usable_cpus() or threads)
             try:
                 with torch.random.fork_rng(devices=[]):
                     _build(recipe, tmp, progress)

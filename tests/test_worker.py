@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,18 @@ def test_the_warm_start_reports_its_progress(tmp_path: Path) -> None:
     heard = []
     models._build(recipe, tmp_path, lambda name, done, total: heard.append((name, done, total)))
     assert heard == [("warm start", i, 4) for i in range(1, 5)]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2 or shutil.which("taskset") is None,
+                    reason="needs two CPUs and taskset to pin a process to one")
+def test_a_model_build_uses_the_cpus_it_is_given_not_the_node() -> None:
+    """A Slurm task (or `taskset`) given one CPU builds single-threaded, not with the node's count."""
+    code = "from perl_cli.models import usable_cpus; print(usable_cpus())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    pinned = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert pinned.stdout.strip() == "1", pinned.stderr
+    assert free.stdout.strip() == str(len(os.sched_getaffinity(0)))
 
 
 def _spawn_worker(exp: Path) -> subprocess.Popen:
