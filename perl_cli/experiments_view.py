@@ -336,7 +336,15 @@ class ExperimentView:
             "heartbeat_age_s": self.heartbeat_age_s,
             "phase": self.phase,
             "wandb_url": self.wandb_url,
+            "slurm_job_id": self.slurm_job_id,
         }
+
+    @property
+    def slurm_job_id(self) -> str | None:
+        """"<array>_<task>" of the Slurm task that runs (or ran) it; None for a local run."""
+        slurm = self.status.get("slurm") if isinstance(self.status, dict) else None
+        job = slurm.get("job_id") if isinstance(slurm, dict) else None
+        return job if isinstance(job, str) else None
 
     @property
     def phase_text(self) -> str | None:

@@ -15,10 +15,11 @@ JSON object of `perl status SUITE --json` (contract; fields are only ever added)
      "experiments": [{"name", "state", "stalled", "step", "total_steps", "reward",
                       "started", "ended", "duration_s", "eta_s", "gpu", "size_bytes",
                       "method", "error", "problem", "overrides",
-                      "pid", "heartbeat_age_s", "phase", "wandb_url"}]}
+                      "pid", "heartbeat_age_s", "phase", "wandb_url", "slurm_job_id"}]}
 
 `phase` is {"name", "done", "total"} while a running worker prepares (model build, warm
 start) before its first step, else null; `wandb_url` is the run's W&B page when known.
+`slurm_job_id` is "<array>_<task>" for an experiment submitted with `--backend slurm`.
 `problem` says which file of an `unreadable` experiment is wrong and how; `overrides`
 lists the `--set` arguments it ran with. Times are unix epoch seconds; durations seconds;
 a value not known is null. `perl status --json` without a suite prints {"output_dir",
@@ -222,7 +223,7 @@ def _table(shown: list[ExperimentView], columns: list[str]):
             "reward": "-" if e.reward is None else f"{e.reward:.3f}",
             "time": _time_text(e),
             "ETA": human_seconds(e.eta_s) if e.eta_s is not None else "-",
-            "GPU": _gpu_text(e.gpu),
+            "GPU": _gpu_text(e.gpu) + (f" (slurm {e.slurm_job_id})" if e.slurm_job_id else ""),
             "size": human_bytes(e.size_bytes) if e.size_bytes else "-",
         }
         table.add_row(*(cells[c] for c in columns))

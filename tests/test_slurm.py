@@ -177,6 +177,11 @@ def test_status_shows_queued_tasks_while_the_node_is_busy_and_perl_cancel_cancel
     assert shown["counts"]["running"] == 1 and shown["counts"]["queued"] == 3, shown["counts"]
     queued = [e["name"] for e in shown["experiments"] if e["state"] == "queued"]
     assert len(queued) == 3
+    # Each experiment's Slurm task is named in --json and in the table.
+    jobs = {e["name"]: e["slurm_job_id"] for e in shown["experiments"]}
+    assert all(jobs[name] == task_of(tmp_path, name) for name in jobs), jobs
+    table = perl_cmd(tmp_path, "status", SUITE, "--verbose", env={**env, "COLUMNS": "200"}).stdout
+    assert f"(slurm {jobs[queued[0]]})" in table, table
     # A queued task cancelled behind PeRL's back: its file still says queued, status asks Slurm.
     subprocess.run(["scancel", task_of(tmp_path, queued[0])], check=True, timeout=30)
     wait_until(lambda: task_of(tmp_path, queued[0]) not in squeue_ids(), what="the task gone from the queue")

@@ -95,6 +95,21 @@ def test_json_schema(mixed) -> None:
     assert pending["step"] is None and pending["total_steps"] == 100 and pending["size_bytes"] == 0
 
 
+def test_a_slurm_experiment_names_its_task(tmp_path: Path) -> None:
+    """An experiment run by `--backend slurm` shows its "<array>_<task>" id in --json and the table."""
+    cfg_path = write_config(tmp_path)
+    exp = configlib.expand(configlib.load(cfg_path), "core")[0]
+    out = tmp_path / "out"
+    write_experiment(out / "core", exp, state=st.COMPLETED, step=100,
+                     status_extra={"slurm": {"job_id": "812_3", "array_job_id": "812", "node": "gpu-07"}})
+    common = ("--config", str(cfg_path), "--output", str(out))
+    code, text = run_cli("status", "core", "--json", *common)
+    jobs = {e["name"]: e["slurm_job_id"] for e in json.loads(text)["experiments"]}
+    assert jobs[exp.name] == "812_3" and {v for k, v in jobs.items() if k != exp.name} == {None}
+    code, text = run_cli("status", "core", "--verbose", *common)
+    assert code == 0 and "(slurm 812_3)" in text
+
+
 def test_table_shows_attention_first_and_summarises_the_rest(mixed) -> None:
     cfg_path, out, _ = mixed
     code, text = run_cli("status", "core", "--config", str(cfg_path), "--output", str(out))
