@@ -540,21 +540,44 @@ def curve(runs: list[Row], key: str) -> tuple[list[float], list[float], list[flo
     return _by_step((s, x[s]) for x in series for s in common)
 
 
+# Training curves are noisy (each logged value averages a few prompts): past this many logged
+# points a curve is drawn faintly as logged, and boldly as a trailing running mean of them.
+SMOOTH_WINDOW = 5
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Each value replaced by the mean of it and up to `window - 1` values before it."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def _plot_curves(ax, rows: list[Row], key: str, ylabel: str) -> bool:
-    drawn = False
+    drawn = smoothed = False
     for g in groups(rows):
         steps, mean, std = curve(g.runs, key)
         if not steps:
             continue
         n = len(g.runs)
-        (line,) = ax.plot(steps, mean, label=f"{g.label} ({n} run{'s' if n != 1 else ''})", linewidth=1.5)
+        label = f"{g.label} ({n} run{'s' if n != 1 else ''})"
+        if len(steps) >= 2 * SMOOTH_WINDOW:
+            (line,) = ax.plot(steps, mean, label=label, linewidth=0.8, alpha=0.45)
+            ax.plot(steps, running_mean(mean, SMOOTH_WINDOW), color=line.get_color(), linewidth=2)
+            smoothed = True
+        else:
+            (line,) = ax.plot(steps, mean, label=label, linewidth=1.5)
         ax.fill_between(steps, [m - d for m, d in zip(mean, std, strict=True)], [m + d for m, d in zip(mean, std, strict=True)],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
+                        color=line.get_color(), alpha=0.15, linewidth=0)
         drawn = True
     if drawn:
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8, title="each point averages", title_fontsize=8)
+        title = "each point averages" + (f"\n(bold: running mean of {SMOOTH_WINDOW} points)" if smoothed else "")
+        ax.legend(fontsize=8, title=title, title_fontsize=8)
         ax.grid(alpha=0.3)
     return drawn
 

@@ -35,7 +35,7 @@ def test_demo_lora_improves_sampled_accuracy(tmp_path: Path, exp: configlib.Expe
     assert run_experiment(exp_dir) == 0, (exp_dir / "status.json").read_text()
     results = json.loads((exp_dir / "eval.json").read_text())
     base, trained = results["base_accuracy_sampled"], results["accuracy_sampled"]
-    assert base >= 0.2, "the warm start should solve a fair share already"
+    assert base >= 0.15, "the warm start should solve a fair share already (about 21%)"
     gain = trained - base
     assert gain >= 0.05, f"sampled held-out accuracy moved by {100 * gain:+.1f} points only: {results}"
     # ... by more than its standard error (an upper bound: both evaluations use the same problems).

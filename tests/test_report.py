@@ -347,3 +347,16 @@ def test_accuracies_carry_standard_errors(tmp_path: Path) -> None:
     # lora, two seeds: sd / sqrt(2) of (0.40, 0.46) = 0.030.
     assert "| 2 | lora | 2/2 | 0.430 ± 0.030 | 0.300 ± 0.000 | +0.130 ± 0.030 |" in table
     assert "over the held-out problems" in table and "over seeds" in table
+
+
+def test_running_mean_of_a_training_curve() -> None:
+    """The bold line of a noisy training curve: a trailing mean of up to SMOOTH_WINDOW logged values."""
+    from perl_cli.report import running_mean
+
+    assert running_mean([], 3) == []
+    assert running_mean([1.0, 3.0, 5.0, 7.0], 1) == [1.0, 3.0, 5.0, 7.0]
+    assert running_mean([1.0, 3.0, 5.0, 7.0, 9.0], 3) == pytest.approx([1.0, 2.0, 3.0, 5.0, 7.0])
+    # Alternating noise around a rising trend comes out as the trend.
+    noisy = [0.3 + 0.01 * i + (0.05 if i % 2 else -0.05) for i in range(20)]
+    smooth = running_mean(noisy, 2)[1:]
+    assert all(b > a for a, b in zip(smooth, smooth[1:], strict=False))
