@@ -5,8 +5,11 @@ by exactly one process at a time, through a temporary file in the same directory
 is fsynced and renamed over the target, so a reader never sees half a file and a kill
 never corrupts what was already written.
 
-`status.json` has one writer at a time: the scheduler writes it before it launches a
-worker and after it has reaped one; the worker writes it while it is alive.
+`status.json` has one owner at a time: the scheduler writes it before it launches a
+worker and after it has reaped one; the worker writes it while it is alive. Its
+read-modify-writes (`update_status`) also hold an advisory lock (`.status.lock`), because
+a few writes do meet: a Slurm task starting while `perl run` records its job id, a
+worker's heartbeat thread beside its main thread.
 All times are unix epoch seconds (floats).
 
 Readers parse these files with `load_json` (which names what is wrong), `read_json` and
@@ -17,6 +20,8 @@ types, and what a malformed file means (`unreadable`), is the read model's busin
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -45,6 +50,7 @@ WRITTEN_STATES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, INTERRUPTED)
 # File names inside an experiment directory (contract).
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
+STATUS_LOCK_FILE = ".status.lock"  # held by update_status (an empty file)
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 LOG_FILE = "train.log"
@@ -247,13 +253,13 @@ def write_status_best_effort(exp_dir: Path | str, **fields: Any) -> dict:
     has). If even that fails, the fields are returned unwritten: readers then see a
     `running` experiment whose process is gone and flag it.
     """
-    status = read_status(exp_dir) or {}
-    status.update(fields)
     try:
-        return write_status(exp_dir, status)
+        return update_status(exp_dir, **fields)
     except OSError as exc:
         if not outcomes.is_disk_full(exc):
             raise
+    status = read_status(exp_dir) or {}
+    status.update(fields)
     text = json.dumps(status, indent=2, sort_keys=True) + "\n"
     try:
         with open(Path(exp_dir) / STATUS_FILE, "r+", encoding="utf-8") as f:
@@ -264,11 +270,31 @@ def write_status_best_effort(exp_dir: Path | str, **fields: Any) -> dict:
     return status
 
 
+@contextlib.contextmanager
+def _status_lock(exp_dir: Path | str):
+    """Hold `.status.lock` of `exp_dir` (flock: released when the descriptor closes, even on
+    a kill). Best effort: where the lock file cannot be made (a full disk), go on without it."""
+    path = Path(exp_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / STATUS_LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def update_status(exp_dir: Path | str, **fields: Any) -> dict:
-    """Read-modify-write of status.json by its current (single) writer."""
-    status = read_status(exp_dir) or {}
-    status.update(fields)
-    return write_status(exp_dir, status)
+    """Read-modify-write of status.json, under its lock: no other process's or thread's
+    fields are lost in between."""
+    with _status_lock(exp_dir):
+        status = read_status(exp_dir) or {}
+        status.update(fields)
+        return write_status(exp_dir, status)
 
 
 def is_stalled(status: dict, *, stall_after_s: float = 600.0, at: float | None = None) -> bool:

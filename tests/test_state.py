@@ -48,3 +48,29 @@ def test_running_without_a_worker_pid_is_stalled_once_its_scheduler_is_gone() ->
               "scheduler_pid": int(dead.stdout)}
     assert state.is_stalled(status)
     assert not state.is_stalled({**status, "scheduler_pid": os.getpid()})
+
+
+_WRITER = """
+import sys
+from perl_cli import state
+exp, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    state.update_status(exp, **{f"{tag}{i}": i})
+"""
+
+
+def test_concurrent_status_updates_lose_no_field(tmp_path: Path) -> None:
+    """Two processes updating one status.json at once (a Slurm task starting while `perl run`
+    records its job id): each read-modify-write holds the lock, so no field is lost."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    n = 60
+    writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), tag, str(n)], env=env)
+               for tag in ("a", "b")]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    status = state.read_status(tmp_path)
+    missing = [f"{tag}{i}" for tag in "ab" for i in range(n) if f"{tag}{i}" not in status]
+    assert not missing, f"{len(missing)} updates lost: {missing[:5]}"
