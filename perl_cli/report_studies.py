@@ -286,19 +286,22 @@ def _spread(values: list[float], spec: str) -> str:
 
 
 def plot_ica(ax: Any, rows: list) -> bool:
-    from perl_cli.report import _by_step, _number
+    """Reward curves of A and B over the runs of the A/B table (completed pairs), at the steps
+    every one of them logged, like the report's other curves (report.curve)."""
+    from perl_cli.report import curve
 
     drawn = False
     groups: dict[str, list] = {}
-    for r in rows:
-        if r.metrics and r.view.state != "stale":
-            groups.setdefault(ica_mode(r), []).append(r)
+    for a, b in ica_pairs(rows):
+        groups.setdefault("off", []).append(a)
+        groups.setdefault(ica_mode(b), []).append(b)
     for mode in sorted(groups, key=lambda m: (m != "off", m)):
         members = groups[mode]
-        steps, mean, std = _by_step((_number(m.get("step")), _number(m.get("reward"))) for r in members for m in r.metrics)
+        steps, mean, std = curve(members, "reward")
         if not steps:
             continue
-        label = ("A: mask off" if mode == "off" else f"B: mask {mode}") + f" ({len(members)} runs)"
+        n = len(members)
+        label = ("A: mask off" if mode == "off" else f"B: mask {mode}") + f" ({n} run{'s' if n != 1 else ''})"
         (line,) = ax.plot(steps, mean, label=label, linewidth=1.5)
         ax.fill_between(steps, [m - d for m, d in zip(mean, std, strict=True)],
                         [m + d for m, d in zip(mean, std, strict=True)], color=line.get_color(), alpha=0.2, linewidth=0)
@@ -306,7 +309,7 @@ def plot_ica(ax: Any, rows: list) -> bool:
     if drawn:
         ax.set_xlabel("step")
         ax.set_ylabel("reward")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title="each point averages", title_fontsize=8)
         ax.grid(alpha=0.3)
     return drawn
 

@@ -117,3 +117,28 @@ def test_other_suites_get_no_study_sections(tmp_path: Path) -> None:
     md = _report("demo", out)
     assert "## Placement" not in md and "## ICA" not in md
     assert not (out / "demo" / report_studies.PLACEMENT_PLOT).exists()
+
+
+def test_ica_curves_average_the_pairs_the_table_compares(tmp_path: Path, monkeypatch) -> None:
+    """A B run that failed at step 30 (with a high reward) is in neither the A/B table nor
+    the curves; each curve names the runs it averages, and its mean does not jump where a
+    run's log ends."""
+    from test_report import _record_plots
+
+    out = tmp_path / "output"
+    exps = {e.name: e for e in configlib.expand(configlib.load(configlib.PACKAGED_CONFIG), "ica-demo")}
+    for name, level in (("lora_ica-off_s42", 0.2), ("lora_ica-off_s123", 0.4), ("lora_ica-key_s42", 0.3)):
+        d = write_experiment(out / "ica-demo", exps[name])
+        (d / st.METRICS_FILE).unlink()
+        for step in range(10, 101, 10):
+            st.append_jsonl(d / st.METRICS_FILE, {"step": step, "reward": level + step / 1000})
+    failed = write_experiment(out / "ica-demo", exps["lora_ica-key_s123"], state=st.FAILED, step=30)
+    (failed / st.METRICS_FILE).unlink()
+    for step in (10, 20, 30):
+        st.append_jsonl(failed / st.METRICS_FILE, {"step": step, "reward": 0.9})
+    seen = _record_plots(monkeypatch)
+    md = _report("ica-demo", out)
+    assert "| 42 |" in md and "| 123 |" not in md  # one completed pair
+    lines = dict(seen["lines"])
+    assert lines["A: mask off (1 run)"] == [0.2 + s / 1000 for s in range(10, 101, 10)]  # s42's A only
+    assert lines["B: mask key (1 run)"] == [0.3 + s / 1000 for s in range(10, 101, 10)]
