@@ -137,15 +137,17 @@ def test_scancel_of_a_running_task_then_perl_run_resumes_from_its_checkpoint(tmp
 def test_time_limit_requeues_from_the_checkpoint_and_a_spent_budget_fails_with_cause_time_limit(
     tmp_path: Path, cluster,
 ) -> None:
-    # Attempt 1 is slow (2 s a step): it outlives --time 1 (one minute); attempt 2 is fast.
+    # Attempt 1 is slow (2 s a step): it outlives --time 2 (two minutes); attempt 2 is fast.
+    # Not --time 1: Slurm may send the warning up to 60 s early (sbatch --signal), i.e. with a
+    # 30 s warning at the very start of a one-minute attempt, the fast one included (seen in CI).
     write_config(tmp_path, steps=60, save_steps=2, methods=("lora", "dora"), seeds=(1,))
     plan = {"lora_s1": {"first_attempt_step_seconds": 2}, "dora_s1": {"first_attempt_step_seconds": 2}}
     env = env_for(tmp_path, gpus="[]", step_s=0.02, PERL_FAKE_PLAN=json.dumps(plan))
     # Submitted separately, so that they run side by side: one requeue allowed, then none.
-    assert perl(tmp_path, "--backend", "slurm", "--time", "1", "--retries", "1", "--only", "lora_s1",
+    assert perl(tmp_path, "--backend", "slurm", "--time", "2", "--retries", "1", "--only", "lora_s1",
                 env=env).returncode == 0
     t0 = time.monotonic()
-    result = perl(tmp_path, "--backend", "slurm", "--time", "1", "--retries", "0", "--only", "dora_s1", "--wait",
+    result = perl(tmp_path, "--backend", "slurm", "--time", "2", "--retries", "0", "--only", "dora_s1", "--wait",
                   env=env, timeout=240)
     assert result.returncode == 1, result.stdout + result.stderr
     spent = statuses(tmp_path)["dora_s1"]
@@ -160,6 +162,18 @@ def test_time_limit_requeues_from_the_checkpoint_and_a_spent_budget_fails_with_c
     assert [r["cause"] for r in final["requeues"]] == ["time_limit"]
     assert final["attempt"] == 2 and final["resumed_from"] == final["requeues"][0]["step"]
     assert "requeued" in (exp / state.LOG_FILE).read_text()
+
+
+def test_a_time_limit_too_short_for_the_warning_is_pointed_out() -> None:
+    """Slurm may warn up to 60 s before `limit - delay`: a limit that short can warn at once."""
+    from perl_cli.scheduler.slurm import SIGNAL_EARLY_S, early_warning_note, signal_delay_s
+
+    assert SIGNAL_EARLY_S == 60
+    note = early_warning_note(60)
+    assert note and "as soon as a task starts" in note and "--time 00:02:30" in note
+    assert early_warning_note(120) is None and early_warning_note(4 * 3600) is None
+    for limit in (120, 600, 3600, 8 * 3600):  # every limit without a note leaves the task time to run
+        assert limit - signal_delay_s(limit) - SIGNAL_EARLY_S > 0
 
 
 @slurm

@@ -97,6 +97,21 @@ def signal_delay_s(time_limit_s: int) -> int:
     return int(min(120, max(30, time_limit_s // 10)))
 
 
+# sbatch(1), --signal: "the signal may be sent up to 60 seconds earlier than specified".
+SIGNAL_EARLY_S = 60
+
+
+def early_warning_note(time_limit_s: int) -> str | None:
+    """What to tell a user whose time limit is so short that the checkpoint warning may come at once."""
+    earliest = time_limit_s - signal_delay_s(time_limit_s) - SIGNAL_EARLY_S
+    if earliest > 0:
+        return None
+    return (f"note: with a time limit of {slurm_cli.format_time(time_limit_s)}, Slurm may send the checkpoint "
+            f"warning as soon as a task starts (it warns {signal_delay_s(time_limit_s)} s before the limit, "
+            f"and up to {SIGNAL_EARLY_S} s earlier than that): each attempt may be stopped and requeued at "
+            f"once. Give --time {slurm_cli.format_time(signal_delay_s(time_limit_s) + SIGNAL_EARLY_S + 60)} or more.")
+
+
 class SlurmBackend:
     """Submits a planned suite to Slurm and, with --wait, follows it to the end."""
 
@@ -213,6 +228,8 @@ class SlurmBackend:
             where = f" on partition {self.sopts.partition}" if self.sopts.partition else ""
             r.info(f"submitted {len(ids)} experiment(s) as Slurm job array {array} (tasks 0-{len(ids) - 1}){where}, "
                    f"time limit {slurm_cli.format_time(time_limit_s)}, {self.sopts.gpus_per_job} GPU(s) each.")
+            if note := early_warning_note(time_limit_s):
+                r.info(note)
         if watched:
             r.info(f"{len(watched)} already queued or running in Slurm: "
                    + ", ".join(f"{job.name} ({tid})" for job, tid in watched) + ".")
