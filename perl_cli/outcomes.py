@@ -41,12 +41,9 @@ CAUSE_TIME_LIMIT = "time_limit"  # Slurm: the task hit its time limit with no re
 CAUSE_PREEMPTED = "preempted"  # Slurm: the task was preempted with no requeue left
 
 # Text that means the GPU ran out of memory (the worker's traceback or status error).
-CUDA_OOM_PATTERNS = (
-    r"CUDA out of memory", r"OutOfMemoryError", r"CUDA error: out of memory",
-    r"CUBLAS_STATUS_ALLOC_FAILED", r"HIP out of memory",
-)
 CUDA_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory",
                     "CUBLAS_STATUS_ALLOC_FAILED", "HIP out of memory")
+CUDA_OOM_PATTERNS = tuple(map(re.escape, CUDA_OOM_MARKERS))
 # Text that means the disk or the quota is full.
 DISK_FULL_MARKERS = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "[Errno 122]",
                      "PytorchStreamWriter failed writing file")

@@ -68,3 +68,27 @@ def test_nothing_to_cancel_and_unknown_names(tmp_path: Path) -> None:
     assert result.returncode == 0 and "nothing queued or running to cancel" in result.stdout
     result = cancel(tmp_path, "--only", "nosuch", env=env)
     assert result.returncode == 2 and "--only nosuch: no such experiment" in result.stderr
+
+
+def test_a_fifo_or_garbage_as_a_request_file_never_freezes_the_run_loop(tmp_path: Path) -> None:
+    """The run loop reads <suite>/.cancel and <suite>/.add every tick: a FIFO there (or any
+    non-file) must read as "no request" at once, not block the scheduler forever."""
+    import os
+    import threading
+
+    from perl_cli.scheduler import cancel, handoff
+
+    for name in (cancel.CANCEL_FILE, handoff.ADD_FILE):
+        os.mkfifo(tmp_path / name)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(
+        [cancel.read_cancel_request(tmp_path / cancel.CANCEL_FILE), handoff.read_add_request(tmp_path, SUITE)]))
+    reader.daemon = True  # a blocked read must not hang the test session
+    reader.start()
+    reader.join(timeout=5)
+    assert not reader.is_alive(), "reading a FIFO request file blocked"
+    assert got == [[], []]
+    (tmp_path / cancel.CANCEL_FILE).unlink()
+    (tmp_path / cancel.CANCEL_FILE).write_text('["a", 5, "b"]')
+    assert cancel.read_cancel_request(tmp_path / cancel.CANCEL_FILE) == ["a", "b"]
+    assert not (tmp_path / cancel.CANCEL_FILE).exists()  # read once, then removed

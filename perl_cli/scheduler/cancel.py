@@ -14,7 +14,6 @@ Everything cancelled resumes from its checkpoint on the next `perl run`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
@@ -35,9 +34,8 @@ def request_local_cancel(suite_dir: Path, names: list[str]) -> None:
 
 
 def read_cancel_request(path: Path, *, remove: bool = True) -> list[str]:
-    try:
-        names = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    names = state.read_json(path)  # a regular file of bounded size: a FIFO never freezes the run loop
+    if names is None:
         return []
     if remove:
         with contextlib.suppress(OSError):

@@ -15,7 +15,6 @@ configure the scheduler itself (GPUs, slots, retries, timeouts).
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -99,8 +98,6 @@ def read_add_request(suite_dir: Path, suite: str) -> list[Experiment]:
 
 
 def _read(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return []
+    # state.read_json: a regular file of bounded size (a FIFO here must not freeze perl run).
+    data = state.read_json(path)
     return data if isinstance(data, list) else []
