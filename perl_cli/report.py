@@ -182,8 +182,8 @@ class Stat:
 
     @property
     def se(self) -> float | None:
-        if len(self.values) > 1:
-            return statistics.stdev(self.values) / math.sqrt(len(self.values))
+        if self.std is not None:
+            return self.std / math.sqrt(len(self.values))
         return self.single_se if self.values else None
 
     def text(self, fmt: str = ".3f", *, sign: bool = False) -> str:

@@ -7,7 +7,7 @@
   held-out accuracy (sampled pass@1) with fewer trainable parameters. Plot: % of the
   baseline's accuracy (and reward) vs % of its parameters.
 * ICA (`ica.mode` varies, pairs of experiments identical but for it): per seed, A (mask
-  off) and B (mask on) side by side, and B - A as mean ± std over seeds for held-out
+  off) and B (mask on) side by side, and B - A as mean ± sd over seeds for held-out
   accuracy, final reward and time (training + mask computation). Plot: reward curves of
   A and B, mean over seeds with a ±std band.
 
@@ -68,10 +68,6 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.fmean(known) if known else None
 
 
-def _std(values: list[float]) -> float | None:
-    return statistics.stdev(values) if len(values) > 1 else None
-
-
 def _num(value: Any) -> float | None:
     from perl_cli.report import _number
 
@@ -111,16 +107,20 @@ def placement_results(rows: list) -> list[dict[str, Any]]:
 
 
 def _variant(key: tuple[str, str], members: list) -> dict[str, Any]:
+    from perl_cli.report import Stat
+
     done = [r for r in members if r.done]
     ev = [r.eval for r in done]
-    accuracies = [r.accuracy for r in done if r.accuracy is not None]
+    measured = [r for r in done if r.accuracy is not None]
+    # ± as everywhere in SUMMARY.md: a standard error (over seeds; one run's over problems).
+    accuracy = Stat([r.accuracy for r in measured], measured[0].accuracy_se if len(measured) == 1 else None)
     return {
         "targets": key[0],
         "layers": key[1],
         "runs": len(members),
         "done": len(done),
-        "accuracy": _mean(accuracies),
-        "accuracy_std": _std(accuracies),
+        "accuracy": accuracy.mean,
+        "accuracy_text": accuracy.text(),
         "reward": _mean([r.final_reward for r in done]),
         "params": _mean([_num(e.get("trainable_params")) for e in ev]),
         "memory_mb": _mean([_num(e.get("peak_memory_mb")) for e in ev]),
@@ -162,7 +162,7 @@ def placement_markdown(rows: list) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for res in results:
-        acc = _fmt(res["accuracy"], ".3f") + (f" ± {res['accuracy_std']:.3f}" if res["accuracy_std"] is not None else "")
+        acc = res["accuracy_text"]
         out.append("| " + " | ".join([
             f"{res['targets']} / {res['layers']}",
             f"{res['done']}/{res['runs']}",
@@ -260,7 +260,7 @@ def ica_markdown(rows: list) -> list[str]:
         ]) + " |")
     out += [
         "",
-        f"B - A over {len(pairs)} pair(s), mean ± std over seeds: "
+        f"B - A over {len(pairs)} pair(s), mean ± sd over seeds (the spread of the differences, not a standard error): "
         f"held-out accuracy {_spread(diffs['accuracy'], '.3f')}, "
         f"final reward {_spread(diffs['reward'], '.3f')}, "
         f"time {_spread(diffs['seconds'], '.1f')} s.",
@@ -281,7 +281,7 @@ def _spread(values: list[float], spec: str) -> str:
     if not values:
         return "-"
     mean = statistics.fmean(values)
-    std = _std(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
     return f"{mean:+{spec}}" + (f" ± {std:{spec}}" if std is not None else " (one pair: no spread)")
 
 

@@ -142,3 +142,18 @@ def test_ica_curves_average_the_pairs_the_table_compares(tmp_path: Path, monkeyp
     lines = dict(seen["lines"])
     assert lines["A: mask off (1 run)"] == [0.2 + s / 1000 for s in range(10, 101, 10)]  # s42's A only
     assert lines["B: mask key (1 run)"] == [0.3 + s / 1000 for s in range(10, 101, 10)]
+
+
+def test_placement_accuracy_plus_minus_is_a_standard_error_like_the_rest_of_the_report() -> None:
+    """SUMMARY.md says '± is a standard error': the placement table's ± is one too (over seeds;
+    for a single run, over problems), not the seeds' standard deviation."""
+    from types import SimpleNamespace
+
+    def run(acc: float, se: float) -> SimpleNamespace:
+        return SimpleNamespace(done=True, eval={}, accuracy=acc, accuracy_se=se, final_reward=None)
+
+    three = report_studies._variant(("all-linear", "all"), [run(0.4, 0.02), run(0.5, 0.02), run(0.6, 0.02)])
+    se = statistics.stdev([0.4, 0.5, 0.6]) / 3 ** 0.5
+    assert three["accuracy_text"] == f"0.500 ± {se:.3f}" and f"{se:.3f}" != "0.100"  # not the sd (0.100)
+    one = report_studies._variant(("all-linear", "all"), [run(0.4, 0.021)])
+    assert one["accuracy_text"] == "0.400 ± 0.021"
