@@ -231,6 +231,19 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+# --- the scheduler's lines in train.log ---------------------------------------------------
+
+# What the local scheduler and a Slurm task write before each attempt: readers find the
+# last attempt's output by it (perl_cli/scheduler/local.py, diagnose).
+LOG_MARK = "[perl run "
+
+
+def append_log_mark(exp_dir: Path | str, text: str) -> None:
+    """One timestamped scheduler line in the experiment's train.log."""
+    with open(Path(exp_dir) / LOG_FILE, "a", encoding="utf-8") as f:
+        f.write(f"\n{LOG_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
+
+
 # --- status.json -----------------------------------------------------------------
 
 

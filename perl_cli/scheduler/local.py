@@ -72,7 +72,6 @@ AGGREGATE_EVERY_S = 10.0  # progress-only refresh; events refresh it within AGGR
 AGGREGATE_EVENT_S = 0.5
 INVENTORY_EVERY_S = 1.0
 LOG_TAIL_BYTES = 65536
-LOG_MARK = "[perl run "
 # A worker whose heartbeat (every 5 s, from a thread) is older than this is frozen
 # (SIGSTOP, a hung collective, a dead NFS mount): killed, recorded `stalled`, retried.
 # 600 s = 120 missed heartbeats, the same threshold at which `perl status` flags it.
@@ -164,13 +163,10 @@ def _old_dir_name(exp_dir: Path) -> Path:
 def _log_tail_since_launch(exp_dir: Path) -> str:
     """The end of train.log from the scheduler's last launch mark on (this attempt only)."""
     text = tail_bytes(exp_dir / state.LOG_FILE, LOG_TAIL_BYTES).decode("utf-8", "replace")
-    mark = text.rfind(LOG_MARK)
+    mark = text.rfind(state.LOG_MARK)
     return text[mark:] if mark >= 0 else text
 
 
-def _append_log(exp_dir: Path, text: str) -> None:
-    with open(exp_dir / state.LOG_FILE, "a", encoding="utf-8") as f:
-        f.write(f"\n{LOG_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
 
 
 # --- the scheduler ------------------------------------------------------------------
@@ -716,7 +712,7 @@ class LocalRunner:
         cmd = self._command(job)
         env = {**self.environ, **self._env_overrides(gpu)}
         how = {"resume": "resuming from its last checkpoint", "adopt": ""}.get(job.action, "from the start")
-        _append_log(job.dir, f"attempt {job.attempt} on {job.gpu_label} ({how}): {shlex.join(cmd)}")
+        state.append_log_mark(job.dir, f"attempt {job.attempt} on {job.gpu_label} ({how}): {shlex.join(cmd)}")
         with open(job.dir / state.LOG_FILE, "ab") as log:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -776,7 +772,7 @@ class LocalRunner:
                 job.handle.kill()  # SIGTERM stays pending in a stopped process
                 message = (f"{job.name}: no heartbeat for {human_seconds(now - beat)} "
                            f"(stall timeout {human_seconds(self.opts.stall_timeout)}): killed")
-                _append_log(job.dir, message)
+                state.append_log_mark(job.dir, message)
                 assert self.reporter is not None
                 self.reporter.info(message)
 
@@ -862,7 +858,7 @@ class LocalRunner:
         state.update_status(job.dir, retries=[*status.get("retries", []), record])
         how = f"with {change} (same effective batch)" if runtime and cause == outcomes.CUDA_OOM_RETRY else "from its last checkpoint"
         message = f"{cause} on attempt {job.attempt} ({detail.split(':', 1)[0]}); retrying {how}"
-        _append_log(job.dir, f"{job.name}: {message}")
+        state.append_log_mark(job.dir, f"{job.name}: {message}")
         assert self.reporter is not None
         self.reporter.retrying(job.name, message)
         self.queue.appendleft(job)

@@ -83,7 +83,7 @@ class SlurmTask:
             "OMP_NUM_THREADS": os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("OMP_NUM_THREADS") or "1",
         }
         how = "resuming from its last checkpoint" if state.last_checkpoint(exp_dir) else "from the start"
-        _append_log(exp_dir, f"attempt {attempt} on Slurm job {slurm_ids()['job_id']}, node {state.hostname()}, "
+        state.append_log_mark(exp_dir, f"attempt {attempt} on Slurm job {slurm_ids()['job_id']}, node {state.hostname()}, "
                              f"gpu {visible or 'none'} ({how}): {shlex.join([*self.worker_cmd, str(exp_dir)])}")
         with open(exp_dir / state.LOG_FILE, "ab") as log:
             self._proc = subprocess.Popen(
@@ -124,13 +124,13 @@ class SlurmTask:
                 error=f"requeued after {what} (checkpoint at step {status.get('step')})",
                 requeues=[*status.get("requeues", []), record],
             )
-            _append_log(Path(self.exp_dir), f"{what}: stopped at step {status.get('step')}; requeued "
+            state.append_log_mark(Path(self.exp_dir), f"{what}: stopped at step {status.get('step')}; requeued "
                                             f"({self.requeues_left - 1} requeue(s) left)")
             return DelayedSubmission(self._next())
         self._record(outcomes.Ending(rc, pid=self._proc.pid if self._proc else None, stop_sent=True),
                      state=outcomes.FAILED, cause=cause,
                      error=f"stopped by {what} after {len(status.get('requeues', []))} requeue(s); none left")
-        _append_log(Path(self.exp_dir), f"{what}: stopped at step {status.get('step')}; no requeue left")
+        state.append_log_mark(Path(self.exp_dir), f"{what}: stopped at step {status.get('step')}; no requeue left")
         return None
 
     def _next(self) -> SlurmTask:
@@ -171,9 +171,4 @@ class SlurmTask:
 def _ignore_usr2() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # an ignored signal stays ignored across exec
 
-
-def _append_log(exp_dir: Path, text: str) -> None:
-    with open(exp_dir / state.LOG_FILE, "a", encoding="utf-8") as f:
-        # The local scheduler's launch mark: readers find the last attempt by it.
-        f.write(f"\n[perl run {time.strftime('%Y-%m-%d %H:%M:%S')}] {text}\n")
 
