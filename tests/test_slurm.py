@@ -293,3 +293,33 @@ def test_dry_run_describes_the_array_and_asks_nothing_of_slurm(tmp_path: Path) -
     assert "sbatch: time=2:00:00, gres=gpu:2, qos=high" in result.stdout
     assert "dry run: 2 to submit as one job array" in result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_refreshing_readers_ask_slurm_at_most_every_read_reuse_s(monkeypatch) -> None:
+    """`perl watch` refreshes every 2 s: squeue/sacct are asked once per READ_REUSE_S for the
+    same tasks, and an unreachable Slurm (READ_TIMEOUT_S each time) is not retried every frame."""
+    from perl_cli.scheduler import slurm as slurmlib
+
+    clock = [1000.0]
+    asked: list[frozenset] = []
+    answers = {"1_0": "CANCELLED", "1_1": "RUNNING"}
+
+    def task_states(ids, *, timeout):
+        asked.append(frozenset(ids))
+        if answers is None:
+            raise slurmlib.SlurmError("slurm_load_jobs error: Unable to contact slurm controller")
+        return {i: answers[i] for i in ids}
+
+    monkeypatch.setattr(slurmlib.slurm_cli, "task_states", task_states)
+    monkeypatch.setattr(slurmlib.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(slurmlib, "_read_cache", {}, raising=False)
+    statuses = {"a": {"state": "queued", "slurm": {"job_id": "1_0"}},
+                "b": {"state": "running", "slurm": {"job_id": "1_1"}}}
+    for _ in range(5):  # five refreshes, 2 s apart
+        assert slurmlib.seen_by_slurm(statuses) == {"a": state.INTERRUPTED}
+        clock[0] += 2
+    assert len(asked) == 1
+    clock[0] += slurmlib.READ_REUSE_S
+    answers = None  # now unreachable: asked once more, then not again within READ_REUSE_S
+    assert slurmlib.seen_by_slurm(statuses) == {} and slurmlib.seen_by_slurm(statuses) == {}
+    assert len(asked) == 2

@@ -373,6 +373,26 @@ def slurm_tasks_in_flight(suite_dir: Path, names: list[str]) -> dict[str, str]:
 
 
 READ_TIMEOUT_S = 3.0  # readers (perl status, watch) wait at most this long for squeue/sacct
+# A reader that refreshes (watch every 2 s, status --watch) asks Slurm about the same tasks at
+# most this often: the answer (or "unreachable", which costs READ_TIMEOUT_S) is reused.
+READ_REUSE_S = 20.0
+_read_cache: dict[frozenset[str], tuple[float, dict[str, str] | None]] = {}
+
+
+def _task_states_for_readers(tasks: frozenset[str]) -> dict[str, str] | None:
+    """slurm_cli.task_states for readers, reused for READ_REUSE_S; None when Slurm is unreachable."""
+    now = time.monotonic()
+    cached = _read_cache.get(tasks)
+    if cached is not None and now - cached[0] < READ_REUSE_S:
+        return cached[1]
+    try:
+        states = slurm_cli.task_states(tasks, timeout=READ_TIMEOUT_S)
+    except SlurmError:
+        states = None
+    if len(_read_cache) > 64:  # a long `perl watch` sees the set of tasks change: keep it bounded
+        _read_cache.clear()
+    _read_cache[tasks] = (now, states)
+    return states
 
 
 def seen_by_slurm(statuses: dict[str, dict]) -> dict[str, str]:
@@ -388,10 +408,7 @@ def seen_by_slurm(statuses: dict[str, dict]) -> dict[str, str]:
              if s.get("state") in (outcomes.QUEUED, state.RUNNING) and _task_id(s)}
     if not tasks:
         return {}
-    try:
-        states = slurm_cli.task_states(tasks.values(), timeout=READ_TIMEOUT_S)
-    except SlurmError:
-        return {}
+    states = _task_states_for_readers(frozenset(tasks.values()))
     if not states:
         return {}
     shown: dict[str, str] = {}
