@@ -53,7 +53,8 @@ SE_NOTE = (
     "± is a standard error. For one run: over the held-out problems (each problem's share of correct "
     "samples; its samples are not independent draws). For several runs of one configuration: over seeds, "
     "the standard deviation of the runs divided by √n. Gain = trained − base held-out accuracy; for one run "
-    "its ± treats the two evaluations as independent, which overstates it (both use the same problems)."
+    "its ± is paired: from the per-problem differences over the same problems, in which each problem's "
+    "difficulty cancels (an eval.json without per-problem results gets the unpaired upper bound)."
 )
 GRADIENT_FILES = ("gradient_flow.json", "gradient_logs/gradient_flow.json", "gradient_flow_final.json")
 
@@ -112,7 +113,12 @@ class Row:
 
     @property
     def gain_se(self) -> float | None:
-        """Treats the two evaluations as independent: an upper bound, since both use the same problems."""
+        """The paired standard error over the same problems (the worker's ``gain_*_se``, see
+        perl_cli/learning.py); for an eval.json without it, the two evaluations treated as
+        independent: an upper bound, since both use the same problems."""
+        paired = _number(self.eval.get(self.accuracy_key.replace("accuracy_", "gain_") + "_se"))
+        if paired is not None:
+            return paired
         a, b = self.accuracy_se, self.base_se
         return None if a is None or b is None else math.sqrt(a * a + b * b)
 

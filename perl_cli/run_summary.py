@@ -61,12 +61,16 @@ def build(output: Path, suite: str, cfg: configlib.ConfigFile | None, names: lis
                       box=None, header_style="bold", pad_edge=False)
         columns = [c for c in ("experiment", "state", "cause", "time", "accuracy") if c not in dropped]
         for column in columns:
-            table.add_column(column, no_wrap=column == "experiment", justify="right" if column in ("time", "accuracy") else "left")
+            header = "accuracy (change from base)" if column == "accuracy" else column
+            table.add_column(header, no_wrap=column == "experiment", justify="right" if column in ("time", "accuracy") else "left")
         for e in ours:
             row = rows.get(e.name)
             accuracy = "-"
             if row is not None and row.accuracy is not None:
                 accuracy = f"{row.accuracy:.3f}" + (f" ± {row.accuracy_se:.3f}" if row.accuracy_se is not None else "")
+                if row.gain is not None:  # what was learned: the change from the base model, paired
+                    accuracy += f" ({row.gain:+.3f}" + (f" ± {row.gain_se:.3f}" if row.gain_se is not None else "")
+                    accuracy += f" from {row.base_accuracy:.3f})"
             cells = {
                 "experiment": escape(e.name),
                 "state": f"[{STATE_STYLE.get(e.state, 'white')}]{e.state}[/]" + (" (stalled)" if e.stalled else ""),

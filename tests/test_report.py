@@ -360,3 +360,28 @@ def test_running_mean_of_a_training_curve() -> None:
     noisy = [0.3 + 0.01 * i + (0.05 if i % 2 else -0.05) for i in range(20)]
     smooth = running_mean(noisy, 2)[1:]
     assert all(b > a for a, b in zip(smooth, smooth[1:], strict=False))
+
+
+def test_gain_is_paired_in_the_report_and_the_run_summary(tmp_path: Path) -> None:
+    """A run's change from the base model is shown with its *paired* standard error (the
+    worker's gain_sampled_se, from per-problem differences), in SUMMARY.md and in the end
+    summary of `perl run`, beside the base it started from."""
+    from perl_cli import run_summary
+
+    cfg_path = write_config(tmp_path)
+    out = tmp_path / "output"
+    exp = next(e for e in configlib.expand(configlib.load(cfg_path), "core") if e.name == "lora_r16_s42")
+    d = write_experiment(out / "core", exp)
+    ev = json.loads((d / st.EVAL_FILE).read_text())
+    ev.update({"accuracy_sampled": 0.299, "accuracy_sampled_se": 0.017, "base_accuracy_sampled": 0.228,
+               "base_accuracy_sampled_se": 0.016, "gain_sampled": 0.071, "gain_sampled_se": 0.011,
+               "eval_problems": 400})
+    st.atomic_write_json(d / st.EVAL_FILE, ev)
+    code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    table = section((out / "core" / "SUMMARY.md").read_text(), "Results by method")
+    # The unpaired bound would be hypot(0.017, 0.016) = 0.023.
+    assert "| 0.299 ± 0.017 | 0.228 ± 0.016 | +0.071 ± 0.011 |" in table
+    summary = run_summary.build(out, "core", configlib.load(cfg_path), ["lora_r16_s42"], 0, width=160)
+    assert "accuracy (change from base)" in summary.text
+    assert "0.299 ± 0.017 (+0.071 ± 0.011 from 0.228)" in summary.text

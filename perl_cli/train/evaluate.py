@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from perl_cli.data import countdown
+from perl_cli.learning import mean as _mean
+from perl_cli.learning import standard_error
 from perl_cli.rewards import countdown_correct
 
 # Prompts per generate() call; sampled calls multiply this by the samples per problem.
 EVAL_BATCH_PROMPTS = 64
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
-def standard_error(values: Sequence[float]) -> float:
-    """Standard error of the mean of `values` (sample standard deviation / sqrt(n))."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def _generate(
@@ -68,7 +56,9 @@ def evaluate_accuracy(
     seed: int,
 ) -> dict[str, float]:
     """``accuracy_greedy`` and ``accuracy_sampled`` (mean over `num_samples` per problem), each
-    with its standard error over problems (``*_se``).
+    with its standard error over problems (``*_se``), and the per-problem results
+    (``per_problem_greedy``: 0 or 1; ``per_problem_sampled``: the share of samples correct),
+    in the order of `problems`, so that two evaluations can be compared problem by problem.
 
     The samples of one problem are not independent draws (an easy problem is solved by all
     of them), so the error is computed over problems, from each problem's mean, not as a
@@ -104,6 +94,8 @@ def evaluate_accuracy(
         "accuracy_greedy_se": standard_error(greedy_hits),
         "accuracy_sampled": _mean(sampled_rates),
         "accuracy_sampled_se": standard_error(sampled_rates),
+        "per_problem_greedy": greedy_hits,
+        "per_problem_sampled": sampled_rates,
         "eval_problems": len(problems),
         "eval_samples_per_problem": num_samples,
     }

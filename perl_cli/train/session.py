@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback, set_seed
 
-from perl_cli import ica, rewards, state
+from perl_cli import ica, learning, rewards, state
 from perl_cli.config import ConfigError
 from perl_cli.data import countdown
 from perl_cli.methods import Method, build_adapter, get_method
@@ -106,24 +106,21 @@ class TrainingSession:
         self.status.phase("first step")  # generation warms up; step 1 clears the phase
 
     def _warn_if_warm_start_saw_eval(self, model_name: str) -> None:
-        """The tiny model's warm start excludes only the default held-out split."""
+        """The tiny model's warm start excludes a held-out prefix of the default split only."""
         d = self.config["dataset"]
         recipe = BUILTIN_MODELS.get(model_name.removeprefix("builtin:"))
         if not is_builtin(model_name) or recipe is None or not recipe.sft_steps:
             return
-        default_split = (recipe.split_seed, recipe.eval_size, recipe.num_count, recipe.min_number, recipe.max_number)
-        this_split = (
-            d.get("split_seed"),
-            d.get("eval_size"),
-            d.get("num_count"),
-            d.get("min_number"),
-            d.get("max_number"),
-        )
-        if d.get("dataset_name_or_path") == countdown.BUILTIN_NAME and this_split != default_split:
+        default_split = (recipe.split_seed, recipe.num_count, recipe.min_number, recipe.max_number)
+        this_split = (d.get("split_seed"), d.get("num_count"), d.get("min_number"), d.get("max_number"))
+        # Held-out sets are prefixes of the same shuffle: a smaller one is unseen too.
+        unseen = this_split == default_split and int(d.get("eval_size") or 0) <= recipe.eval_size
+        if d.get("dataset_name_or_path") == countdown.BUILTIN_NAME and not unseen:
             print(
-                f"[perl] warning: {model_name} was warm-started on the built-in problems outside the default "
-                "held-out set (split_seed 0, eval_size 200, 3 numbers 1-10); with this split some held-out "
-                "problems were seen in its warm start, so base and trained accuracy are both optimistic",
+                f"[perl] warning: {model_name} was warm-started on the built-in problems outside its held-out set "
+                f"(split_seed {recipe.split_seed}, the first {recipe.eval_size} problems, {recipe.num_count} numbers "
+                f"{recipe.min_number}-{recipe.max_number}); with this split some held-out problems were seen in its "
+                "warm start, so base and trained accuracy are both optimistic",
                 flush=True,
             )
 
@@ -336,9 +333,12 @@ class TrainingSession:
             results.update(trained)
             results["eval_seconds"] = time.time() - t0
             if self.base_eval is not None:
-                for key in ("accuracy_greedy", "accuracy_sampled", "accuracy_greedy_se", "accuracy_sampled_se"):
+                for key in ("accuracy_greedy", "accuracy_sampled", "accuracy_greedy_se", "accuracy_sampled_se",
+                            "per_problem_greedy", "per_problem_sampled"):
                     if key in self.base_eval:  # a base eval saved by an older PeRL has no *_se
                         results[f"base_{key}"] = self.base_eval[key]
+                # The gain as a paired difference over the same problems (perl_cli/learning.py).
+                results.update(learning.held_out_gains(trained, self.base_eval))
         # The adapter's own size at its rank; PiSSA/MiLoRA also keep the converted file
         # (rank 2r, applies to the original base), whose size is reported separately.
         results["adapter_size_bytes"] = adapter_size(self.model, self.exp_dir)
@@ -372,6 +372,12 @@ class TrainingSession:
         if all("reward/correct" in r for r in rows):
             out["correct_first_10pct"] = sum(r["reward/correct"] for r in rows[:k]) / k
             out["correct_last_10pct"] = sum(r["reward/correct"] for r in rows[-k:]) / k
+            # The trend over every logged step, with its error, and the quarter means.
+            correct = [float(r["reward/correct"]) for r in rows]
+            line = learning.trend([float(r["step"]) for r in rows], correct)
+            if line is not None:
+                out.update({f"correct_{key}": value for key, value in line.items()})
+            out["correct_quarter_means"] = learning.quarter_means(correct)
         return out
 
     def _wandb_info(self) -> dict[str, Any]:
