@@ -32,9 +32,12 @@ def test_demo_lora_improves_sampled_accuracy(tmp_path: Path, exp: configlib.Expe
     """The learning claim, as a statistic with margin (docs/architecture.md, "What counts as learning").
 
     The held-out gain is a paired difference over the same 400 problems; it must be at least
-    5 points *and* at least 2 of its own standard errors. Measured on three seeds under one
-    and two threads (which reorder floating-point sums as another CPU would), it was 3.x-y
-    standard errors at the least, so a different machine's bits do not decide the verdict.
+    5 points *and* at least 2 of its own standard errors. Measured on seeds 42, 123 and 456
+    under one and two threads (bench/demo_learning.py): +11.2 ± 1.6, +10.8 ± 1.3 and
+    +8.0 ± 1.4 points, 5.7 standard errors at the least, so another machine's float bits do
+    not decide the verdict. Training correctness is not a claim here: the built-in model's
+    warm start saw the training problems, and its fitted rise straddles 0 on seed 456
+    (docs/architecture.md, "What counts as learning").
     """
     from perl_cli.train import run_experiment
 
@@ -160,3 +163,31 @@ def test_ci_builds_models_into_a_fresh_cache_in_the_clone(tmp_path: Path) -> Non
     # Slurm: installed, started with SLURM_CONF exported, and stopped on exit (trap).
     conf = f"SLURM_CONF={clone.resolve()}/slurm.conf"
     assert (clone / "slurm-calls").read_text().splitlines() == [f"install {conf}", f"start {conf}", f"stop {conf}"]
+
+
+def test_learning_statistics_properties() -> None:
+    """For arbitrary per-problem results: the paired gain is the difference of the means, its
+    error is finite and non-negative, and an exact line's trend has that rise and no error."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as hs
+
+    from perl_cli import learning
+
+    rates = hs.lists(hs.floats(0, 1), min_size=1, max_size=60)
+
+    @settings(max_examples=200, deadline=None)
+    @given(hs.data())
+    def check(data) -> None:
+        base = data.draw(rates)
+        trained = data.draw(hs.lists(hs.floats(0, 1), min_size=len(base), max_size=len(base)))
+        gain, se = learning.paired_gain(base, trained)
+        assert gain == pytest.approx(learning.mean(trained) - learning.mean(base), abs=1e-9)
+        assert se >= 0 and math.isfinite(se)
+        slope = data.draw(hs.floats(-1e-2, 1e-2))
+        steps = list(range(data.draw(hs.integers(3, 50))))
+        line = learning.trend(steps, [0.5 + slope * s for s in steps])
+        assert line is not None
+        assert line["rise"] == pytest.approx(slope * (len(steps) - 1), abs=1e-9)
+        assert line["rise_se"] == pytest.approx(0, abs=1e-7)
+
+    check()
