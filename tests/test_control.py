@@ -430,9 +430,9 @@ def test_8_an_output_that_cannot_be_created_is_a_usage_error(tmp_path: Path) -> 
     assert "cannot create the suite's output directory" in done.stderr
 
 
-@pytest.mark.parametrize("where", ["run_status.json", ".add", ".requests"])
+@pytest.mark.parametrize("where", ["run_status.json", ".requests"])
 def test_8_a_directory_or_file_where_perl_keeps_its_own_is_a_clear_error(tmp_path: Path, where: str) -> None:
-    """Before: IsADirectoryError tracebacks for `.add` or run_status.json being a directory."""
+    """Before: an IsADirectoryError traceback for run_status.json being a directory."""
     write_config(tmp_path, steps=2, methods=("lora",), seeds=(1,))
     suite = suite_dir(tmp_path)
     suite.mkdir(parents=True)
@@ -442,10 +442,24 @@ def test_8_a_directory_or_file_where_perl_keeps_its_own_is_a_clear_error(tmp_pat
         (suite / where).mkdir()
     done = perl(tmp_path, env=env_for(tmp_path, gpus="[]"))
     assert "Traceback" not in done.stderr, done.stderr
-    if where == ".add":  # no longer perl's: a stray directory of that name is nothing to it
-        assert done.returncode == 0, done.stderr
-    else:
-        assert done.returncode == 2 and f"{suite / where} is not a" in done.stderr
+    assert done.returncode == 2 and f"{suite / where} is not a" in done.stderr
+
+
+def test_8_a_hand_off_with_a_directory_named_add_in_the_suite_works(tmp_path: Path) -> None:
+    """Before: the second `perl run` died with IsADirectoryError writing `.add`."""
+    write_config(tmp_path, steps=6, methods=("lora", "dora"), seeds=(1,))
+    env = env_for(tmp_path, gpus="[]", PERL_FAKE_PLAN=hold(tmp_path, lora_s1={"hold_at": 2}))
+    run = start_perl(tmp_path, "--only", "lora_s1", "--jobs", "2", env=env)
+    wait_until(lambda: at_step(tmp_path, "lora_s1", 2) and scheduler_state(tmp_path).get("pid") == run.pid,
+               BUSY, "lora at its barrier")
+    (suite_dir(tmp_path) / ".add").mkdir()
+    second = perl(tmp_path, "--only", "dora_s1", env=env)
+    assert "Traceback" not in second.stderr, second.stderr
+    assert second.returncode == 0 and "dora_s1: queued" in second.stdout
+    release(tmp_path, "lora_s1")
+    code, out, err = finish(run)
+    assert code == 0, out + err
+    assert sorted(launches(tmp_path)) == ["dora_s1", "lora_s1"]
 
 
 @pytest.fixture
