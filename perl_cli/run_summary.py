@@ -9,7 +9,8 @@ read model), like every other reader, so it says what the files say.
 `--notify CMD` runs CMD through the shell when the run ends, with the summary as plain
 text on stdin and PERL_EXIT_CODE, PERL_SUITE and PERL_OUTPUT_DIR in its environment, so
 a researcher can mail or message themselves. A failing or hanging notifier is reported
-and never changes the run's exit code.
+and never changes the run's exit code; the run waits for the notifier itself, not for
+its background children, and keeps only a bounded tail of its output.
 """
 
 from __future__ import annotations
