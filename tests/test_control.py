@@ -234,7 +234,7 @@ def test_5_a_hand_off_entry_naming_a_path_outside_the_suite_is_refused(tmp_path:
     the spool request is answered with the reason."""
     write_config(tmp_path, steps=6, methods=("lora", "dora"), seeds=(1,))
     env = env_for(tmp_path, gpus="[]", PERL_FAKE_PLAN=hold(tmp_path, lora_s1={"hold_at": 2}))
-    run = start_perl(tmp_path, "--only", "lora_s1", env=env)
+    run = start_perl(tmp_path, "--only", "lora_s1", "--jobs", "2", env=env)  # a free slot: it would start at once
     wait_until(lambda: at_step(tmp_path, "lora_s1", 2), BUSY, "lora at its barrier")
     entry = _hostile_experiment(tmp_path, name)
     state.atomic_write_json(suite_dir(tmp_path) / ".add", [entry])
