@@ -488,3 +488,17 @@ def test_8_run_and_report_on_a_read_only_output_are_usage_errors(tmp_path: Path,
                              "--output", str(read_only_output)], env=env, capture_output=True, text=True, timeout=120)
     assert report.returncode == 2 and "Traceback" not in report.stderr, report.stderr
     assert "Read-only file system" in report.stderr
+
+
+def test_a_new_run_sweeps_what_nobody_waits_for_and_keeps_fresh_requests(tmp_path: Path) -> None:
+    from perl_cli.scheduler import requests
+
+    spool = requests.spool_dir(tmp_path)
+    spool.mkdir()
+    for name in ("1-old.request.json", "2-old.reply.json", "3-any.taken.json", "4-new.request.json", "5-new.reply.json"):
+        (spool / name).write_text("{}")
+    old = time.time() - requests.REPLY_WAIT_S - requests.TAKEN_REPLY_WAIT_S - 10
+    for name in ("1-old.request.json", "2-old.reply.json"):
+        os.utime(spool / name, (old, old))
+    assert sorted(requests.sweep(tmp_path)) == ["1-old.request.json", "2-old.reply.json", "3-any.taken.json"]
+    assert sorted(p.name for p in spool.iterdir()) == ["4-new.request.json", "5-new.reply.json"]

@@ -553,6 +553,7 @@ class LocalRunner:
     # -- the run ------------------------------------------------------------------------
 
     def _run_locked(self) -> int:
+        requests.sweep(self.suite_dir)  # what an ended run took and never answered, requests nobody waits for
         live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
         jobs, refusals = self._classify(live)
         if refusals:

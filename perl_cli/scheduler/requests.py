@@ -204,6 +204,33 @@ def pending(suite_dir: Path) -> list[Path]:
     return [spool_dir(suite_dir) / n for n in sorted(names) if n.endswith(REQUEST_SUFFIX) and not n.startswith(".")]
 
 
+def sweep(suite_dir: Path, *, now: float | None = None) -> list[str]:
+    """At the start of a run: remove what nobody waits for any more; the names removed.
+
+    A `.taken.json` is a request an ended run took and never answered (its requester has
+    said so); a request or reply older than a requester ever waits has no requester left.
+    """
+    spool = spool_dir(suite_dir)
+    try:
+        names = os.listdir(spool)
+    except OSError:
+        return []
+    now = time.time() if now is None else now
+    too_old = REPLY_WAIT_S + TAKEN_REPLY_WAIT_S
+    removed = []
+    for name in names:
+        path = spool / name
+        try:
+            age = now - path.lstat().st_mtime
+        except OSError:
+            continue
+        if name.endswith(TAKEN_SUFFIX) or (name.endswith((REQUEST_SUFFIX, REPLY_SUFFIX)) and age > too_old) \
+                or (name.startswith(".") and name.endswith(".tmp") and age > too_old):
+            _remove(path)
+            removed.append(name)
+    return removed
+
+
 def serve(suite_dir: Path, suite: str, handlers: Handlers, *, limit: int = SERVE_AT_MOST) -> list[Reply]:
     """Take and answer up to `limit` requests; the replies (also written for their requesters)."""
     answered = []
