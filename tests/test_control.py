@@ -186,8 +186,9 @@ def test_9_cancelling_a_completed_experiment_says_so(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "lora_s1: ended (it is completed: nothing to cancel)" in result.stdout
     assert "nothing queued or running to cancel" in result.stdout and "asked perl run" not in result.stdout
-    unknown = cancel(tmp_path, "--only", "nosuch*", env=env)
-    assert unknown.returncode == 2 and "no such experiment" in unknown.stderr
+    unknown = cancel(tmp_path, "--only", "vera_s1,nosuch*", env=env)  # like the readers' --only: a usage error
+    assert unknown.returncode == 2 and "--only nosuch*: no such experiment" in unknown.stderr
+    assert "nothing was cancelled" in unknown.stderr and at_step(tmp_path, "vera_s1", 2)
     release(tmp_path, "vera_s1")
     assert finish(run)[0] == 0
     after = cancel(tmp_path, "--only", "lora_*", env=env)  # no run: the files say it

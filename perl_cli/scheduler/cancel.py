@@ -94,17 +94,16 @@ def _ask_run(suite_dir: Path, suite: str, names: list[str], holder: dict, wait_s
         err(f"perl: error: perl run (pid {pid}) refused the request: {reply.error}.")
         return EXIT_FAILED
     stopping = [r.name for r in reply.results if r.outcome == requests.CANCELLED and r.reason.startswith("it was running")]
-    for r in reply.results:
-        line = f"  {r.name}: {r.outcome}{' (' + r.reason + ')' if r.reason else ''}"
-        (err if r.outcome == requests.REFUSED else out)(line)
-    if stopping:
-        out(f"asked perl run (pid {pid}) to stop {', '.join(stopping)}.")
-        _wait(lambda: alive() and any(_running(suite_dir / n) for n in stopping), wait_s)
     unknown = [r.name for r in reply.results if r.outcome == requests.REFUSED]
     if unknown:
         err(f"perl: error: --only {','.join(unknown)}: no such experiment in suite {suite} (queued, running or with "
-            f"a directory under {suite_dir}). `perl status {suite}` lists them.")
+            f"a directory under {suite_dir}); nothing was cancelled. `perl status {suite}` lists them.")
         return EXIT_USAGE
+    for r in reply.results:
+        out(f"  {r.name}: {r.outcome}{' (' + r.reason + ')' if r.reason else ''}")
+    if stopping:
+        out(f"asked perl run (pid {pid}) to stop {', '.join(stopping)}.")
+        _wait(lambda: alive() and any(_running(suite_dir / n) for n in stopping), wait_s)
     if any(r.outcome == requests.CANCELLED for r in reply.results):
         out(f"suite {suite}: cancelled. `perl run {suite}` resumes from the checkpoints.")
     else:

@@ -349,14 +349,12 @@ class LocalRunner:
         assert self.reporter is not None
         known = list(dict.fromkeys([*self.running, *(j.name for j in self.queue), *self.run_names,
                                     *state.experiment_dirs(self.suite_dir)]))
+        unknown = [p for p in patterns if not matching(known, p)]
+        if unknown:  # a usage error, as in the readers' --only: nothing is cancelled
+            return [requests.Result.refused(p, f"no experiment of suite {self.opts.suite} is named or matches it")
+                    for p in unknown]
         results: list[requests.Result] = []
-        names: list[str] = []
-        for pattern in patterns:
-            found = matching(known, pattern)
-            if not found:
-                results.append(requests.Result.refused(pattern, f"no experiment of suite {self.opts.suite} is named or "
-                                                                "matches it"))
-            names += [n for n in found if n not in names]
+        names = list(dict.fromkeys(n for p in patterns for n in matching(known, p)))
         for name in names:
             job = next((j for j in self.queue if j.name == name), None)
             if job is not None:
