@@ -25,7 +25,7 @@ from pathlib import Path
 
 from perl_cli import outcomes, state
 from perl_cli.config import ConfigError, matching
-from perl_cli.scheduler import lock, requests, slurm
+from perl_cli.scheduler import endings, lock, requests, slurm
 from perl_cli.scheduler.processes import signal_group
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -132,11 +132,9 @@ def _cancel_orphans(suite_dir: Path, suite: str, names: list[str] | None, dirs: 
     for name, (pid, _) in alive.items():
         signal_group(pid, signal.SIGKILL)
         out(f"{name}: still running after {wait_s:g}s: killed (pid {pid}).")
-    for name in left:
-        status = state.read_status(dirs[name]) or {}
-        if status.get("state") not in outcomes.TERMINAL:
-            state.update_status(dirs[name], state=state.INTERRUPTED, ended=state.now(), pid=None,
-                                error="stopped by perl cancel (its perl run had ended)")
+    for name, (pid, _) in left.items():
+        endings.record(dirs[name], outcomes.Ending(None, pid=pid, stop_sent=True, killed=name in alive), keep_final=True,
+                       extra={"error": "stopped by perl cancel (its perl run had ended)"})
     if chosen is not None:
         for name in chosen:
             if name not in left:

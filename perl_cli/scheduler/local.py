@@ -50,8 +50,8 @@ from perl_cli import outcomes, state
 from perl_cli.config import ConfigError, ConfigFile, Experiment, matching
 from perl_cli.experiments_view import OVERRIDES_KEY, Expectations, read_records
 from perl_cli.logtail import tail_bytes
+from perl_cli.scheduler import endings, handoff, planning, requests
 from perl_cli.scheduler import gpus as gpulib
-from perl_cli.scheduler import handoff, planning, requests
 from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.handles import AdoptedHandle, ChildHandle
 from perl_cli.scheduler.lock import LockHeld, RunLock
@@ -65,7 +65,6 @@ from perl_cli.ui import human_bytes, human_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # perl run's own exit codes
 DEFAULT_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train")
-TERMINAL = outcomes.TERMINAL
 POLL_S = 0.25  # loop wake-up when no child exits: adopted workers, progress, deadlines
 PROGRESS_EVERY_S = 1.0
 AGGREGATE_EVERY_S = 10.0  # progress-only refresh; events refresh it within AGGREGATE_EVENT_S
@@ -696,9 +695,8 @@ class LocalRunner:
             while stranger.poll() is None:
                 time.sleep(0.05)
         kill_leftover_group(job.pid)
-        status = state.read_status(job.dir) or {}
-        if status.get("state") not in TERMINAL:
-            state.update_status(job.dir, state=state.INTERRUPTED, ended=state.now(), error="stopped by perl run --fresh")
+        endings.record(job.dir, outcomes.Ending(None, pid=job.pid, stop_sent=True), keep_final=True,
+                       extra={"error": "stopped by perl run --fresh"})
 
     def _loop(self) -> None:
         while True:
@@ -906,27 +904,17 @@ class LocalRunner:
     def _finish(self, job: Job, rc: int | None) -> None:
         """Record the final state of a worker that has exited (rc None: not our child)."""
         del self.running[job.name]
-        status = state.read_status(job.dir) or {}
         ending = outcomes.Ending(rc, pid=job.pid, stop_sent=job.stop_sent, killed=job.killed,
                                  stall_killed=job.stall_killed, stall_timeout=human_seconds(self.opts.stall_timeout))
-        fields = outcomes.final_fields(ending, status)
-        if status.get("ended") is None:
-            fields["ended"] = state.now()
-        if fields.get("state", status.get("state")) == state.FAILED:
-            full = self._disk_full_evidence(job, fields.get("error") or status.get("error"))
-            if full:
-                fields.update(cause="disk_full", error=f"{fields.get('error') or status.get('error')} ({full})")
-        if any(status.get(k) != v for k, v in fields.items()):
-            try:
-                status = state.update_status(job.dir, **fields)
-            except OSError as exc:
-                if not outcomes.is_disk_full(exc):
-                    raise
-                if fields.get("cause") != "disk_full":
-                    fields.update(cause="disk_full", error=f"{fields.get('error') or status.get('error')} "
-                                                           f"(the disk is full: {exc.strerror} writing {state.STATUS_FILE})")
-                status = state.write_status_best_effort(job.dir, **fields)
-        if status.get("cause") == "disk_full" and not self.disk_full:
+
+        def blame_the_disk(fields: dict, status: dict) -> None:
+            if fields.get("state", status.get("state")) == state.FAILED:
+                full = self._disk_full_evidence(job, fields.get("error") or status.get("error"))
+                if full:
+                    fields.update(cause=outcomes.CAUSE_DISK_FULL, error=f"{fields.get('error') or status.get('error')} ({full})")
+
+        status = endings.record(job.dir, ending, amend=blame_the_disk)
+        if status.get("cause") == outcomes.CAUSE_DISK_FULL and not self.disk_full:
             self._on_disk_full(OSError(errno.ENOSPC, "No space left on device", str(job.dir)))
         final = status.get("state", state.FAILED)
         retry = None
