@@ -97,8 +97,29 @@ def user_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except ConfigError as exc:
             fail(str(exc))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # a read-only or full output, a directory where a file belongs: say which
+            fail(os_error_message(exc))
 
     return wrapper
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line naming the path and the problem, and what to do about it."""
+    import errno
+
+    where = exc.filename or ""
+    what = exc.strerror or str(exc)
+    hint = {
+        errno.EROFS: "choose a writable --output",
+        errno.EACCES: "choose another --output or fix its permissions",
+        errno.EPERM: "choose another --output or fix its permissions",
+        errno.EISDIR: "a directory is where perl writes a file: move it away",
+        errno.ENOTDIR: "a file is where perl needs a directory: move it away",
+        errno.ENOSPC: "free some space (`perl diagnose` says how much is needed)",
+    }.get(exc.errno, "check the path and its permissions")
+    return f"{where + ': ' if where else ''}{what}; {hint}."
 
 
 @app.command(rich_help_panel="Set up")

@@ -27,9 +27,13 @@ EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: stopped by SIGTERM after saving a ch
 INTERRUPTED_CODES = (EXIT_SIGINT, EXIT_SIGTERM)
 EXIT_SIGKILL = 128 + signal.SIGKILL  # 137: what a shell (and Slurm) reports for a SIGKILL
 
-# --- states (the contract of status.json, perl_cli/state.py) ---------------------------
+# --- states a supervisor records (the contract of status.json; perl_cli/state.py re-exports them) ---
 
-COMPLETED, FAILED, INTERRUPTED, RUNNING, QUEUED = "completed", "failed", "interrupted", "running", "queued"
+COMPLETED = "completed"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+RUNNING = "running"
+QUEUED = "queued"  # submitted to Slurm, waiting for a node (the Slurm backend writes it)
 TERMINAL = (COMPLETED, FAILED, INTERRUPTED)
 
 # --- causes: status.json's `cause`, diagnose's groups ----------------------------------
@@ -66,17 +70,6 @@ def signal_name(signum: int | str | None) -> str | None:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-def signal_of_exit(exit_code: Any) -> str | None:
-    """The signal a shell-style exit code (128 + N) or a Popen code (-N) stands for."""
-    if not isinstance(exit_code, int) or isinstance(exit_code, bool):
-        return None
-    if exit_code < 0:
-        return signal_name(-exit_code)
-    if 128 < exit_code < 128 + 65:
-        return signal_name(exit_code - 128)
-    return None
 
 
 def was_killed(status: dict) -> bool:

@@ -9,14 +9,20 @@ read model), like every other reader, so it says what the files say.
 `--notify CMD` runs CMD through the shell when the run ends, with the summary as plain
 text on stdin and PERL_EXIT_CODE, PERL_SUITE and PERL_OUTPUT_DIR in its environment, so
 a researcher can mail or message themselves. A failing or hanging notifier is reported
-and never changes the run's exit code.
+and never changes the run's exit code; the run waits for the notifier itself, not for
+its background children, and keeps only a bounded tail of its output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import select
+import signal
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,16 +109,80 @@ def build(output: Path, suite: str, cfg: configlib.ConfigFile | None, names: lis
 
 
 def notify(command: str, summary: Summary, *, exit_code: int, suite: str, output: Path) -> str | None:
-    """Run the user's --notify command; a problem with it as text (None when it worked)."""
+    """Run the user's --notify command; a problem with it as text (None when it worked).
+
+    Waited for is the notifier itself (its exit), never its descendants: a background
+    child that inherited its stderr cannot hold the run. Of its stderr only the last
+    NOTIFY_TAIL_BYTES are kept (a notifier that prints gigabytes costs no memory); its
+    stdout goes nowhere, as it always did.
+    """
     env = {**os.environ, "PERL_EXIT_CODE": str(exit_code), "PERL_SUITE": suite, "PERL_OUTPUT_DIR": str(output)}
+    read_fd, write_fd = os.pipe()
     try:
-        done = subprocess.run(command, shell=True, input=summary.text, text=True, env=env,
-                              timeout=NOTIFY_TIMEOUT_S, capture_output=True)
-    except subprocess.TimeoutExpired:
-        return f"--notify {command!r} did not finish within {NOTIFY_TIMEOUT_S:g}s; it was stopped."
+        proc = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=write_fd,
+                                env=env, start_new_session=True)
     except OSError as exc:
+        os.close(read_fd)
         return f"--notify {command!r} could not be started ({exc})."
-    if done.returncode != 0:
-        err = (done.stderr or "").strip().splitlines()[-1:] or [""]
-        return f"--notify {command!r} exited with {done.returncode}{': ' + err[0] if err[0] else ''}."
+    finally:
+        os.close(write_fd)
+    tail = _Tail(read_fd)
+    tail.start()
+    feeder = threading.Thread(target=_feed, args=(proc, summary.text.encode()), daemon=True)
+    feeder.start()
+    try:
+        code = proc.wait(timeout=NOTIFY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the shell and what it started
+        proc.wait()
+        tail.stop()
+        return f"--notify {command!r} did not finish within {NOTIFY_TIMEOUT_S:g}s; it was stopped."
+    text = tail.stop()
+    if code != 0:
+        last = "".join(c if c.isprintable() else "?" for c in (text.strip().splitlines()[-1:] or [""])[0][-500:])
+        return f"--notify {command!r} exited with {code}{': ' + last if last else ''}."
     return None
+
+
+NOTIFY_TAIL_BYTES = 8192
+NOTIFY_DRAIN_S = 0.5  # after the notifier exits, what its children still write is read this long, then left
+
+
+def _feed(proc: subprocess.Popen, data: bytes) -> None:
+    """The summary on the notifier's stdin (a notifier that does not read it is fine)."""
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):
+        proc.stdin.write(data)
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+
+
+class _Tail(threading.Thread):
+    """Reads a pipe to its end (or until stopped), keeping only its last NOTIFY_TAIL_BYTES."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(daemon=True)
+        self.fd = fd
+        self.data = bytearray()
+        self.deadline: float | None = None
+
+    def run(self) -> None:
+        try:
+            while self.deadline is None or time.monotonic() < self.deadline:
+                ready, _, _ = select.select([self.fd], [], [], 0.05)
+                if not ready:
+                    continue
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
+                self.data += chunk
+                if len(self.data) > NOTIFY_TAIL_BYTES:
+                    del self.data[:-NOTIFY_TAIL_BYTES]
+        finally:
+            os.close(self.fd)  # a background child writing later gets EPIPE: it is not ours to wait for
+
+    def stop(self) -> str:
+        self.deadline = time.monotonic() + NOTIFY_DRAIN_S
+        self.join(NOTIFY_DRAIN_S + 1.0)
+        return bytes(self.data).decode("utf-8", "replace")

@@ -32,14 +32,12 @@ from typing import Any
 
 from perl_cli import outcomes
 from perl_cli.logtail import TooLarge, UnsafeFile, open_safe, read_head
+from perl_cli.outcomes import COMPLETED, FAILED, INTERRUPTED, QUEUED, RUNNING
 
-# Experiment states (contract).
+# Experiment states (contract). Those a supervisor records for a worker (running, queued,
+# completed, failed, interrupted) are defined once, with what an ending means, in
+# outcomes.py; here the rest.
 PENDING = "pending"
-RUNNING = "running"
-QUEUED = "queued"  # submitted to Slurm, waiting for a node (the Slurm backend writes it)
-COMPLETED = "completed"
-FAILED = "failed"
-INTERRUPTED = "interrupted"
 STALE = "stale"
 # A reader's verdict, never written: status.json or config.json is present but malformed.
 UNREADABLE = "unreadable"

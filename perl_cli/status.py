@@ -58,6 +58,7 @@ DISPLAY_ORDER = (st.COMPLETED, st.RUNNING, st.QUEUED, st.FAILED, st.INTERRUPTED,
 # Listed without --verbose: what needs a look.
 ATTENTION = (st.RUNNING, st.UNREADABLE, st.FAILED, st.INTERRUPTED, st.STALE)
 OVERRIDE_MARK = "*"
+EXIT_INTERRUPTED = 130
 STATE_STYLE = {
     st.PENDING: "dim",
     st.QUEUED: "blue",
@@ -371,7 +372,7 @@ def command(
         with ctrl_c_interrupts():
             watch_loop(snapshot, console, json_out=json_out, interval=interval)
     except KeyboardInterrupt:
-        return 0
+        return EXIT_INTERRUPTED  # 130, like every command stopped by Ctrl+C (README)
     return 0
 
 

@@ -13,7 +13,9 @@ checkpoint and exits 143 as `interrupted`. Knobs, all from the environment:
 - PERL_FAKE_TIMING_LOG: append one JSON line per exit: name, start, end, gpu env
 - PERL_FAKE_PLAN: JSON {experiment name: {"kill_self_at": N, "fail_at": N, "exit_code": N,
   "ignore_term": true, "freeze_at": N (SIGSTOP itself, on attempt 1 only),
-  "first_attempt_step_seconds": S (seconds per step on attempt 1 only: to outlive a time limit once)}}
+  "first_attempt_step_seconds": S (seconds per step on attempt 1 only: to outlive a time limit once),
+  "hold_at": N, "until": PATH (a barrier: after step N, wait until PATH exists, heartbeating;
+  SIGTERM still stops it)}}
 - PERL_TEST_FAIL_AT_STEP="N:oom": raise a CUDA out-of-memory error at step N, unless
   config.json's `runtime` already changed the batch (so the retry succeeds) — the same
   hook as the real worker's.
@@ -112,6 +114,9 @@ def main() -> None:
         if step % training["save_steps"] == 0:
             save_checkpoint(ckpt_dir, step)
         state.update_status(exp_dir, step=step, heartbeat=state.now())
+        if step == plan.get("hold_at"):
+            while not os.path.exists(plan["until"]) and not stop:
+                time.sleep(0.02)
     finish(exp_dir, name, 0, state.COMPLETED)
 
 

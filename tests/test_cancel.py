@@ -71,24 +71,25 @@ def test_nothing_to_cancel_and_unknown_names(tmp_path: Path) -> None:
 
 
 def test_a_fifo_or_garbage_as_a_request_file_never_freezes_the_run_loop(tmp_path: Path) -> None:
-    """The run loop reads <suite>/.cancel and <suite>/.add every tick: a FIFO there (or any
-    non-file) must read as "no request" at once, not block the scheduler forever."""
+    """The run loop serves <suite>/.requests/ every tick: a FIFO there (or any non-file, or
+    garbage) must be answered as unreadable at once, not block the scheduler forever."""
     import os
     import threading
 
-    from perl_cli.scheduler import cancel, handoff
+    from perl_cli.scheduler import requests
 
-    for name in (cancel.CANCEL_FILE, handoff.ADD_FILE):
-        os.mkfifo(tmp_path / name)
+    spool = requests.spool_dir(tmp_path)
+    spool.mkdir()
+    os.mkfifo(spool / f"1-fifo{requests.REQUEST_SUFFIX}")
+    (spool / f"2-garbage{requests.REQUEST_SUFFIX}").write_bytes(b"\xff{[")
+    (spool / f"3-dir{requests.REQUEST_SUFFIX}").mkdir()
+    handlers = requests.Handlers(add=lambda exps: [], cancel=lambda names: [])
     got: list = []
-    reader = threading.Thread(target=lambda: got.extend(
-        [cancel.read_cancel_request(tmp_path / cancel.CANCEL_FILE), handoff.read_add_request(tmp_path, SUITE)]))
-    reader.daemon = True  # a blocked read must not hang the test session
-    reader.start()
-    reader.join(timeout=5)
-    assert not reader.is_alive(), "reading a FIFO request file blocked"
-    assert got == [[], []]
-    (tmp_path / cancel.CANCEL_FILE).unlink()
-    (tmp_path / cancel.CANCEL_FILE).write_text('["a", 5, "b"]')
-    assert cancel.read_cancel_request(tmp_path / cancel.CANCEL_FILE) == ["a", "b"]
-    assert not (tmp_path / cancel.CANCEL_FILE).exists()  # read once, then removed
+    server = threading.Thread(target=lambda: got.extend(requests.serve(tmp_path, SUITE, handlers)))
+    server.daemon = True  # a blocked read must not hang the test session
+    server.start()
+    server.join(timeout=5)
+    assert not server.is_alive(), "serving a FIFO request file blocked"
+    assert [r.id for r in got] == ["1-fifo", "2-garbage", "3-dir"]
+    assert all(r.error and "unreadable" in r.error for r in got)
+    assert sorted(p.name for p in spool.iterdir()) == [f"{n}{requests.REPLY_SUFFIX}" for n in ("1-fifo", "2-garbage", "3-dir")]

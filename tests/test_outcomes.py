@@ -61,8 +61,6 @@ def test_stall_kill_and_unknown_exit_of_an_adopted_worker() -> None:
 def test_signal_names_and_codes() -> None:
     assert outcomes.signal_name(9) == "SIGKILL" and outcomes.signal_name("sigterm") == "SIGTERM"
     assert outcomes.signal_name(77) == "signal 77" and outcomes.signal_name(None) is None
-    assert outcomes.signal_of_exit(137) == "SIGKILL" and outcomes.signal_of_exit(-15) == "SIGTERM"
-    assert outcomes.signal_of_exit(1) is None and outcomes.signal_of_exit(True) is None
     assert outcomes.was_killed({"exit_code": 137}) and outcomes.was_killed({"signal": 9})
     assert outcomes.was_interrupted({"exit_code": 143}) and not outcomes.was_interrupted({"exit_code": 1})
 

@@ -76,7 +76,10 @@ def test_a_second_run_with_conflicting_flags_is_refused_with_the_reason(tmp_path
     from test_scheduler import launches, start_perl
 
     write_config(tmp_path, steps=40, methods=("lora",), seeds=(1,))
-    env = env_for(tmp_path, gpus=fake_gpus(8000), step_s=0.05)
+    # The first run's worker waits at step 2 until the test is done with it (a barrier, not a race with its end).
+    go = tmp_path / "go"
+    env = env_for(tmp_path, gpus=fake_gpus(8000), step_s=0.05,
+                  PERL_FAKE_PLAN=json.dumps({"lora_s1": {"hold_at": 2, "until": str(go)}}))
     first = start_perl(tmp_path, env=env)
     run_status = tmp_path / "out" / SUITE / "run_status.json"
     _wait_for(lambda: run_status.exists() and "lora_s1" in launches(tmp_path))
@@ -87,6 +90,7 @@ def test_a_second_run_with_conflicting_flags_is_refused_with_the_reason(tmp_path
     assert "--gpus configures a scheduler, and it keeps its own" in message
     nothing = perl(tmp_path, env=env)
     assert nothing.returncode == 0 and "nothing to add" in nothing.stdout
+    go.touch()
     first.communicate(timeout=60)
     assert first.returncode == 0
 

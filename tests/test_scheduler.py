@@ -301,7 +301,8 @@ def test_second_concurrent_run_starts_nothing_twice(tmp_path: Path) -> None:
         second = perl(tmp_path, env=env)
         # The lock holds: no second scheduler; what it would add is already running (test_run_end.py adds work).
         assert second.returncode == 0, second.stderr
-        assert f"already running or queued in `perl run` (pid {first.pid})" in second.stdout
+        assert f"already running, queued or completed in `perl run` (pid {first.pid})" in second.stdout
+        assert "lora_s1: already running" in second.stdout  # its answer, per experiment
         assert launches(tmp_path) == ["lora_s1"]
     finally:
         first.send_signal(signal.SIGTERM)

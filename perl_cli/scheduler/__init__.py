@@ -9,6 +9,7 @@ raises `RunError` (a ConfigError: exit 2) when it refuses to start. Modules: gpu
 lock), local.py (slots, placement, launching, retries, adoption), handles.py (one
 interface to a running job: local child, adopted process, Slurm task), slurm.py,
 slurm_task.py and slurm_cli.py (the Slurm backend), cancel.py (`perl cancel`),
+requests.py and handoff.py (requests to a running run: hand-off, cancel by name),
 processes.py (finding and signalling workers), aggregate.py (run_status.json),
 progress.py (output). What an ending means: perl_cli/outcomes.py.
 """

@@ -4,68 +4,58 @@
   worker gets SIGTERM from Slurm, saves a checkpoint and records `interrupted`; a task
   that never started is marked `interrupted` here (slurm.cancel_suite).
 - A local `perl run` (it holds the suite's run lock): without --only it gets SIGTERM,
-  exactly like Ctrl+C (workers checkpoint, the run exits 130); with --only it finds the
-  names in `<suite>/.cancel` and stops just those experiments (SIGTERM, `interrupted`,
-  never retried), dropping queued ones, and goes on with the rest.
+  exactly like Ctrl+C (workers checkpoint, the run exits 130); with --only the names
+  (or globs) go to it as a request (requests.py) and it answers per experiment: taken
+  out of its queue, asked to save a checkpoint and exit (`interrupted`, never
+  retried), or why there was nothing to cancel (already completed, ...).
+- Workers left by a `perl run` that was killed (SIGKILL, a closed terminal): nobody
+  holds the lock, but status.json names their pid and its start time; they get
+  SIGTERM (saving a checkpoint), and SIGKILL after `--wait-seconds`.
 
 Everything cancelled resumes from its checkpoint on the next `perl run`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 from perl_cli import outcomes, state
-from perl_cli.config import ConfigError
-from perl_cli.scheduler import lock, slurm
+from perl_cli.config import ConfigError, matching
+from perl_cli.scheduler import endings, lock, requests, slurm
+from perl_cli.scheduler.processes import signal_group
 
-CANCEL_FILE = ".cancel"  # in the suite directory: names a local scheduler must stop (JSON list)
-
-
-def request_local_cancel(suite_dir: Path, names: list[str]) -> None:
-    """Add names to the suite's cancel request (read and removed by the running scheduler)."""
-    path = suite_dir / CANCEL_FILE
-    wanted = sorted(set(read_cancel_request(path, remove=False)) | set(names))
-    state.atomic_write_json(path, wanted)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def read_cancel_request(path: Path, *, remove: bool = True) -> list[str]:
-    names = state.read_json(path)  # a regular file of bounded size: a FIFO never freezes the run loop
-    if names is None:
-        return []
-    if remove:
-        with contextlib.suppress(OSError):
-            path.unlink()
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
-
-
-def _active_local(suite_dir: Path, names: list[str] | None) -> list[str]:
-    """Experiments that a local run is running or will run (status not final), among `names`."""
-    out = []
+def orphans(suite_dir: Path, names: list[str] | None) -> dict[str, tuple[int, float | None]]:
+    """Local workers still alive with no scheduler: {name: (pid, start time)} from status.json."""
+    found = {}
     for name, exp_dir in state.experiment_dirs(suite_dir).items():
+        if names is not None and name not in names:
+            continue
         status = state.read_status(exp_dir) or {}
-        if (names is None or name in names) and status.get("state") == state.RUNNING and not (status.get("slurm")):
-            out.append(name)
-    return out
+        pid = status.get("pid")
+        if status.get("state") != state.RUNNING or status.get("slurm") or status.get("host") not in (None, state.hostname()):
+            continue
+        if isinstance(pid, int) and not isinstance(pid, bool) and state.process_alive(pid, status.get("pid_start_time")):
+            found[name] = (pid, status.get("pid_start_time"))
+    return found
 
 
-def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: float = 60.0, out=print) -> int:
-    """Cancel; the exit code: 0 when something was cancelled or nothing was left to cancel."""
+def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: float = 60.0, out=print, err=None) -> int:
+    """Cancel; the exit code: 0 when something was cancelled or nothing was left to cancel, 2 for unknown names."""
+    err = err or (lambda line: print(line, file=sys.stderr))
     suite_dir = Path(output) / suite
     if not suite_dir.is_dir():
         raise ConfigError(f"suite '{suite}': nothing under {suite_dir} (no run yet). `perl status` lists the suites "
                           "that have output.")
-    if names is not None:
-        known = set(state.experiment_dirs(suite_dir))
-        unknown = sorted(set(names) - known)
-        if unknown:
-            raise ConfigError(f"--only {','.join(unknown)}: no such experiment in {suite_dir}; it has "
-                              f"{', '.join(sorted(known)) or 'none'}.")
-    cancelled = slurm.cancel_suite(suite_dir, names, wait_s=wait_s, out=out)
+    dirs = state.experiment_dirs(suite_dir)
+    expanded = None if names is None else list(dict.fromkeys(n for p in names for n in matching(dirs, p)))
+    cancelled = slurm.cancel_suite(suite_dir, expanded, wait_s=wait_s, out=out) if expanded != [] else 0
     holder = lock.holder(suite_dir)
     if holder is not None and holder.get("pid"):
         pid = int(holder["pid"])
@@ -73,21 +63,93 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
             raise ConfigError(f"suite '{suite}' is being run by `perl run` on host {holder['host']} (pid {pid}); "
                               "run `perl cancel` there.")
         if names is None:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)  # the scheduler itself: it stops its workers in order
             out(f"asked perl run (pid {pid}) to stop: its workers save a checkpoint and exit.")
             _wait(lambda: state.process_alive(pid, holder.get("pid_start_time")), wait_s)
-            cancelled += 1
-        else:
-            request_local_cancel(suite_dir, names)
-            out(f"asked perl run (pid {pid}) to stop {', '.join(names)}.")
-            _wait(lambda: state.process_alive(pid, holder.get("pid_start_time")) and bool(_active_local(suite_dir, names)),
-                  wait_s)
-            cancelled += len(names)
-    if not cancelled:
+            out(f"suite {suite}: cancelled. `perl run {suite}` resumes from the checkpoints.")
+            return EXIT_OK
+        code = _ask_run(suite_dir, suite, names, holder, wait_s, out, err)
+        if code is not None:
+            return code
+        # The run ended before it took the request: what it left is handled below, as after a killed run.
+    return _cancel_orphans(suite_dir, suite, names, dirs, wait_s, cancelled, out)
+
+
+def _ask_run(suite_dir: Path, suite: str, names: list[str], holder: dict, wait_s: float, out, err) -> int | None:
+    """Send the names to the running `perl run`, print its answer; None when it ended without taking them."""
+    pid = int(holder["pid"])
+
+    def alive() -> bool:
+        now = lock.holder(suite_dir)
+        return bool(now) and now.get("pid") == pid and state.process_alive(pid, holder.get("pid_start_time"))
+
+    try:
+        rid = requests.submit(suite_dir, requests.CANCEL, {"suite": suite, "patterns": names}, to=pid)
+    except OSError as exc:
+        raise ConfigError(f"cannot ask perl run (pid {pid}) to cancel: {exc}") from None
+    reply = requests.await_reply(suite_dir, rid, alive=alive)
+    if reply is None:
+        return None
+    if reply.error:
+        err(f"perl: error: perl run (pid {pid}) refused the request: {reply.error}.")
+        return EXIT_FAILED
+    stopping = [r.name for r in reply.results if r.outcome == requests.CANCELLED and r.reason.startswith("it was running")]
+    unknown = [r.name for r in reply.results if r.outcome == requests.REFUSED]
+    if unknown:
+        err(f"perl: error: --only {','.join(unknown)}: no such experiment in suite {suite} (queued, running or with "
+            f"a directory under {suite_dir}); nothing was cancelled. `perl status {suite}` lists them.")
+        return EXIT_USAGE
+    for r in reply.results:
+        out(f"  {r.name}: {r.outcome}{' (' + r.reason + ')' if r.reason else ''}")
+    if stopping:
+        out(f"asked perl run (pid {pid}) to stop {', '.join(stopping)}.")
+        _wait(lambda: alive() and any(_running(suite_dir / n) for n in stopping), wait_s)
+    if any(r.outcome == requests.CANCELLED for r in reply.results):
+        out(f"suite {suite}: cancelled. `perl run {suite}` resumes from the checkpoints.")
+    else:
+        out(f"suite {suite}: nothing queued or running to cancel.")
+    return EXIT_OK
+
+
+def _cancel_orphans(suite_dir: Path, suite: str, names: list[str] | None, dirs: dict[str, Path], wait_s: float,
+                    cancelled: int, out) -> int:
+    """No `perl run` holds the suite: stop the workers a killed one left, and say what the named ones are."""
+    if names is not None:
+        unknown = [p for p in names if not matching(dirs, p)]
+        if unknown:
+            raise ConfigError(f"--only {','.join(unknown)}: no such experiment in {suite_dir}; it has "
+                              f"{', '.join(sorted(dirs)) or 'none'}.")
+    chosen = None if names is None else [n for n in dirs if any(matching([n], p) for p in names)]
+    left = orphans(suite_dir, chosen)
+    for name, (pid, _) in left.items():
+        signal_group(pid, signal.SIGTERM)
+        out(f"{name}: its worker (pid {pid}) was left by a `perl run` that ended; asked it to save a checkpoint and exit.")
+    deadline = time.monotonic() + wait_s
+    alive = dict(left)
+    while alive and time.monotonic() < deadline:
+        alive = {n: w for n, w in alive.items() if state.process_alive(*w)}
+        time.sleep(0.1)
+    for name, (pid, _) in alive.items():
+        signal_group(pid, signal.SIGKILL)
+        out(f"{name}: still running after {wait_s:g}s: killed (pid {pid}).")
+    for name, (pid, _) in left.items():
+        endings.record(dirs[name], outcomes.Ending(None, pid=pid, stop_sent=True, killed=name in alive), keep_final=True,
+                       extra={"error": "stopped by perl cancel (its perl run had ended)"})
+    if chosen is not None:
+        for name in chosen:
+            if name not in left:
+                now = state.effective_state(state.read_status(dirs[name]))
+                if now not in (state.RUNNING, outcomes.QUEUED):
+                    out(f"  {name}: {now}: nothing to cancel.")
+    if not cancelled and not left:
         out(f"suite {suite}: nothing queued or running to cancel.")
     else:
         out(f"suite {suite}: cancelled. `perl run {suite}` resumes from the checkpoints.")
-    return outcomes.EXIT_OK
+    return EXIT_OK
+
+
+def _running(exp_dir: Path) -> bool:
+    return (state.read_status(exp_dir) or {}).get("state") == state.RUNNING
 
 
 def _wait(busy, timeout: float) -> None:

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from perl_cli import outcomes, state
 from perl_cli.scheduler.processes import kill_leftover_group, signal_group
@@ -28,19 +28,6 @@ from perl_cli.scheduler.processes import kill_leftover_group, signal_group
 SLURM_GONE_GRACE_S = 5.0
 # Slurm's end states that mean the task did not finish its work.
 SLURM_TIME_LIMIT_STATES = ("TIMEOUT", "DEADLINE")
-
-
-class JobHandle(Protocol):
-    name: str
-
-    def poll(self) -> outcomes.Ending | None: ...
-
-    def terminate(self) -> None: ...
-
-    def kill(self) -> None: ...
-
-    @property
-    def where(self) -> str: ...
 
 
 class ChildHandle:
@@ -133,20 +120,20 @@ class SlurmTaskHandle:
 
     def record_end(self, ending: outcomes.Ending, *, cancelled: bool = False) -> dict:
         """The final status: the task's own, or derived from Slurm's state when it left none."""
-        status = state.read_status(self.dir) or {}
-        if status.get("state") in outcomes.TERMINAL:
-            return status
-        fields = outcomes.final_fields(ending, status)
+        from perl_cli.scheduler import endings
+
         seen = self.slurm_state or "unknown to squeue and sacct"
-        if cancelled:
-            fields["error"] = f"cancelled by perl cancel (Slurm task {self.task_id}, {status.get('state')})"
-        elif self.slurm_state in SLURM_TIME_LIMIT_STATES:
-            fields.update(state=outcomes.FAILED, cause=outcomes.CAUSE_TIME_LIMIT,
-                          error=f"Slurm task {self.task_id} hit its time limit ({seen}) before it could requeue")
-        else:
-            fields["error"] = f"Slurm task {self.task_id} ended without a final status (Slurm state: {seen})"
-        fields["ended"] = state.now()
-        return state.write_status_best_effort(self.dir, **fields)
+
+        def from_slurm(fields: dict, status: dict) -> None:
+            if cancelled:
+                fields["error"] = f"cancelled by perl cancel (Slurm task {self.task_id}, {status.get('state')})"
+            elif self.slurm_state in SLURM_TIME_LIMIT_STATES:
+                fields.update(state=outcomes.FAILED, cause=outcomes.CAUSE_TIME_LIMIT,
+                              error=f"Slurm task {self.task_id} hit its time limit ({seen}) before it could requeue")
+            else:
+                fields["error"] = f"Slurm task {self.task_id} ended without a final status (Slurm state: {seen})"
+
+        return endings.record(self.dir, ending, amend=from_slurm, keep_final=True)
 
     def terminate(self) -> None:
         from perl_cli.scheduler import slurm_cli

@@ -1,45 +1,59 @@
 """Adding work to a running local `perl run` (task-spooler's "queue more").
 
 A second `perl run SUITE` on a suite whose local scheduler is alive does not start a
-second scheduler (the run lock forbids it): it hands the experiments the running one is
-not already running or queueing to it, through `<suite>/.add` (resolved experiments, as
-JSON), and returns. The running scheduler reads and removes the file within a second,
-plans the experiments exactly as it planned its own (resume, skip completed, refuse
-stale ones, saying so in its output) and queues them.
+second scheduler (the run lock forbids it): it hands the chosen experiments to the
+running one as a request (requests.py: its own file, answered by its own reply) and
+prints the answer, per experiment: queued (a failed or cancelled one is queued again
+and resumes from its checkpoint), already running or queued, already completed, or
+refused and why. It exits by that answer: 0 when everything is queued, running or
+done, 2 when something cannot run as asked (stale, invalid), 1 when the run could not
+take it now (it is stopping).
 
-Refused, with the reason, when the second command asks for what a running scheduler
-cannot change: other `--set` overrides than the run's, `--fresh`, or flags that
-configure the scheduler itself (GPUs, slots, retries, timeouts).
+Refused before anything is sent, with the reason, when the second command asks for
+what a running scheduler cannot change: other `--set` overrides than the run's,
+`--fresh`, or flags that configure the scheduler itself (GPUs, slots, retries, timeouts).
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from perl_cli import state
-from perl_cli.config import IDENTITY_KEYS, Experiment
+from perl_cli.config import Experiment
 from perl_cli.experiments_view import OVERRIDES_KEY
+from perl_cli.scheduler import lock, requests
 
-ADD_FILE = ".add"  # in the suite directory: experiments handed to the running scheduler
-PICKUP_WAIT_S = 10.0
 # `perl run` flags that configure a scheduler: a running one keeps its own.
 SCHEDULER_FLAGS = ("--gpus", "--jobs", "--jobs-per-gpu", "--retries", "--cpu", "--stall-timeout",
                    "--settle-seconds", "--grace-seconds")
 
 
 def running_scheduler(suite_dir: Path) -> dict[str, Any] | None:
-    """run_status.json's scheduler section when a local scheduler on this host is alive."""
+    """The live local `perl run` holding the suite: its lock record (pid, start time, host)
+    plus run_status.json's scheduler section (backend, overrides) when that is the same run."""
+    holder = lock.holder(suite_dir)
+    if not holder or not isinstance(holder.get("pid"), int) or holder.get("host") not in (None, state.hostname()):
+        return None
+    if not state.process_alive(holder["pid"], holder.get("pid_start_time")):
+        return None
     run = state.read_json(suite_dir / state.RUN_STATUS_FILE)
     scheduler = run.get("scheduler") if isinstance(run, dict) else None
-    if not isinstance(scheduler, dict) or scheduler.get("backend") != "local":
+    if not isinstance(scheduler, dict) or scheduler.get("pid") != holder["pid"]:
+        return None  # it has not written its first run_status.json yet, or it is another kind of run
+    if scheduler.get("backend") != "local":
         return None
-    pid = scheduler.get("pid")
-    if scheduler.get("host") != state.hostname() or not isinstance(pid, int) or not state.process_alive(pid):
-        return None
-    return scheduler
+    return {**scheduler, **holder}
+
+
+def holds(suite_dir: Path, scheduler: dict[str, Any]) -> Callable[[], bool]:
+    """Whether that same run still holds the suite (a requester waits for its answer only so long)."""
+    def alive() -> bool:
+        now = lock.holder(suite_dir)
+        return bool(now) and now.get("pid") == scheduler["pid"] and state.process_alive(
+            scheduler["pid"], scheduler.get("pid_start_time"))
+    return alive
 
 
 def conflicts(scheduler: dict[str, Any], *, overrides: tuple[str, ...], fresh: bool, explicit: frozenset[str]) -> list[str]:
@@ -57,47 +71,41 @@ def conflicts(scheduler: dict[str, Any], *, overrides: tuple[str, ...], fresh: b
     return problems
 
 
-def to_hand_over(experiments: list[Experiment], scheduler: dict[str, Any]) -> list[Experiment]:
-    """The experiments the running scheduler does not already run or queue."""
-    busy = {n for key in ("running", "queued") for n in scheduler.get(key) or [] if isinstance(n, str)}
-    return [e for e in experiments if e.name not in busy]
+def hand_over(suite_dir: Path, suite: str, experiments: list[Experiment], scheduler: dict[str, Any], *,
+              overrides: tuple[str, ...], timeout_s: float = requests.REPLY_WAIT_S) -> requests.Reply | None:
+    """Send the experiments to the running run and wait for its answer (None: it ended without taking them)."""
+    rid = requests.submit(suite_dir, requests.ADD, {
+        "suite": suite, "overrides": list(overrides), "experiments": [e.resolved() for e in experiments],
+    }, to=scheduler["pid"])
+    return requests.await_reply(suite_dir, rid, alive=holds(suite_dir, scheduler), timeout_s=timeout_s)
 
 
-def request_add(suite_dir: Path, experiments: list[Experiment]) -> None:
-    """Add the experiments to the suite's hand-over file (merged with one not yet picked up)."""
-    path = suite_dir / ADD_FILE
-    wanted = {e["name"]: e for e in _read(path) if isinstance(e, dict) and isinstance(e.get("name"), str)}
-    wanted.update({e.name: e.resolved() for e in experiments})
-    state.atomic_write_json(path, list(wanted.values()))
+DESCRIBE = {
+    requests.QUEUED: "queued",
+    requests.RUNNING: "already running",
+    requests.WAITING: "already queued",
+    requests.SKIPPED: "already completed",
+    requests.REFUSED: "refused",
+}
 
 
-def wait_for_pickup(suite_dir: Path, timeout_s: float = PICKUP_WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while (suite_dir / ADD_FILE).exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def read_add_request(suite_dir: Path, suite: str) -> list[Experiment]:
-    """Take the handed-over experiments (the file is removed); malformed entries are dropped."""
-    path = suite_dir / ADD_FILE
-    entries = _read(path)
-    with contextlib.suppress(OSError):
-        path.unlink()
-    out = []
-    for entry in entries:
-        if not isinstance(entry, dict) or entry.get("suite") != suite:
-            continue
-        name, fingerprint = entry.get("name"), entry.get("fingerprint")
-        config = {k: v for k, v in entry.items() if k not in IDENTITY_KEYS and k != OVERRIDES_KEY}
-        if isinstance(name, str) and isinstance(fingerprint, str) and all(isinstance(v, dict) for v in config.values()):
-            out.append(Experiment(name, suite, config, fingerprint))
-    return out
-
-
-def _read(path: Path) -> list:
-    # state.read_json: a regular file of bounded size (a FIFO here must not freeze perl run).
-    data = state.read_json(path)
-    return data if isinstance(data, list) else []
+def describe(reply: requests.Reply, pid: int, suite: str) -> tuple[list[str], list[str]]:
+    """(lines for stdout, lines for stderr) saying what the running run did with each experiment."""
+    if reply.error:
+        return [], [f"`perl run` (pid {pid}) refused the hand-off: {reply.error}."]
+    out = [f"  {r.name}: {DESCRIBE.get(r.outcome, r.outcome)}{' (' + r.reason + ')' if r.reason else ''}"
+           for r in reply.results]
+    queued = [r.name for r in reply.results if r.outcome == requests.QUEUED]
+    refused = [r for r in reply.results if r.outcome == requests.REFUSED]
+    names = ", ".join(queued[:8]) + (" ..." if len(queued) > 8 else "")
+    if queued:
+        head = (f"handed {len(queued)} experiment(s) to the running `perl run` (pid {pid}), which queued them: "
+                f"{names}. Follow them with `perl status {suite}` or `perl watch`.")
+    elif not refused:
+        head = f"nothing to add: the chosen experiments are already running, queued or completed in `perl run` (pid {pid})."
+    else:
+        head = f"`perl run` (pid {pid}) queued none of the chosen experiments."
+    err = []
+    if refused:
+        err.append(f"{len(refused)} experiment(s) not handed over: " + "; ".join(f"{r.name}: {r.reason}" for r in refused[:8]))
+    return [head, *out], err

@@ -47,15 +47,15 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import outcomes, state
-from perl_cli.config import ConfigError, ConfigFile, Experiment
+from perl_cli.config import ConfigError, ConfigFile, Experiment, matching
 from perl_cli.experiments_view import OVERRIDES_KEY, Expectations, read_records
 from perl_cli.logtail import tail_bytes
+from perl_cli.scheduler import endings, handoff, planning, requests
 from perl_cli.scheduler import gpus as gpulib
-from perl_cli.scheduler import handoff, planning
 from perl_cli.scheduler.aggregate import write_run_status
-from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
 from perl_cli.scheduler.handles import AdoptedHandle, ChildHandle
 from perl_cli.scheduler.lock import LockHeld, RunLock
+from perl_cli.scheduler.lock import holder as lock_holder
 from perl_cli.scheduler.memory import CPU_MAX_PARAMS, estimate_mb, too_big_for_cpu
 from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
@@ -65,7 +65,6 @@ from perl_cli.ui import human_bytes, human_seconds
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # perl run's own exit codes
 DEFAULT_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train")
-TERMINAL = outcomes.TERMINAL
 POLL_S = 0.25  # loop wake-up when no child exits: adopted workers, progress, deadlines
 PROGRESS_EVERY_S = 1.0
 AGGREGATE_EVERY_S = 10.0  # progress-only refresh; events refresh it within AGGREGATE_EVENT_S
@@ -78,6 +77,8 @@ LOG_TAIL_BYTES = 65536
 DEFAULT_STALL_TIMEOUT_S = 600.0
 STALL_CHECK_EVERY_S = 1.0
 DISK_LOW_BYTES = 16 * 1024 * 1024  # a failure with less free than this is blamed on the disk
+HANDOVER_ATTEMPTS = 3  # a holder that ends before taking the hand-off: take the lock and run it ourselves
+HANDOVER_FIND_S = 10.0  # a run that holds the lock writes run_status.json within a tick; wait that long for it
 
 
 class RunError(ConfigError):
@@ -187,6 +188,7 @@ class LocalRunner:
         self.watched: list[tuple[Job, str]] = []  # (job, Slurm task id) already queued or running in Slurm
         self.kept: dict[tuple[str, ...], list[str]] = {}  # completed under other --set overrides, by overrides
         self.run_names: list[str] = []
+        self.run_experiments: dict[str, Experiment] = {}  # what this run covers, handed-over ones included
         self.expectations = Expectations(opts.config_file, opts.suite) if opts.config_file is not None else None
         self.stop_requests = 0
         self.stopping = False
@@ -208,13 +210,19 @@ class LocalRunner:
         self._load_gpus()
         if self.opts.dry_run:
             return self._dry_run()
+        self._check_output()
         lock = RunLock(self.suite_dir)
-        try:
-            lock.acquire()
-        except LockHeld as exc:
-            if self.opts.slurm is None:
-                return self._hand_over(exc)
-            raise RunError(str(exc)) from None
+        for attempt in range(HANDOVER_ATTEMPTS):
+            try:
+                lock.acquire()
+                break
+            except LockHeld as exc:
+                if self.opts.slurm is not None or attempt == HANDOVER_ATTEMPTS - 1:
+                    raise RunError(str(exc)) from None
+                code = self._hand_over(exc)
+                if code is not None:
+                    return code
+                # The run ended before it took the request (nothing was done): run them ourselves.
         try:
             with self._signals():
                 return self._run_locked()
@@ -223,10 +231,39 @@ class LocalRunner:
             if self.inventory is not None:
                 self.inventory.close()
 
-    def _hand_over(self, held: LockHeld) -> int:
-        """Another local `perl run` holds the suite: give it what it does not run yet (handoff.py)."""
+    def _check_output(self) -> None:
+        """Exit-2 errors up front for an output we cannot use (never a traceback mid-run)."""
+        out = Path(self.opts.output)
+        try:
+            self.suite_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot create the suite's output directory {self.suite_dir}: {exc.strerror or exc}. "
+                           f"Choose another --output (now {out}) or fix its permissions.") from None
+        if not os.access(self.suite_dir, os.W_OK | os.X_OK):
+            raise RunError(f"cannot write in {self.suite_dir} (read-only, or not yours). Choose another --output "
+                           f"(now {out}) or fix its permissions.")
+        run_status = self.suite_dir / state.RUN_STATUS_FILE
+        if os.path.lexists(run_status) and (run_status.is_symlink() or not run_status.is_file()):
+            raise RunError(f"{run_status} is not a regular file: remove it (perl rebuilds it from the experiment "
+                           "directories).")
+        try:
+            requests.check_spool(self.suite_dir)
+        except requests.SpoolError as exc:
+            raise RunError(str(exc)) from None
+
+    def _hand_over(self, held: LockHeld) -> int | None:
+        """Another local `perl run` holds the suite: hand it the chosen experiments and print its answer.
+
+        None when it ended without taking them (the caller then runs them itself).
+        """
+        deadline = time.monotonic() + HANDOVER_FIND_S
         scheduler = handoff.running_scheduler(self.suite_dir)
+        while scheduler is None and lock_holder(self.suite_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)  # it holds the lock but has not written run_status.json yet
+            scheduler = handoff.running_scheduler(self.suite_dir)
         if scheduler is None:
+            if lock_holder(self.suite_dir) is None:
+                return None
             raise RunError(str(held))
         problems = handoff.conflicts(scheduler, overrides=tuple(self.opts.overrides), fresh=self.opts.fresh,
                                      explicit=self.opts.explicit)
@@ -236,43 +273,110 @@ class LocalRunner:
                 f"more experiments, but not these as asked: {'; '.join(problems)}. Leave those out to hand the "
                 f"experiments to it, or wait for it to end (or stop it with `perl cancel {self.opts.suite}`)."
             )
-        new = handoff.to_hand_over(self.opts.experiments, scheduler)
-        if not new:
-            print(f"nothing to add: the chosen experiments are already running or queued in `perl run` (pid {scheduler['pid']}).")
-            return EXIT_OK
-        handoff.request_add(self.suite_dir, new)
-        names = ", ".join(e.name for e in new[:8]) + (" ..." if len(new) > 8 else "")
-        if handoff.wait_for_pickup(self.suite_dir):
-            print(f"handed {len(new)} experiment(s) to the running `perl run` (pid {scheduler['pid']}), which plans and "
-                  f"queues them: {names}. Follow them with `perl status {self.opts.suite}` or `perl watch`.")
-        else:
-            print(f"asked the running `perl run` (pid {scheduler['pid']}) to take {len(new)} experiment(s) ({names}); "
-                  "it has not picked them up yet (busy, or ending): check `perl status` in a moment, and if the run "
-                  f"has ended, run `perl run {self.opts.suite}` again.")
-        return EXIT_OK
+        try:
+            reply = handoff.hand_over(self.suite_dir, self.opts.suite, self.opts.experiments, scheduler,
+                                      overrides=tuple(self.opts.overrides))
+        except requests.SpoolError as exc:
+            raise RunError(str(exc)) from None
+        if reply is None:
+            return None
+        out, err = handoff.describe(reply, scheduler["pid"], self.opts.suite)
+        for line in out:
+            print(line)
+        for line in err:
+            print(f"perl: error: {line}", file=sys.stderr)
+        return reply.exit_code
 
-    def _check_add_request(self) -> None:
-        """Experiments handed over by a second `perl run`: plan them as our own and queue them."""
-        if not (self.suite_dir / handoff.ADD_FILE).exists():
-            return
-        known = set(self.running) | {j.name for j in self.queue} | set(self.run_names)
-        handed = [e for e in handoff.read_add_request(self.suite_dir, self.opts.suite) if e.name not in known]
-        if not handed or self.stopping or self.disk_full:
-            return
+    # -- requests from other commands (requests.py) -----------------------------------------
+
+    def _serve_requests(self) -> None:
+        """Answer the hand-off and cancel requests waiting in the suite's spool."""
+        handlers = requests.Handlers(add=self._take_handed, cancel=self._cancel_named, overrides=tuple(self.opts.overrides))
+        if requests.serve(self.suite_dir, self.opts.suite, handlers):
+            self._aggregate_dirty = True
+
+    def _take_handed(self, handed: list[Experiment]) -> list[requests.Result]:
+        """Experiments handed over by a second `perl run`: planned as our own, queued, each answered."""
         assert self.reporter is not None
-        jobs, refusals = self._classify(find_live_workers(self.suite_dir), handed)
+        results: list[requests.Result] = []
+        candidates = []
+        for exp in handed:
+            queued = next((j for j in self.queue if j.name == exp.name), None)
+            if exp.name in self.running:
+                results.append(requests.Result(exp.name, requests.RUNNING, f"pid {self.running[exp.name].pid}"))
+            elif queued is not None:
+                results.append(requests.Result(exp.name, requests.WAITING))
+            elif self.stopping:
+                results.append(requests.Result.refused(exp.name, "the run is stopping (Ctrl+C or `perl cancel`); run "
+                                                       f"`perl run {self.opts.suite}` again once it has ended", code=1))
+            elif self.disk_full:
+                results.append(requests.Result.refused(exp.name, f"the disk is full ({self.disk_full}); the run launches "
+                                                       "nothing more", code=1))
+            else:
+                candidates.append(exp)
+        if not candidates:
+            return results
+        jobs, refusals = self._classify(find_live_workers(self.suite_dir), candidates, fresh=False)
+        results += [requests.Result.refused(name, reason) for name, reason in refusals]
         for name, reason in refusals:
             self.reporter.info(f"not added: {name}: {reason}")
-        jobs = [j for j in jobs if j.action != "adopt"]
-        if not jobs:
-            return
-        listed = {e.name for e in self.all_experiments}
-        self.all_experiments = [*self.all_experiments, *(j.exp for j in jobs if j.name not in listed)]
-        self.run_names += [j.name for j in jobs]
-        self.queue.extend(jobs)
+        planned = {j.name for j in jobs} | {n for n, _ in refusals}
+        results += [requests.Result(e.name, requests.SKIPPED) for e in candidates if e.name not in planned]
+        for job in jobs:
+            before = self.results.pop(job.name, None)
+            self.run_experiments[job.name] = job.exp
+            self.all_experiments = [e for e in self.all_experiments if e.name != job.name] + [job.exp]
+            if job.name not in self.run_names:
+                self.run_names.append(job.name)
+            if job.action == "adopt":
+                self._adopt(job)
+                results.append(requests.Result(job.name, requests.RUNNING, f"adopted: pid {job.pid}, left by an earlier run"))
+                continue
+            self.queue.append(job)
+            again = f"it had {'failed' if before == state.FAILED else 'been ' + before} in this run; " if before else ""
+            results.append(requests.Result(job.name, requests.QUEUED, again + (
+                "resumes from its last checkpoint" if state.last_checkpoint(job.dir) else "starts from the beginning")))
         self.reporter.grow(len(jobs))
-        self.reporter.info(f"added {len(jobs)} experiment(s) handed over by another `perl run`: {', '.join(j.name for j in jobs)}")
+        if jobs:
+            self.reporter.info(f"added {len(jobs)} experiment(s) handed over by another `perl run`: "
+                               f"{', '.join(j.name for j in jobs)}")
+        return results
+
+    def _cancel_named(self, patterns: list[str]) -> list[requests.Result]:
+        """`perl cancel --only A,B` while we run: queued ones leave the queue, running ones save a checkpoint
+        and exit (`interrupted`, no retry); anything else is answered with what it is."""
+        assert self.reporter is not None
+        known = list(dict.fromkeys([*self.running, *(j.name for j in self.queue), *self.run_names,
+                                    *state.experiment_dirs(self.suite_dir)]))
+        unknown = [p for p in patterns if not matching(known, p)]
+        if unknown:  # a usage error, as in the readers' --only: nothing is cancelled
+            return [requests.Result.refused(p, f"no experiment of suite {self.opts.suite} is named or matches it")
+                    for p in unknown]
+        results: list[requests.Result] = []
+        names = list(dict.fromkeys(n for p in patterns for n in matching(known, p)))
+        for name in names:
+            job = next((j for j in self.queue if j.name == name), None)
+            if job is not None:
+                self.queue.remove(job)
+                self.results[name] = state.INTERRUPTED
+                self.reporter.finished(name, state.INTERRUPTED, "cancelled by perl cancel before it started")
+                results.append(requests.Result(name, requests.CANCELLED, "it was queued and had not started"))
+                continue
+            job = self.running.get(name)
+            if job is not None:
+                if job.stop_sent or job.handle is None:
+                    results.append(requests.Result(name, requests.CANCELLED, "it was already stopping"))
+                    continue
+                job.stop_sent = True
+                job.kill_at = time.monotonic() + self.opts.grace_seconds
+                job.handle.terminate()
+                self.reporter.info(f"{name}: cancelled by perl cancel; asked it to save a checkpoint and exit")
+                results.append(requests.Result(name, requests.CANCELLED, "it was running: it saves a checkpoint and exits"))
+                continue
+            now = state.effective_state(state.read_status(self.suite_dir / name))
+            results.append(requests.Result(name, requests.ENDED, f"it is {now}: nothing to cancel"))
         self._aggregate_dirty = True
+        return results
 
     def _load_gpus(self) -> None:
         try:
@@ -329,8 +433,8 @@ class LocalRunner:
 
     # -- deciding what to run -------------------------------------------------------
 
-    def _classify(self, live: dict[Path, tuple[int, float | None]],
-                  experiments: list[Experiment] | None = None) -> tuple[list[Job], list[tuple[str, str]]]:
+    def _classify(self, live: dict[Path, tuple[int, float | None]], experiments: list[Experiment] | None = None,
+                  *, fresh: bool | None = None) -> tuple[list[Job], list[tuple[str, str]]]:
         """Jobs to start or adopt, and the refusals as (name, reason): planning.decide per experiment."""
         jobs: list[Job] = []
         refusals: list[tuple[str, str]] = []
@@ -340,7 +444,8 @@ class LocalRunner:
         for exp in experiments:
             exp_dir = self.suite_dir / exp.name
             facts, running = self._facts(exp, exp_dir, live, in_slurm.get(exp.name), asked)
-            decision = planning.decide(facts, fresh=self.opts.fresh, asked=asked, slurm=self.opts.slurm is not None)
+            decision = planning.decide(facts, fresh=self.opts.fresh if fresh is None else fresh, asked=asked,
+                                       slurm=self.opts.slurm is not None)
             job = Job(exp, exp_dir, estimate_mb(exp.config), action=decision.action, runtime=decision.runtime,
                       tries_left=self.opts.retries)
             if decision.action == planning.REFUSE:
@@ -445,8 +550,7 @@ class LocalRunner:
     # -- the run ------------------------------------------------------------------------
 
     def _run_locked(self) -> int:
-        read_cancel_request(self.suite_dir / CANCEL_FILE)  # a request left by an earlier run is not ours
-        handoff.read_add_request(self.suite_dir, self.opts.suite)  # nor is a hand-over it did not pick up
+        requests.sweep(self.suite_dir)  # what an ended run took and never answered, requests nobody waits for
         live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
         jobs, refusals = self._classify(live)
         if refusals:
@@ -456,6 +560,7 @@ class LocalRunner:
             return self._run_slurm(jobs)
         self._check_fit(jobs)
         self.run_names = [j.name for j in jobs]
+        self.run_experiments = {j.name: j.exp for j in jobs}
         total = len(jobs)
         self.reporter = make_reporter(total, tty=self.opts.tty)
         try:
@@ -590,17 +695,28 @@ class LocalRunner:
             while stranger.poll() is None:
                 time.sleep(0.05)
         kill_leftover_group(job.pid)
-        status = state.read_status(job.dir) or {}
-        if status.get("state") not in TERMINAL:
-            state.update_status(job.dir, state=state.INTERRUPTED, ended=state.now(), error="stopped by perl run --fresh")
+        endings.record(job.dir, outcomes.Ending(None, pid=job.pid, stop_sent=True), keep_final=True,
+                       extra={"error": "stopped by perl run --fresh"})
 
     def _loop(self) -> None:
+        while True:
+            self._run_until_idle()
+            # Last call: a request that came as the last job ended is answered, not left behind.
+            try:
+                self._serve_requests()
+            except OSError as exc:
+                if not outcomes.is_disk_full(exc):
+                    raise
+                self._on_disk_full(exc)
+            if not (self.queue or self.running):
+                return
+
+    def _run_until_idle(self) -> None:
         while self.queue or self.running:
             if self.stop_requests:
                 self._stop_all()
             try:
-                self._check_cancel_request()
-                self._check_add_request()
+                self._serve_requests()
                 self._kill_overdue()
                 self._reap()
                 self._check_stalls()
@@ -788,27 +904,17 @@ class LocalRunner:
     def _finish(self, job: Job, rc: int | None) -> None:
         """Record the final state of a worker that has exited (rc None: not our child)."""
         del self.running[job.name]
-        status = state.read_status(job.dir) or {}
         ending = outcomes.Ending(rc, pid=job.pid, stop_sent=job.stop_sent, killed=job.killed,
                                  stall_killed=job.stall_killed, stall_timeout=human_seconds(self.opts.stall_timeout))
-        fields = outcomes.final_fields(ending, status)
-        if status.get("ended") is None:
-            fields["ended"] = state.now()
-        if fields.get("state", status.get("state")) == state.FAILED:
-            full = self._disk_full_evidence(job, fields.get("error") or status.get("error"))
-            if full:
-                fields.update(cause="disk_full", error=f"{fields.get('error') or status.get('error')} ({full})")
-        if any(status.get(k) != v for k, v in fields.items()):
-            try:
-                status = state.update_status(job.dir, **fields)
-            except OSError as exc:
-                if not outcomes.is_disk_full(exc):
-                    raise
-                if fields.get("cause") != "disk_full":
-                    fields.update(cause="disk_full", error=f"{fields.get('error') or status.get('error')} "
-                                                           f"(the disk is full: {exc.strerror} writing {state.STATUS_FILE})")
-                status = state.write_status_best_effort(job.dir, **fields)
-        if status.get("cause") == "disk_full" and not self.disk_full:
+
+        def blame_the_disk(fields: dict, status: dict) -> None:
+            if fields.get("state", status.get("state")) == state.FAILED:
+                full = self._disk_full_evidence(job, fields.get("error") or status.get("error"))
+                if full:
+                    fields.update(cause=outcomes.CAUSE_DISK_FULL, error=f"{fields.get('error') or status.get('error')} ({full})")
+
+        status = endings.record(job.dir, ending, amend=blame_the_disk)
+        if status.get("cause") == outcomes.CAUSE_DISK_FULL and not self.disk_full:
             self._on_disk_full(OSError(errno.ENOSPC, "No space left on device", str(job.dir)))
         final = status.get("state", state.FAILED)
         retry = None
@@ -865,26 +971,6 @@ class LocalRunner:
 
     # -- stopping --------------------------------------------------------------------------
 
-    def _check_cancel_request(self) -> None:
-        """`perl cancel --only A,B` while we run: stop those (checkpoint, `interrupted`, no retry)."""
-        path = self.suite_dir / CANCEL_FILE
-        if not path.exists():
-            return
-        names = set(read_cancel_request(path))
-        dropped = [j for j in self.queue if j.name in names]
-        self.queue = deque(j for j in self.queue if j.name not in names)
-        assert self.reporter is not None
-        for job in dropped:
-            self.results[job.name] = state.INTERRUPTED
-            self.reporter.finished(job.name, state.INTERRUPTED, "cancelled by perl cancel before it started")
-        for job in self.running.values():
-            if job.name in names and not job.stop_sent and job.handle is not None:
-                job.stop_sent = True
-                job.kill_at = time.monotonic() + self.opts.grace_seconds
-                job.handle.terminate()
-                self.reporter.info(f"{job.name}: cancelled by perl cancel; asked it to save a checkpoint and exit")
-        self._aggregate_dirty = True
-
     def _kill_overdue(self) -> None:
         """Kill cancelled workers that outlived the grace period."""
         now = time.monotonic()
@@ -899,6 +985,7 @@ class LocalRunner:
             self.stopping = True
             self.kill_deadline = time.monotonic() + self.opts.grace_seconds
             self.queue.clear()
+            self._aggregate_dirty = True  # readers (and hand-offs) must not see a queue that is gone
             if self.running:
                 self.reporter.info(
                     f"stopping: asked {len(self.running)} worker(s) to save a checkpoint and exit "
@@ -993,11 +1080,11 @@ class LocalRunner:
         if self.disk_full:
             return EXIT_FAILED
         kept = {name for names in self.kept.values() for name in names}  # complete under their own --set
-        wanted = {e.name for e in self.opts.experiments} - kept
-        for name in wanted:
-            status = state.read_status(self.suite_dir / name)
-            fp = next(e.fingerprint for e in self.opts.experiments if e.name == name)
-            if state.effective_state(status, fp) != state.COMPLETED:
+        # Every experiment the run ran, handed-over ones included.
+        for name, exp in self.run_experiments.items():
+            if name in kept:
+                continue
+            if state.effective_state(state.read_status(self.suite_dir / name), exp.fingerprint) != state.COMPLETED:
                 return EXIT_FAILED
         return EXIT_OK
 

@@ -100,11 +100,9 @@ class SlurmTask:
         return rc
 
     def _record(self, ending: outcomes.Ending, **extra: Any) -> dict:
-        status = state.read_status(self.exp_dir) or {}
-        fields = {**outcomes.final_fields(ending, status), **extra}
-        if status.get("ended") is None:
-            fields["ended"] = state.now()
-        return state.write_status_best_effort(self.exp_dir, **fields)
+        from perl_cli.scheduler import endings
+
+        return endings.record(self.exp_dir, ending, extra=extra)
 
     def checkpoint(self) -> Any:
         """Called by submitit on SIGUSR2 (time limit near, or preemption): stop, then requeue or give up."""
