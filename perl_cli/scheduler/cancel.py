@@ -65,7 +65,8 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
         if unknown:
             raise ConfigError(f"--only {','.join(unknown)}: no such experiment in {suite_dir}; it has "
                               f"{', '.join(sorted(known)) or 'none'}.")
-    cancelled = slurm.cancel_suite(suite_dir, names, wait_s=wait_s, out=out)
+    in_slurm = slurm.cancel_suite(suite_dir, names, wait_s=wait_s, out=out)
+    cancelled = len(in_slurm)
     holder = lock.holder(suite_dir)
     if holder is not None and holder.get("pid"):
         pid = int(holder["pid"])
@@ -86,8 +87,23 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
     if not cancelled:
         out(f"suite {suite}: nothing queued or running to cancel.")
     else:
-        out(f"suite {suite}: cancelled. `perl run {suite}` resumes from the checkpoints.")
+        out(f"suite {suite}: cancelled. {_resume_hint(suite, in_slurm, local=cancelled - len(in_slurm), output=Path(output))}")
     return outcomes.EXIT_OK
+
+
+def _resume_hint(suite: str, in_slurm: dict[str, list[str]], *, local: int, output: Path) -> str:
+    """The command(s) that resume what was cancelled: Slurm tasks with the backend and options they had."""
+    import shlex
+
+    where = [] if output == Path("output") else ["--output", str(output)]
+    commands = []
+    for args in dict.fromkeys(tuple(a) for a in in_slurm.values()):
+        names = sorted(n for n, a in in_slurm.items() if tuple(a) == args)
+        only = ["--only", ",".join(names)] if len(set(map(tuple, in_slurm.values()))) > 1 else []
+        commands.append(f"`{shlex.join(['perl', 'run', suite, *only, *args, *where])}`")
+    if local:
+        commands.append(f"`{shlex.join(['perl', 'run', suite, *where])}`")
+    return " or ".join(commands) + " resumes from the checkpoints."
 
 
 def _wait(busy, timeout: float) -> None:

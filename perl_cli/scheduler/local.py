@@ -707,6 +707,7 @@ class LocalRunner:
             "error": None,
             "scheduler_pid": os.getpid(),
             "retries": previous.get("retries", []) if same else [],
+            "run_s_before": state.earlier_attempts_s(previous) if same else 0.0,  # the time of every attempt
         }
         state.write_status(job.dir, status)
         cmd = self._command(job)
