@@ -404,6 +404,13 @@ class LocalRunner:
         suite = self.opts.suite
         lines = [f"suite '{suite}': {len(refusals)} of the chosen experiments cannot be run as asked:"]
         lines += [f"  {len(names)} {reason}: {_some(names)}" for reason, names in by_reason.items()]
+        in_slurm = [name for name, reason in refusals if reason.startswith(planning.IN_SLURM)]
+        if in_slurm:  # --fresh is refused the same way: only cancelling the tasks lifts it
+            lines.append(f"Slurm still has tasks for {_some(in_slurm)}: `perl cancel {suite} --only "
+                         f"{','.join(in_slurm)}` first (they resume from their checkpoints when run again).")
+            refusals = [(name, reason) for name, reason in refusals if name not in in_slurm]
+            if not refusals:
+                return "\n".join(lines)
         names = [name for name, _ in refusals]
         only = "" if set(names) == {e.name for e in self.all_experiments} else f" --only {','.join(names)}"
         sets = "".join(f" --set {shlex.quote(o)}" for o in self.opts.overrides)
