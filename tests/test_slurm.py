@@ -533,3 +533,98 @@ def test_readme_states_the_time_limit_the_code_warns_at() -> None:
     threshold = max(t for t in range(30, 600) if early_warning_note(t))
     readme = (HERE.parent / "README.md").read_text()
     assert f"of {threshold} s or less" in readme, threshold
+
+
+def test_logs_follow_waits_for_a_queued_task(tmp_path: Path) -> None:
+    """Reproduction 6: `perl logs -f` on a task waiting in Slurm's queue exited 1 at once."""
+    write_config(tmp_path, methods=("lora",), seeds=(1,))
+    exp = tmp_path / "out" / SUITE / "lora_s1"
+    exp.mkdir(parents=True)
+    state.write_status(exp, {"state": "queued", "backend": "slurm", "slurm": {"job_id": None}})
+    follow = subprocess.Popen([sys.executable, "-m", "perl_cli", "logs", SUITE, "lora_s1", "-f", "--config",
+                               str(tmp_path / "experiments.toml"), "--output", str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        wait_until(lambda: follow.poll() is not None or _waiting(follow), timeout=30, what="perl logs -f to say it waits")
+        assert follow.poll() is None, follow.communicate()
+        (exp / state.LOG_FILE).write_text("step 1\n")
+        state.write_status(exp, {"state": "running", "host": "node1", "heartbeat": state.now()})
+        (exp / state.LOG_FILE).write_text("step 1\nstep 2\n")
+        state.write_status(exp, {"state": "completed", "ended": state.now()})
+        out, err = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 0, err
+    assert "step 2" in out and "completed" in err, (out, err)  # its "queued; waiting" line was read above
+
+
+def _waiting(proc: subprocess.Popen) -> bool:
+    """Whether `perl logs -f` has said that it waits (its first stderr line)."""
+    import select
+
+    ready, _, _ = select.select([proc.stderr], [], [], 0)
+    return bool(ready) and "waiting for it to start" in proc.stderr.readline()
+
+
+def test_what_slurm_says_about_a_task_that_left_no_final_status() -> None:
+    from perl_cli.scheduler.endings import from_slurm
+
+    queued, running = {"state": "queued"}, {"state": "running"}
+    assert from_slurm("CANCELLED", queued, "7_1") == {
+        "state": "interrupted", "cause": "cancelled_pending",
+        "error": "cancelled by Slurm (scancel) while it waited in Slurm's queue (task 7_1); it did not start"}
+    assert from_slurm("GONE", queued, "7_1", cancelled=True)["error"].startswith("cancelled by perl cancel")
+    assert from_slurm("CANCELLED", running, "7_1")["state"] == "interrupted"
+    assert "cause" not in from_slurm("CANCELLED", running, "7_1")
+    assert from_slurm("TIMEOUT", running, "7_1")["cause"] == "time_limit"
+    assert from_slurm("NODE_FAIL", running, "7_1")["cause"] == "node_failure"
+    assert from_slurm("OUT_OF_MEMORY", running, "7_1")["cause"] == "memory_limit"
+    assert from_slurm("PREEMPTED", running, "7_1")["cause"] == "preempted"
+    assert from_slurm("FAILED", running, "7_1") == {
+        "state": "failed", "error": "Slurm task 7_1 ended without a final status (Slurm state: FAILED)"}
+
+
+def test_readers_show_a_task_slurm_requeued_as_queued(monkeypatch) -> None:
+    """A status that says interrupted or failed while Slurm has the task again is shown queued (or running)."""
+    from perl_cli.scheduler import slurm as slurmlib
+
+    answers = {"1_0": "PENDING", "1_1": "RUNNING", "1_2": "FAILED", "1_3": "REQUEUE_HOLD"}
+    monkeypatch.setattr(slurmlib.slurm_cli, "task_states", lambda ids, *, timeout: {i: answers[i] for i in ids})
+    monkeypatch.setattr(slurmlib, "_read_cache", {}, raising=False)
+    statuses = {"a": {"state": "interrupted", "slurm": {"job_id": "1_0"}},
+                "b": {"state": "failed", "slurm": {"job_id": "1_1"}},
+                "c": {"state": "failed", "slurm": {"job_id": "1_2"}},
+                "d": {"state": "completed", "slurm": {"job_id": "1_3"}},  # never asked about
+                "e": {"state": "interrupted", "slurm": {"job_id": "1_3"}}}
+    shown = slurmlib.seen_by_slurm(statuses)
+    assert {n: f["state"] for n, f in shown.items()} == {"a": "queued", "b": "running", "e": "queued"}
+    assert "REQUEUE_HOLD" in shown["e"]["error"]
+
+
+def test_the_time_of_every_attempt_is_carried_over() -> None:
+    assert state.earlier_attempts_s({}) == 0
+    assert state.earlier_attempts_s({"state": "queued", "started": 100.0, "ended": 130.0, "run_s_before": 12}) == 42
+    assert state.earlier_attempts_s({"state": "running", "started": 100.0, "ended": None, "run_s_before": 12}) == 12
+    assert state.earlier_attempts_s({"state": "queued", "started": None, "ended": None, "run_s_before": 5}) == 5
+
+
+def test_suggested_commands_keep_the_backend_and_the_slurm_options(tmp_path: Path) -> None:
+    """Reproduction 5: diagnose's fix for an interrupted Slurm task dropped --backend slurm (followed
+    literally, it trained on the login node)."""
+    from perl_cli import diagnose as dg
+
+    status = {"state": "interrupted", "exit_code": 143, "backend": "slurm",
+              "slurm": {"job_id": "9_0", "args": ["--backend", "slurm", "--partition", "gpu", "--time", "4:00:00",
+                                                  "--slurm-arg", "qos=high"]}}
+    ctx = dg.Context("core", "lora_s1", {}, status)
+    ev = dg.Evidence(status, {}, [], "", None, [], False)
+    assert dg.classify(ev).cause == "interrupted"
+    (command,) = dg.fix_interrupted(ctx, ev).commands
+    assert command == "perl run core --only lora_s1 --backend slurm --partition gpu --time 4:00:00 --slurm-arg qos=high"
+    timed_out = {**status, "state": "failed", "cause": "time_limit", "slurm": {**status["slurm"], "time_limit_s": 14400}}
+    (command,) = dg.fix_time_limit(dg.Context("core", "lora_s1", {}, timed_out),
+                                   dg.Evidence(timed_out, {}, [], "", None, [], False)).commands
+    assert command == "perl run core --only lora_s1 --backend slurm --partition gpu --time 08:00:00 --slurm-arg qos=high"
+    local = dg.Context("core", "lora_s1", {}, {"state": "interrupted"})
+    assert dg.fix_interrupted(local, ev).commands == ["perl run core --only lora_s1"]
