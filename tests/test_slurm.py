@@ -628,3 +628,45 @@ def test_suggested_commands_keep_the_backend_and_the_slurm_options(tmp_path: Pat
     assert command == "perl run core --only lora_s1 --backend slurm --partition gpu --time 08:00:00 --slurm-arg qos=high"
     local = dg.Context("core", "lora_s1", {}, {"state": "interrupted"})
     assert dg.fix_interrupted(local, ev).commands == ["perl run core --only lora_s1"]
+
+
+def _task_dir(tmp_path: Path, **status) -> Path:
+    exp = tmp_path / "lora_s1"
+    exp.mkdir()
+    state.atomic_write_json(exp / state.CONFIG_FILE, {"name": "lora_s1", "training": {
+        "max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}})
+    state.write_status(exp, status)
+    return exp
+
+
+def test_a_restart_after_an_attempt_that_left_no_word_is_recorded_as_a_requeue(tmp_path: Path, monkeypatch) -> None:
+    """A node that died mid-attempt: Slurm restarts the task while status.json still says running."""
+    from perl_cli.scheduler.slurm_task import SlurmTask
+
+    exp = _task_dir(tmp_path, state="running", attempt=1, step=2, host="node7", started=100.0, heartbeat=160.0,
+                    slurm={"job_id": "5_0", "node": "node7"})
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("PERL_FAKE_STEP_SECONDS", "0.01")
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "PERL_FAKE_PLAN"):
+        monkeypatch.delenv(name, raising=False)
+    rc = SlurmTask(str(exp), [sys.executable, str(HERE / "fake_worker.py")], requeues_left=0, time_limit_s=600,
+                   signal_delay_s=60)()
+    final = state.read_status(exp)
+    assert rc == 0 and final["state"] == "completed" and final["attempt"] == 2, final
+    (requeue,) = final["requeues"]
+    assert requeue["cause"] == "requeued" and "node7" in requeue["reason"] and requeue["step"] == 2
+    assert final["run_s_before"] == 60.0  # the lost attempt's time counts, up to its last heartbeat
+
+
+def test_a_failed_experiment_makes_its_slurm_task_fail(tmp_path: Path, monkeypatch) -> None:
+    """The task's exit status is the experiment's: it raises, so submitit exits non-zero (sacct FAILED)."""
+    from perl_cli.scheduler.slurm_task import ExperimentFailed, SlurmTask
+
+    exp = _task_dir(tmp_path, state="queued")
+    monkeypatch.setenv("PERL_FAKE_PLAN", json.dumps({"lora_s1": {"kill_self_at": 2}}))
+    monkeypatch.setenv("PERL_FAKE_STEP_SECONDS", "0.01")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(ExperimentFailed, match="killed by SIGKILL"):
+        SlurmTask(str(exp), [sys.executable, str(HERE / "fake_worker.py")], requeues_left=0, time_limit_s=600,
+                  signal_delay_s=60)()
+    assert state.read_status(exp)["state"] == "failed" and state.read_status(exp)["exit_code"] == 137

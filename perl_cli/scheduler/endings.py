@@ -40,13 +40,17 @@ def record_ending(exp_dir: Path | str, ending: outcomes.Ending, **extra: Any) ->
 
 
 def record_requeue(exp_dir: Path | str, *, cause: str, reason: str, exit_code: int | None = None,
-                   error: str | None = None) -> dict:
-    """The task is back in Slurm's queue: `queued`, with the requeue and its reason recorded."""
+                   error: str | None = None, ended: float | None = None) -> dict:
+    """The task is back in Slurm's queue: `queued`, with the requeue and its reason recorded.
+
+    `ended`: when the attempt stopped, if not now (an attempt that left no word: its last heartbeat).
+    """
     status = state.read_status(exp_dir) or {}
     entry = {"cause": cause, "reason": reason, "at": state.now(), "attempt": status.get("attempt"),
              "step": status.get("step")}
     return state.write_status_best_effort(
-        exp_dir, state=outcomes.QUEUED, ended=status.get("ended") or state.now(), exit_code=exit_code, signal=None,
+        exp_dir, state=outcomes.QUEUED, ended=ended or status.get("ended") or state.now(), exit_code=exit_code,
+        signal=None,
         pid=None, pid_start_time=None, cause=None,
         error=error or f"requeued by Slurm ({reason}) at step {status.get('step')}; waits in the queue",
         requeues=[*(status.get("requeues") or []), entry],

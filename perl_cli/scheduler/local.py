@@ -414,6 +414,8 @@ class LocalRunner:
         names = [name for name, _ in refusals]
         only = "" if set(names) == {e.name for e in self.all_experiments} else f" --only {','.join(names)}"
         sets = "".join(f" --set {shlex.quote(o)}" for o in self.opts.overrides)
+        if self.opts.slurm is not None:  # the same backend and options, or it would run here
+            sets += " " + shlex.join(self.opts.slurm.rerun_args())
         lines.append(
             f"To start them over with this command's settings: `perl run {suite}{only}{sets} --fresh` (the old "
             f"directories are kept as <name>{state.OLD_DIR_MARK}<timestamp>). To keep them, leave them out with "

@@ -99,8 +99,9 @@ class SlurmTask:
             # Restarted by Slurm while the file still says running: the last attempt never recorded
             # its end (its node died, or Slurm killed the task before it could).
             node = (previous.get("slurm") or {}).get("node") or previous.get("host")
+            beat = previous.get("heartbeat")
             previous = endings.record_requeue(
-                exp_dir, cause=outcomes.CAUSE_REQUEUED,
+                exp_dir, cause=outcomes.CAUSE_REQUEUED, ended=beat if isinstance(beat, (int, float)) else None,
                 reason=f"restarted by Slurm; the attempt on {node} ended without recording its end (node failure?)")
             state.append_log_mark(exp_dir, f"requeued by Slurm: the attempt on {node} left no final status")
         attempt = (previous.get("attempt") or 0) + 1
