@@ -490,6 +490,10 @@ def rerun_args(status: dict) -> list[str]:
     return ["--backend", "slurm"] if slurm or status.get("backend") == "slurm" else []
 
 
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 @dataclass
 class _Dir:
     dir: Path
@@ -574,6 +578,10 @@ READ_TIMEOUT_S = 3.0  # readers (perl status, watch) wait at most this long for 
 # A reader that refreshes (watch every 2 s, status --watch) asks Slurm about the same tasks at
 # most this often: the answer (or "unreachable", which costs READ_TIMEOUT_S) is reused.
 READ_REUSE_S = 20.0
+# Readers ask about an experiment recorded interrupted or failed (Slurm may have requeued its task)
+# only this long after it ended: a suite that ended long ago is read without asking Slurm each time.
+# `perl run` and `perl cancel` always ask.
+READ_ENDED_S = 7 * 24 * 3600.0
 _read_cache: dict[frozenset[str], tuple[float, dict[str, str] | None]] = {}
 
 
@@ -602,11 +610,13 @@ def seen_by_slurm(statuses: dict[str, dict]) -> dict[str, dict[str, Any]]:
     - The file says interrupted or failed, but Slurm has the task again (requeued or held
       behind PeRL's back, before the task could say so): shown `queued` (or `running`).
 
-    Asks Slurm only when some status names a task that has not completed, within
-    READ_TIMEOUT_S, reusing an answer for READ_REUSE_S; unreachable: {} (the files alone
-    decide). Never writes.
+    Asks Slurm only when some status names a task that has not completed (and, if recorded
+    ended, ended less than READ_ENDED_S ago), within READ_TIMEOUT_S, reusing an answer for
+    READ_REUSE_S; unreachable: {} (the files alone decide). Never writes.
     """
-    tasks = {name: str(_task_id(s)) for name, s in statuses.items() if _may_be_in_slurm(s)}
+    now = state.now()
+    tasks = {name: str(_task_id(s)) for name, s in statuses.items() if _may_be_in_slurm(s)
+             and (s.get("state") not in outcomes.TERMINAL or now - (_num(s.get("ended")) or now) < READ_ENDED_S)}
     if not tasks:
         return {}
     states = _task_states_for_readers(frozenset(tasks.values()))
