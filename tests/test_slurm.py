@@ -477,8 +477,12 @@ def test_a_submission_that_times_out_is_confirmed_with_slurm_not_reported_refuse
     assert "Slurm did accept it" in text and "rejected" not in text and "refused" not in text, text
     final = statuses(tmp_path)
     assert all(s["slurm"]["job_id"] for s in final.values()), final
-    wait_until(lambda: {s.get("state") for s in statuses(tmp_path).values()} == {"completed"}, timeout=90,
-               what="the accepted tasks to complete")
+    try:
+        wait_until(lambda: {s.get("state") for s in statuses(tmp_path).values()} == {"completed"}, timeout=180,
+                   what="the accepted tasks to complete")
+    except AssertionError:  # say why: the tasks' states and submitit's logs
+        logs = {p.name: p.read_text()[-2000:] for p in (tmp_path / "out" / SUITE / ".slurm").rglob("*.out")}
+        raise AssertionError(f"{statuses(tmp_path)}\n{logs}") from None
 
 
 def test_unreachable_and_refused_are_told_apart() -> None:

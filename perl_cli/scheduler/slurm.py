@@ -416,6 +416,9 @@ def _place_pickles(folder: Path, before: set[Path], ids: list[str], jobs: list[A
         job_id = by_dir.get(getattr(task, "exp_dir", ""))
         if job_id is not None:
             SlurmJob(folder=folder / "%j", job_id=job_id, tasks=[0]).paths.move_temporary_file(path, "submitted_pickle")
+    for script in set(folder.glob(".submission_file_*.sh")) - before:  # sbatch has read it
+        with contextlib.suppress(OSError):
+            script.unlink()
 
 
 def _restore(exp_dir: Path, previous: dict | None, *, created: bool) -> None:
