@@ -180,7 +180,10 @@ class SlurmBackend:
     def executor(self, time_limit_s: int, count: int) -> Any:
         import submitit
 
-        executor = submitit.SlurmExecutor(folder=self.suite_dir / SUBMITIT_DIR / "%j", max_num_timeout=10**6)
+        # One flat folder (no per-job "%j" subfolder): Slurm opens each task's --output there when the
+        # task starts, and after a timed-out sbatch the task may start before PeRL learns its id and
+        # could create a per-job folder (the task then fails at once, WTERMSIG 53).
+        executor = submitit.SlurmExecutor(folder=self.suite_dir / SUBMITIT_DIR, max_num_timeout=10**6)
         params: dict[str, Any] = {
             "job_name": f"perl-{self.opts.suite}",
             "time": max(1, math.ceil(time_limit_s / 60)),
@@ -415,7 +418,7 @@ def _place_pickles(folder: Path, before: set[Path], ids: list[str], jobs: list[A
             continue
         job_id = by_dir.get(getattr(task, "exp_dir", ""))
         if job_id is not None:
-            SlurmJob(folder=folder / "%j", job_id=job_id, tasks=[0]).paths.move_temporary_file(path, "submitted_pickle")
+            SlurmJob(folder=folder, job_id=job_id, tasks=[0]).paths.move_temporary_file(path, "submitted_pickle")
     for script in set(folder.glob(".submission_file_*.sh")) - before:  # sbatch has read it
         with contextlib.suppress(OSError):
             script.unlink()
