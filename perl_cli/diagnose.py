@@ -107,7 +107,9 @@ class Context:
     expected: dict | None = None  # what the config file resolves to now (None: suite not in the config)
     has_checkpoint: bool = False
 
-    def run(self, sets: dict[str, Any] | None = None, *, fresh: bool = False) -> str:
+    def run(self, sets: dict[str, Any] | None = None, *, fresh: bool = False, slurm: dict[str, str] | None = None) -> str:
+        """The command; an experiment that ran on Slurm keeps `--backend slurm` and the options it was
+        submitted with (`slurm` replaces some of them, e.g. {"--time": "4:00:00"})."""
         parts = ["perl", "run", self.suite, "--only", self.name]
         if self.config_path is not None:
             parts += ["--config", str(self.config_path)]
@@ -115,9 +117,36 @@ class Context:
             parts += ["--output", str(self.output)]
         for path, value in (self.ran_overrides() | (sets or {})).items():
             parts += ["--set", f"{path}={_toml(value)}"]
+        parts += self.backend_args(slurm)
         if fresh or (sets and self.has_checkpoint):
             parts.append("--fresh")
         return " ".join(shlex.quote(p) for p in parts)
+
+    @property
+    def on_slurm(self) -> bool:
+        return self.status.get("backend") == "slurm" or isinstance(self.status.get("slurm"), dict)
+
+    def backend_args(self, replace: dict[str, str] | None = None) -> list[str]:
+        if not self.on_slurm and not replace:
+            return []
+        from perl_cli.scheduler.slurm import rerun_args  # light: submitit is imported only to submit
+
+        args = rerun_args(self.status)
+        for flag, value in (replace or {}).items():
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+        return args
+
+    @property
+    def slurm_task(self) -> str | None:
+        slurm = self.status.get("slurm") if isinstance(self.status.get("slurm"), dict) else {}
+        return str(slurm["job_id"]) if slurm.get("job_id") else None
+
+    def slurm_option(self, flag: str) -> str | None:
+        args = self.backend_args()
+        return args[args.index(flag) + 1] if flag in args[:-1] else None
 
     def ran_overrides(self) -> dict[str, Any]:
         """section.key = value where what ran differs from what the config resolves to now."""
@@ -259,12 +288,11 @@ def fix_time_limit(ctx: Context, ev: Evidence) -> Fix:
     requeues = len(ev.status.get("requeues") or [])
     slurm = ev.status.get("slurm") if isinstance(ev.status.get("slurm"), dict) else {}
     limit = _int(slurm.get("time_limit_s"))
-    more = f" --time {format_time(2 * limit)}" if limit else ""
     return Fix(
         f"The Slurm task hit its time limit{' (' + format_time(limit) + ')' if limit else ''} and had no requeue "
         f"left (requeued {requeues} time(s)). Give it more time (--time) or more requeues (--retries); it resumes "
         "from its last checkpoint.",
-        [ctx.run() + f" --backend slurm{more}"],
+        [ctx.run(slurm={"--backend": "slurm", **({"--time": format_time(2 * limit)} if limit else {})})],
     )
 
 
@@ -272,11 +300,63 @@ def fix_preempted(ctx: Context, ev: Evidence) -> Fix:
     return Fix(
         "Slurm preempted the task (a higher-priority job took its node) and it had no requeue left. "
         "Run it again (more --retries lets Slurm requeue it); it resumes from its last checkpoint.",
-        [ctx.run() + " --backend slurm"],
+        [ctx.run(slurm={"--backend": "slurm"})],
     )
 
 
+def fix_memory_limit(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        f"Slurm killed the task for using more memory than it asked for{_mem_text(ctx)} (OUT_OF_MEMORY"
+        f"{'; `sacct -j ' + ctx.slurm_task + ' -o JobID,State,MaxRSS,ReqMem` shows what it used' if ctx.slurm_task else ''}). "
+        "Ask for more with --mem; it resumes from its last checkpoint.",
+        [ctx.run(slurm={"--backend": "slurm", "--mem": _more_mem(ctx)})],
+    )
+
+
+def fix_node_failure(ctx: Context, ev: Evidence) -> Fix:
+    node = (ev.status.get("slurm") or {}).get("node") if isinstance(ev.status.get("slurm"), dict) else None
+    node = node or ev.status.get("host")
+    avoid = {"--slurm-arg": f"exclude={node}"} if node else {}
+    return Fix(
+        f"The node the task ran on{' (' + node + ')' if node else ''} failed, and Slurm did not requeue the task. "
+        "Nothing is wrong with the experiment: run it again (it resumes from its last checkpoint)"
+        f"{', away from that node until it is repaired (`sinfo -R` lists failed nodes)' if node else ''}.",
+        [ctx.run(slurm={"--backend": "slurm", **avoid})],
+    )
+
+
+def fix_cancelled_pending(ctx: Context, ev: Evidence) -> Fix:
+    return Fix(
+        "The Slurm task was cancelled while it waited in the queue (scancel or `perl cancel`): it never started "
+        "this attempt, and nothing is broken. Run it again to submit it; it resumes from its last checkpoint if it has one.",
+        [ctx.run()],
+    )
+
+
+def _mem_text(ctx: Context) -> str:
+    mem = ctx.slurm_option("--mem")
+    return f" (--mem {mem})" if mem else " (the partition's default memory per task)"
+
+
+def _more_mem(ctx: Context) -> str:
+    """Twice the memory the task asked for; 32G when it asked for none (the partition's default)."""
+    mem = ctx.slurm_option("--mem") or ""
+    digits = mem.rstrip("KMGTkmgt")
+    if digits.isdigit():
+        return f"{2 * int(digits)}{mem[len(digits):].upper()}"
+    return "32G"
+
+
 def fix_host_oom(ctx: Context, ev: Evidence) -> Fix:
+    if ctx.on_slurm:
+        task = ctx.slurm_task
+        check = f"`sacct -j {task} -o JobID,State,MaxRSS,ReqMem` (OUT_OF_MEMORY, or MaxRSS near ReqMem)" if task else "`sacct`"
+        return Fix(
+            "The worker was killed with SIGKILL and left no traceback. On Slurm that is most often the task's "
+            f"memory limit{_mem_text(ctx)}: check with {check}; else `scancel --signal=KILL` or a node's "
+            "out-of-memory killer. Ask for more memory with --mem; it resumes from its last checkpoint.",
+            [ctx.run(slurm={"--backend": "slurm", "--mem": _more_mem(ctx)})],
+        )
     return Fix(
         "The worker was killed with SIGKILL and left no traceback: most often the kernel's "
         "out-of-memory killer (confirm with `dmesg -T | grep -i 'killed process'`), else a job "
@@ -502,6 +582,12 @@ RULES: tuple[Rule, ...] = (
          when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_TIME_LIMIT),
     Rule(outcomes.CAUSE_PREEMPTED, "preempted by Slurm (no requeue left)", fix_preempted,
          when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_PREEMPTED),
+    Rule(outcomes.CAUSE_MEMORY_LIMIT, "Slurm memory limit (OUT_OF_MEMORY)", fix_memory_limit,
+         when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_MEMORY_LIMIT),
+    Rule(outcomes.CAUSE_NODE_FAILURE, "Slurm node failure", fix_node_failure,
+         when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_NODE_FAILURE),
+    Rule(outcomes.CAUSE_CANCELLED_PENDING, "cancelled in Slurm's queue before it started", fix_cancelled_pending,
+         when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_CANCELLED_PENDING),
     Rule("interrupted", "interrupted (Ctrl+C, scheduler or cluster)", fix_interrupted,
          patterns=(r"^KeyboardInterrupt\s*$",), when=_interrupted),
     Rule("stalled", "stalled: running, but no heartbeat", fix_stalled, when=lambda ev: ev.stalled),

@@ -115,6 +115,7 @@ STATUS_FIELDS: dict[str, tuple[Any, str]] = {
     "cause": (_is_str, "a string"),
     "requeues": (lambda v: isinstance(v, list), "a list"),  # Slurm: each requeue (perl_cli/scheduler/slurm_task.py)
     "slurm": (lambda v: isinstance(v, dict), "an object"),  # Slurm: job id, node, time limit
+    "run_s_before": (lambda v: _is_num(v) and v >= 0, "a number of seconds"),  # earlier attempts' time
 }
 # config.json: (section, key) -> check; what readers and the fix suggestions use.
 CONFIG_FIELDS: dict[tuple[str, ...], tuple[Any, str]] = {
@@ -491,13 +492,17 @@ def load_suite(
 
 
 def _as_slurm_sees_them(views: list[ExperimentView]) -> None:
-    """Queued or running Slurm tasks that Slurm has let go of without a final state are shown as ended.
+    """Experiments whose Slurm task and status.json disagree are shown as Slurm sees them.
 
-    Asks squeue/sacct (bounded in time) only when some experiment has such a task; when
-    Slurm cannot be reached the files alone decide (perl_cli/scheduler/slurm.py).
+    A queued or running task Slurm let go of without a final state is shown ended (with the
+    cause the next `perl run` records); an interrupted or failed one that Slurm requeued or
+    holds is shown queued. Asks squeue/sacct (bounded in time, answers reused) only when some
+    experiment has a Slurm task that has not completed; when Slurm cannot be reached the
+    files alone decide (perl_cli/scheduler/slurm.py, `seen_by_slurm`).
     """
     statuses = {v.name: v.status for v in views
-                if v.state in (st.QUEUED, st.RUNNING) and isinstance(v.status.get("slurm"), dict)}
+                if v.state in (st.QUEUED, st.RUNNING, st.INTERRUPTED, st.FAILED) and isinstance(v.status.get("slurm"), dict)
+                and v.status["slurm"].get("job_id")}
     if not statuses:
         return
     from perl_cli.scheduler.slurm import seen_by_slurm
@@ -505,8 +510,12 @@ def _as_slurm_sees_them(views: list[ExperimentView]) -> None:
     shown = seen_by_slurm(statuses)
     for view in views:
         if view.name in shown:
-            view.state, view.stalled = shown[view.name], False
-            view.error = f"Slurm task {view.status['slurm'].get('job_id')} ended without a final status"
+            fields = shown[view.name]
+            view.status = {**view.status, **fields}  # diagnose reads the cause from here
+            view.state, view.stalled = fields["state"], False
+            view.error = fields.get("error") if view.state in (st.FAILED, st.INTERRUPTED) else None
+            if view.state != st.RUNNING:
+                view.eta_s = None
 
 
 def read_experiment(
@@ -570,7 +579,7 @@ def read_experiment(
         view.step = _int(rows[-1].get("step"))
     if view.started is not None:
         end = view.ended if view.state != st.RUNNING and view.ended else at
-        view.duration_s = max(0.0, end - view.started)
+        view.duration_s = max(0.0, end - view.started) + (status.get("run_s_before") or 0.0)  # every attempt
     view.seconds_per_step = _rate(view, rows, path)
     if view.state == st.RUNNING and not view.stalled and view.seconds_per_step and view.total_steps:
         view.eta_s = max(0, view.total_steps - (view.step or 0)) * view.seconds_per_step

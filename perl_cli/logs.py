@@ -39,10 +39,21 @@ def command(
         raise configlib.ConfigError(f"-n {lines}: must be 0 or more lines.")
     exp = _experiment(output, suite, name, config_path, stall_after_s)
     log = exp.dir / st.LOG_FILE if exp.dir is not None else None
+    from perl_cli.status import ctrl_c_interrupts
+
+    if follow and exp.state == st.QUEUED and log is not None and not log.exists():
+        # A task waiting in Slurm's queue: its log comes when it starts. Wait for it.
+        task = f" (Slurm task {exp.slurm_job_id})" if exp.slurm_job_id else ""
+        print(f"perl: {name} is queued{task}; waiting for it to start (Ctrl+C stops).", file=sys.stderr)
+        try:
+            with ctrl_c_interrupts():
+                while not log.exists() and _state(exp.dir) == st.QUEUED:
+                    time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            return 130
     if log is None or not log.exists():
         print(f"perl: {name} has no {st.LOG_FILE} yet ({exp.state}).", file=sys.stderr)
         return 1
-    from perl_cli.status import ctrl_c_interrupts
 
     try:
         with ctrl_c_interrupts():
@@ -109,12 +120,25 @@ def _follow(log: Path, root: Path, offset: int, out: TextIO, stall_after_s: floa
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     while True:
         records = views.read_records(root)
-        state = st.UNREADABLE if records.problem else st.effective_state(records.status)
-        running = state == st.RUNNING and not st.is_stalled(records.status, stall_after_s=stall_after_s)
+        state = _state(root)
+        # Queued: a Slurm task waiting (again, after a requeue) to run; its log goes on when it does.
+        running = state == st.QUEUED or (state == st.RUNNING and not st.is_stalled(records.status, stall_after_s=stall_after_s))
         offset = _append(log, root, offset, out, decoder)
         if not running:
             return "stalled (its worker is gone)" if state == st.RUNNING else state
         time.sleep(POLL_SECONDS)
+
+
+def _state(root: Path) -> str:
+    """The experiment's state; a queued Slurm task is checked with Slurm (answers reused for 20 s),
+    so a task cancelled while it waited does not keep a follow waiting forever."""
+    records = views.read_records(root)
+    state = st.UNREADABLE if records.problem else st.effective_state(records.status)
+    if state == st.QUEUED and isinstance(records.status.get("slurm"), dict):
+        from perl_cli.scheduler.slurm import seen_by_slurm
+
+        state = seen_by_slurm({root.name: records.status}).get(root.name, {}).get("state", state)
+    return state
 
 
 def _append(log: Path, root: Path, offset: int, out: TextIO, decoder) -> int:

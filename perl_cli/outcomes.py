@@ -26,6 +26,9 @@ EXIT_SIGINT = 128 + signal.SIGINT  # 130: stopped by Ctrl+C after saving a check
 EXIT_SIGTERM = 128 + signal.SIGTERM  # 143: stopped by SIGTERM after saving a checkpoint
 INTERRUPTED_CODES = (EXIT_SIGINT, EXIT_SIGTERM)
 EXIT_SIGKILL = 128 + signal.SIGKILL  # 137: what a shell (and Slurm) reports for a SIGKILL
+# Another live worker holds the experiment (perl_cli/worker_lock.py): this one did not start and
+# wrote nothing; its supervisor records nothing either (the directory is the other worker's).
+EXIT_BUSY = 75  # EX_TEMPFAIL
 
 # --- states a supervisor records (the contract of status.json; perl_cli/state.py re-exports them) ---
 
@@ -43,6 +46,10 @@ CAUSE_DISK_FULL = "disk_full"
 CAUSE_CUDA_OOM = "cuda_oom"
 CAUSE_TIME_LIMIT = "time_limit"  # Slurm: the task hit its time limit with no requeue left
 CAUSE_PREEMPTED = "preempted"  # Slurm: the task was preempted with no requeue left
+CAUSE_MEMORY_LIMIT = "memory_limit"  # Slurm: the task outgrew its memory request (OUT_OF_MEMORY)
+CAUSE_NODE_FAILURE = "node_failure"  # Slurm: the task's node failed (NODE_FAIL)
+CAUSE_CANCELLED_PENDING = "cancelled_pending"  # Slurm: the task was cancelled before it ever started
+CAUSE_REQUEUED = "requeued"  # Slurm requeued the task (preemption, scontrol requeue, a node failure)
 
 # Text that means the GPU ran out of memory (the worker's traceback or status error).
 CUDA_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory",
@@ -121,6 +128,8 @@ def final_fields(ending: Ending, status: dict) -> dict[str, Any]:
     worker_final = status.get("state") in TERMINAL and status.get("pid") in (None, ending.pid)
     fields: dict[str, Any] = {}
     rc = ending.rc
+    if rc == EXIT_BUSY:
+        return fields  # it never started: status.json belongs to the worker that holds the lock
     if ending.stall_killed:
         fields.update(
             state=FAILED, cause=CAUSE_STALLED, exit_code=EXIT_SIGKILL, signal="SIGKILL",

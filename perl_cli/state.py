@@ -308,6 +308,21 @@ def update_status(exp_dir: Path | str, **fields: Any) -> dict:
         return write_status(exp_dir, status)
 
 
+def earlier_attempts_s(status: dict) -> float:
+    """Seconds the experiment's attempts before the next one ran (status.json's `run_s_before`).
+
+    Whoever starts or queues a new attempt (it resets `started` and `ended`) carries this
+    over, so the time shown counts every attempt: requeues, resumes after a cancel or a crash.
+    """
+    before = status.get("run_s_before")
+    total = float(before) if isinstance(before, (int, float)) and not isinstance(before, bool) and before > 0 else 0.0
+    started, ended = status.get("started"), status.get("ended")
+    if (status.get("state") != RUNNING and all(isinstance(t, (int, float)) and not isinstance(t, bool)
+                                               for t in (started, ended)) and ended >= started):
+        total += ended - started
+    return total
+
+
 def is_stalled(status: dict, *, stall_after_s: float = 600.0, at: float | None = None) -> bool:
     """A `running` experiment whose worker stopped beating or vanished from this host.
 

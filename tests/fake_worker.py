@@ -32,7 +32,7 @@ from pathlib import Path
 
 T0 = time.time()
 
-from perl_cli import state  # noqa: E402  (timestamp first: the benchmark measures startup)
+from perl_cli import outcomes, state, worker_lock  # noqa: E402  (timestamp first: the benchmark measures startup)
 
 stop = False
 
@@ -67,6 +67,11 @@ def save_checkpoint(ckpt_dir: Path, step: int) -> None:
 def main() -> None:
     exp_dir = Path(sys.argv[1])
     signal.signal(signal.SIGTERM, on_term)
+    try:
+        worker_lock.acquire(exp_dir)  # as the real worker: never two workers on one directory
+    except worker_lock.Busy as exc:
+        print(f"[perl] error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(outcomes.EXIT_BUSY)
     config = json.loads((exp_dir / state.CONFIG_FILE).read_text())
     name = config["name"]
     training = {**config["training"], **config.get("runtime", {})}

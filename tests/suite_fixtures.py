@@ -271,6 +271,9 @@ SLURM_TIME_LIMIT = """{'loss': 0.0199, 'grad_norm': 0.31, 'learning_rate': 1e-05
 [perl run 2026-11-23 03:12:44] the Slurm time limit: stopped at step 212; no requeue left
 """
 SLURM_PREEMPTED = SLURM_TIME_LIMIT.replace("the Slurm time limit", "preemption")
+# A Slurm task that left no final word (its node died, Slurm killed it): the log just stops.
+SLURM_NO_WORD = """{'loss': 0.0199, 'grad_norm': 0.31, 'learning_rate': 1e-05, 'reward': 0.41, 'epoch': 0.2}
+"""
 
 # cause -> (log text, status fields); state defaults to failed.
 FAILURE_LOGS: dict[str, tuple[str, dict]] = {
@@ -298,6 +301,14 @@ FAILURE_LOGS: dict[str, tuple[str, dict]] = {
                                       "error": "stopped by the Slurm time limit after 1 requeue(s); none left"}),
     "preempted": (SLURM_PREEMPTED, {"exit_code": 143, "cause": "preempted",
                                     "error": "stopped by preemption after 0 requeue(s); none left"}),
+    # Recorded from Slurm's own end state (perl_cli/scheduler/endings.py, from_slurm).
+    "memory_limit": (SLURM_NO_WORD, {"cause": "memory_limit", "backend": "slurm",
+                                     "slurm": {"args": ["--backend", "slurm", "--mem", "8G"]},
+                                     "error": "Slurm task 4242_3 exceeded its memory request (OUT_OF_MEMORY)"}),
+    "node_failure": (SLURM_NO_WORD, {"cause": "node_failure", "backend": "slurm", "slurm": {"node": "gpu17"},
+                                     "error": "the node of Slurm task 4242_4 failed (NODE_FAIL); no requeue followed"}),
+    "cancelled_pending": ("", {"state": st.INTERRUPTED, "cause": "cancelled_pending", "backend": "slurm",
+                               "error": "cancelled by Slurm (scancel) while it waited in Slurm's queue"}),
 }
 # The cause each FAILURE_LOGS entry must be classified as.
 EXPECTED_CAUSE = {key: key for key in FAILURE_LOGS} | {

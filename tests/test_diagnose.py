@@ -33,7 +33,8 @@ from perl_cli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 # `perl run` flags a suggested command may use (the README's command table).
-RUN_FLAGS_WITH_VALUE = {"--only", "--set", "--config", "--output", "--backend", "--time"}
+RUN_FLAGS_WITH_VALUE = {"--only", "--set", "--config", "--output", "--backend", "--time", "--mem", "--slurm-arg",
+                        "--partition", "--account", "--gpus-per-job", "--cpus-per-job", "--array-parallelism"}
 RUN_FLAGS = {"--fresh"}
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_scheduler import SUITE, env_for, launches, perl, statuses, timings, wait_until, write_config
+from test_scheduler import SUITE, env_for, launches, perl, perl_args, statuses, timings, wait_until, write_config
 from tiny_suite import TINY_SUITE
 
 from perl_cli import state
@@ -235,7 +235,7 @@ def test_clear_errors_before_anything_is_submitted(tmp_path: Path, cluster) -> N
         (("--slurm-arg", "qos"), "--slurm-arg qos: expected KEY=VALUE"),
         (("--slurm-arg", "array=0-3"), "PeRL sets --array itself"),
         # Slurm itself refuses: its own message is shown.
-        (("--mem", "999999G"), "Slurm rejected the submission: sbatch: error:"),
+        (("--mem", "999999G"), "Slurm refused the submission: sbatch: error:"),
     ]
     for args, message in cases:
         result = perl(tmp_path, "--backend", "slurm", *args, env=env)
@@ -244,6 +244,9 @@ def test_clear_errors_before_anything_is_submitted(tmp_path: Path, cluster) -> N
         assert "Traceback" not in result.stderr
     assert not launches(tmp_path) and not squeue_ids()
     assert not statuses(tmp_path)  # a refused submission leaves no `queued` behind
+    # ... nor submitit's pickles and sbatch script of the submission that does not exist (issue 24).
+    left = tmp_path / "out" / SUITE / ".slurm"
+    assert not left.exists() or not any(left.iterdir()), sorted(p.name for p in left.iterdir())
 
 
 def test_no_sbatch_on_path_is_a_clear_error(tmp_path: Path) -> None:
@@ -316,10 +319,358 @@ def test_refreshing_readers_ask_slurm_at_most_every_read_reuse_s(monkeypatch) ->
     statuses = {"a": {"state": "queued", "slurm": {"job_id": "1_0"}},
                 "b": {"state": "running", "slurm": {"job_id": "1_1"}}}
     for _ in range(5):  # five refreshes, 2 s apart
-        assert slurmlib.seen_by_slurm(statuses) == {"a": state.INTERRUPTED}
+        assert {n: f["state"] for n, f in slurmlib.seen_by_slurm(statuses).items()} == {"a": state.INTERRUPTED}
         clock[0] += 2
     assert len(asked) == 1
     clock[0] += slurmlib.READ_REUSE_S
     answers = None  # now unreachable: asked once more, then not again within READ_REUSE_S
     assert slurmlib.seen_by_slurm(statuses) == {} and slurmlib.seen_by_slurm(statuses) == {}
     assert len(asked) == 2
+
+
+# --- issue 24: Slurm's own requeues, cancel, exit status, a paused controller ------------------
+
+
+def slurm_state(task: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "State", "-j", task], capture_output=True, text=True,
+                         timeout=30).stdout.split()
+    return out[0] if out else ""
+
+
+def squeue_state(task: str) -> str:
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%T", "-j", task], capture_output=True, text=True,
+                         timeout=30).stdout.split()
+    return out[0] if out else ""
+
+
+@slurm
+def test_a_task_slurm_requeues_stays_queued_and_is_never_submitted_twice(tmp_path: Path, cluster) -> None:
+    """Reproduction 1: `scontrol requeuehold` (a requeue waiting in a busy queue) while the worker
+    trains. Before: `interrupted`, `requeues: []`, and the next `perl run` submitted the experiment
+    again: two workers trained one directory."""
+    write_config(tmp_path, steps=80, save_steps=2, methods=("lora",), seeds=(1,))
+    env = env_for(tmp_path, gpus="[]", step_s=0.05)
+    first = perl(tmp_path, "--backend", "slurm", "--time", "10", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    task = task_of(tmp_path, "lora_s1")
+    exp = tmp_path / "out" / SUITE / "lora_s1"
+    wait_until(lambda: ((state.read_status(exp) or {}).get("step") or 0) >= 4, timeout=60, what="task stepping")
+
+    subprocess.run(["scontrol", "requeuehold", task], check=True, timeout=30)
+    wait_until(lambda: squeue_state(task) == "PENDING", timeout=30, what="the task pending again")
+    wait_until(lambda: (state.read_status(exp) or {}).get("state") != "running", timeout=30, what="the worker stopped")
+    # Never submitted a second time while Slurm holds the task.
+    again = perl(tmp_path, "--backend", "slurm", "--time", "10", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 already queued or running in Slurm" in again.stdout and "submitted" not in again.stdout, again.stdout
+    held = state.read_status(exp)
+    assert held["state"] == "queued", held
+    assert held["requeues"][-1]["cause"] == "requeued" and "held" in held["requeues"][-1]["reason"], held["requeues"]
+    shown = json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)
+    assert shown["counts"].get("queued") == 1, shown["counts"]
+    # The local backend refuses it, and points to perl cancel (--fresh is refused the same way).
+    local = perl(tmp_path, "--fresh", env=env)
+    assert local.returncode == 2 and "perl cancel t --only lora_s1" in local.stderr, local.stderr
+    assert "--fresh` (the old" not in local.stderr
+
+    # Released, it runs again from its checkpoint; --wait follows it to the end.
+    subprocess.run(["scontrol", "release", task], check=True, timeout=30)
+    done = perl(tmp_path, "--backend", "slurm", "--time", "10", "--wait", env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = state.read_status(exp)
+    assert final["state"] == "completed" and final["attempt"] == 2, final
+    assert final["resumed_from"] == held["step"]  # the checkpoint saved on SIGTERM
+    assert launches(tmp_path) == ["lora_s1", "lora_s1"]  # one worker per attempt, never two at once
+    rows = timings(tmp_path)
+    assert rows[0]["end"] <= rows[1]["start"], rows
+    # The time shown counts both attempts (it counted the last one only).
+    ran = sum(r["end"] - r["start"] for r in rows)
+    duration = {e["name"]: e for e in json.loads(perl_cmd(tmp_path, "status", SUITE, "--json", env=env).stdout)
+                ["experiments"]}["lora_s1"]["duration_s"]
+    assert duration >= ran, (duration, rows)
+    assert "requeued 1x" in done.stdout, done.stdout
+
+
+@slurm
+def test_perl_cancel_cancels_a_task_slurm_holds_and_diagnose_knows_it_never_started(tmp_path: Path, cluster) -> None:
+    """Reproductions 2 and 6: a task Slurm requeued and holds. Before: `perl cancel` said "nothing
+    queued or running to cancel" and the task ran to its end when released; a pending task
+    cancelled by scancel was diagnosed "unknown cause ... read the traceback"."""
+    write_config(tmp_path, steps=400, save_steps=2, methods=("lora", "dora"), seeds=(1,))
+    env = env_for(tmp_path, gpus="[]", step_s=0.05)
+    first = perl(tmp_path, "--backend", "slurm", "--time", "10", "--only", "lora_s1", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    task = task_of(tmp_path, "lora_s1")
+    exp = tmp_path / "out" / SUITE / "lora_s1"
+    wait_until(lambda: ((state.read_status(exp) or {}).get("step") or 0) >= 2, timeout=60, what="task stepping")
+    subprocess.run(["scontrol", "requeuehold", task], check=True, timeout=30)
+    wait_until(lambda: squeue_state(task) == "PENDING", timeout=30, what="the task pending again")
+    wait_until(lambda: (state.read_status(exp) or {}).get("state") != "running", timeout=30, what="the worker stopped")
+
+    cancel = perl_cmd(tmp_path, "cancel", SUITE, env=env)
+    assert cancel.returncode == 0, cancel.stderr
+    assert "scancel: 1 task(s)" in cancel.stdout and "nothing queued or running" not in cancel.stdout, cancel.stdout
+    assert "perl run t --backend slurm --time 10" in cancel.stdout, cancel.stdout  # the backend and options kept
+    wait_until(lambda: "CANCELLED" in (squeue_state(task), slurm_state(task)), timeout=30, what="cancelled in Slurm")
+    final = state.read_status(exp)
+    assert final["state"] == "interrupted" and final["cause"] == "cancelled_pending", final
+    diagnosis = {e["name"]: e for e in json.loads(perl_cmd(tmp_path, "diagnose", SUITE, "--json", env=env).stdout)
+                 ["experiments"]}["lora_s1"]
+    assert diagnosis["cause"] == "cancelled_pending", diagnosis
+    assert diagnosis["fix"]["commands"][0].endswith("--backend slurm --time 10"), diagnosis["fix"]
+    assert launches(tmp_path) == ["lora_s1"]
+    # One experiment is one Slurm job, not "job array N (tasks 0-0)"; the next steps keep the options.
+    assert f"as Slurm job {task}," in first.stdout and "(tasks 0-0)" not in first.stdout, first.stdout
+    assert "perl run t --backend slurm --time 10" in first.stdout, first.stdout
+
+
+@slurm
+def test_a_failed_experiment_is_failed_in_slurm_and_diagnose_gives_slurm_advice(tmp_path: Path, cluster) -> None:
+    """Reproductions 3 and 5: a worker killed with SIGKILL was `failed` in status.json but COMPLETED 0:0
+    in sacct; diagnose suggested `dmesg` and a command without --backend slurm."""
+    write_config(tmp_path, steps=20, save_steps=2, methods=("lora", "dora"), seeds=(1,))
+    plan = {"lora_s1": {"kill_self_at": 3}, "dora_s1": {"fail_at": 3}}
+    env = env_for(tmp_path, gpus="[]", step_s=0.02, PERL_FAKE_PLAN=json.dumps(plan))
+    result = perl(tmp_path, "--backend", "slurm", "--wait", "--time", "10", "--mem", "1G", env=env, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    final = statuses(tmp_path)
+    assert final["lora_s1"]["state"] == "failed" and final["lora_s1"]["exit_code"] == 137
+    assert final["dora_s1"]["state"] == "failed"
+    for name in final:
+        wait_until(lambda name=name: slurm_state(task_of(tmp_path, name)) not in ("", "RUNNING", "COMPLETING"),
+                   timeout=30, what="sacct's final state")
+        assert slurm_state(task_of(tmp_path, name)) == "FAILED", name
+
+    diagnosis = json.loads(perl_cmd(tmp_path, "diagnose", SUITE, "--json", env=env).stdout)
+    killed = {e["name"]: e for e in diagnosis["experiments"]}["lora_s1"]
+    assert killed["cause"] == "host_oom"
+    assert "sacct -j" in killed["fix"]["text"] and "dmesg" not in killed["fix"]["text"], killed["fix"]
+    (command,) = killed["fix"]["commands"]
+    assert "--backend slurm --time 10 --mem 2G" in command, command
+    failed = {e["name"]: e for e in diagnosis["experiments"]}["dora_s1"]
+    assert all("--backend slurm --time 10 --mem 1G" in c for c in failed["fix"]["commands"] if c.startswith("perl run"))
+
+
+@slurm
+def test_a_submission_that_times_out_is_confirmed_with_slurm_not_reported_refused(tmp_path: Path, cluster) -> None:
+    """Reproduction 4: slurmctld paused (SIGSTOP) while sbatch waits. Before: "Slurm rejected the
+    submission: ... Socket timed out", exit 2 and the directories removed, though Slurm then
+    accepted the array (whose tasks failed for want of their directories)."""
+    import signal as sig
+
+    write_config(tmp_path, steps=5, save_steps=5, methods=("lora", "dora"), seeds=(1,))
+    env = env_for(tmp_path, gpus="[]", step_s=0.02)
+    ctld = int(Path("/tmp/perl-slurm/run/slurmctld.pid").read_text())
+    out_path = tmp_path / "run.out"
+    os.kill(ctld, sig.SIGSTOP)
+    try:
+        with open(out_path, "w") as out:
+            proc = subprocess.Popen(perl_args(tmp_path, "--backend", "slurm", "--time", "10"), env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, text=True)
+        # sbatch gives up after Slurm's MessageTimeout (10 s); then PeRL asks whether Slurm has the array.
+        wait_until(lambda: "asking Slurm whether it accepted" in out_path.read_text(), timeout=60,
+                   what="perl run asking Slurm")
+    finally:
+        os.kill(ctld, sig.SIGCONT)
+    assert proc.wait(timeout=120) == 0, out_path.read_text()
+    text = out_path.read_text()
+    assert "Slurm did accept it" in text and "rejected" not in text and "refused" not in text, text
+    final = statuses(tmp_path)
+    assert all(s["slurm"]["job_id"] for s in final.values()), final
+    try:
+        wait_until(lambda: {s.get("state") for s in statuses(tmp_path).values()} == {"completed"}, timeout=180,
+                   what="the accepted tasks to complete")
+    except AssertionError:  # say why: the tasks' states and submitit's logs
+        logs = {p.name: p.read_text()[-2000:] for p in (tmp_path / "out" / SUITE / ".slurm").rglob("*.out")}
+        raise AssertionError(f"{statuses(tmp_path)}\n{logs}") from None
+
+
+def test_unreachable_and_refused_are_told_apart() -> None:
+    from perl_cli.scheduler import slurm_cli
+    from perl_cli.scheduler.slurm import _refusal
+
+    down = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
+    slow = "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"
+    refused = "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"
+    assert slurm_cli.unreachable(down) == "not sent" and slurm_cli.unreachable(slow) == "unanswered"
+    assert slurm_cli.unreachable(refused) is None
+    assert _refusal(refused, "demo").startswith("Slurm refused the submission: ")
+    for message in (down, slow):
+        text = _refusal(message, "demo")
+        assert "unreachable" in text and "scontrol ping" in text and "refused" not in text, text
+
+
+def test_a_second_worker_on_a_locked_experiment_refuses_and_writes_nothing(tmp_path: Path) -> None:
+    """The per-experiment lock: the last line of defence against two workers on one directory."""
+    from perl_cli import worker_lock
+    from perl_cli.scheduler.slurm_task import ExperimentBusy, SlurmTask
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    state.atomic_write_json(exp / state.CONFIG_FILE, {"name": "exp", "training": {"max_steps": 3}})
+    state.write_status(exp, {"state": "running", "pid": os.getpid(), "step": 7})
+    before = (exp / state.STATUS_FILE).read_bytes()
+    fd = worker_lock.acquire(exp)  # the live worker
+    try:
+        worker = subprocess.run([sys.executable, "-c", "import sys; from perl_cli.train.worker import run_experiment; "
+                                 f"sys.exit(run_experiment({str(exp)!r}))"], capture_output=True, text=True, timeout=120)
+        assert worker.returncode == 75, worker.stderr
+        assert "another worker" in worker.stderr and f"pid {os.getpid()}" in worker.stderr
+        fake = subprocess.run([sys.executable, str(HERE / "fake_worker.py"), str(exp)], capture_output=True, text=True,
+                              timeout=60)
+        assert fake.returncode == 75, fake.stderr
+        with pytest.raises(ExperimentBusy):  # a Slurm task: it fails in Slurm, records nothing
+            SlurmTask(str(exp), [sys.executable, str(HERE / "fake_worker.py")], requeues_left=0, time_limit_s=600,
+                      signal_delay_s=60)()
+        assert (exp / state.STATUS_FILE).read_bytes() == before
+    finally:
+        os.close(fd)
+    fd = worker_lock.acquire(exp)  # free again once its holder let go
+    with pytest.raises(worker_lock.Busy):
+        worker_lock.acquire(exp)
+    os.close(fd)
+
+
+def test_readme_states_the_time_limit_the_code_warns_at() -> None:
+    from perl_cli.scheduler.slurm import early_warning_note
+
+    threshold = max(t for t in range(30, 600) if early_warning_note(t))
+    readme = (HERE.parent / "README.md").read_text()
+    assert f"of {threshold} s or less" in readme, threshold
+
+
+def test_logs_follow_waits_for_a_queued_task(tmp_path: Path) -> None:
+    """Reproduction 6: `perl logs -f` on a task waiting in Slurm's queue exited 1 at once."""
+    write_config(tmp_path, methods=("lora",), seeds=(1,))
+    exp = tmp_path / "out" / SUITE / "lora_s1"
+    exp.mkdir(parents=True)
+    state.write_status(exp, {"state": "queued", "backend": "slurm", "slurm": {"job_id": None}})
+    follow = subprocess.Popen([sys.executable, "-m", "perl_cli", "logs", SUITE, "lora_s1", "-f", "--config",
+                               str(tmp_path / "experiments.toml"), "--output", str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        wait_until(lambda: follow.poll() is not None or _waiting(follow), timeout=30, what="perl logs -f to say it waits")
+        assert follow.poll() is None, follow.communicate()
+        (exp / state.LOG_FILE).write_text("step 1\n")
+        state.write_status(exp, {"state": "running", "host": "node1", "heartbeat": state.now()})
+        (exp / state.LOG_FILE).write_text("step 1\nstep 2\n")
+        state.write_status(exp, {"state": "completed", "ended": state.now()})
+        out, err = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 0, err
+    assert "step 2" in out and "completed" in err, (out, err)  # its "queued; waiting" line was read above
+
+
+def _waiting(proc: subprocess.Popen) -> bool:
+    """Whether `perl logs -f` has said that it waits (its first stderr line)."""
+    import select
+
+    ready, _, _ = select.select([proc.stderr], [], [], 0)
+    return bool(ready) and "waiting for it to start" in proc.stderr.readline()
+
+
+def test_what_slurm_says_about_a_task_that_left_no_final_status() -> None:
+    from perl_cli.scheduler.endings import from_slurm
+
+    queued, running = {"state": "queued"}, {"state": "running"}
+    assert from_slurm("CANCELLED", queued, "7_1") == {
+        "state": "interrupted", "cause": "cancelled_pending",
+        "error": "cancelled by Slurm (scancel) while it waited in Slurm's queue (task 7_1); it did not start"}
+    assert from_slurm("GONE", queued, "7_1", cancelled=True)["error"].startswith("cancelled by perl cancel")
+    assert from_slurm("CANCELLED", running, "7_1")["state"] == "interrupted"
+    assert "cause" not in from_slurm("CANCELLED", running, "7_1")
+    assert from_slurm("TIMEOUT", running, "7_1")["cause"] == "time_limit"
+    assert from_slurm("NODE_FAIL", running, "7_1")["cause"] == "node_failure"
+    assert from_slurm("OUT_OF_MEMORY", running, "7_1")["cause"] == "memory_limit"
+    assert from_slurm("PREEMPTED", running, "7_1")["cause"] == "preempted"
+    assert from_slurm("FAILED", running, "7_1") == {
+        "state": "failed", "error": "Slurm task 7_1 ended without a final status (Slurm state: FAILED)"}
+
+
+def test_readers_show_a_task_slurm_requeued_as_queued(monkeypatch) -> None:
+    """A status that says interrupted or failed while Slurm has the task again is shown queued (or running)."""
+    from perl_cli.scheduler import slurm as slurmlib
+
+    answers = {"1_0": "PENDING", "1_1": "RUNNING", "1_2": "FAILED", "1_3": "REQUEUE_HOLD"}
+    monkeypatch.setattr(slurmlib.slurm_cli, "task_states", lambda ids, *, timeout: {i: answers[i] for i in ids})
+    monkeypatch.setattr(slurmlib, "_read_cache", {}, raising=False)
+    statuses = {"a": {"state": "interrupted", "slurm": {"job_id": "1_0"}},
+                "b": {"state": "failed", "slurm": {"job_id": "1_1"}},
+                "c": {"state": "failed", "slurm": {"job_id": "1_2"}},
+                "d": {"state": "completed", "slurm": {"job_id": "1_3"}},  # never asked about
+                "e": {"state": "interrupted", "slurm": {"job_id": "1_3"}}}
+    shown = slurmlib.seen_by_slurm(statuses)
+    assert {n: f["state"] for n, f in shown.items()} == {"a": "queued", "b": "running", "e": "queued"}
+    assert "REQUEUE_HOLD" in shown["e"]["error"]
+
+
+def test_the_time_of_every_attempt_is_carried_over() -> None:
+    assert state.earlier_attempts_s({}) == 0
+    assert state.earlier_attempts_s({"state": "queued", "started": 100.0, "ended": 130.0, "run_s_before": 12}) == 42
+    assert state.earlier_attempts_s({"state": "running", "started": 100.0, "ended": None, "run_s_before": 12}) == 12
+    assert state.earlier_attempts_s({"state": "queued", "started": None, "ended": None, "run_s_before": 5}) == 5
+
+
+def test_suggested_commands_keep_the_backend_and_the_slurm_options(tmp_path: Path) -> None:
+    """Reproduction 5: diagnose's fix for an interrupted Slurm task dropped --backend slurm (followed
+    literally, it trained on the login node)."""
+    from perl_cli import diagnose as dg
+
+    status = {"state": "interrupted", "exit_code": 143, "backend": "slurm",
+              "slurm": {"job_id": "9_0", "args": ["--backend", "slurm", "--partition", "gpu", "--time", "4:00:00",
+                                                  "--slurm-arg", "qos=high"]}}
+    ctx = dg.Context("core", "lora_s1", {}, status)
+    ev = dg.Evidence(status, {}, [], "", None, [], False)
+    assert dg.classify(ev).cause == "interrupted"
+    (command,) = dg.fix_interrupted(ctx, ev).commands
+    assert command == "perl run core --only lora_s1 --backend slurm --partition gpu --time 4:00:00 --slurm-arg qos=high"
+    timed_out = {**status, "state": "failed", "cause": "time_limit", "slurm": {**status["slurm"], "time_limit_s": 14400}}
+    (command,) = dg.fix_time_limit(dg.Context("core", "lora_s1", {}, timed_out),
+                                   dg.Evidence(timed_out, {}, [], "", None, [], False)).commands
+    assert command == "perl run core --only lora_s1 --backend slurm --partition gpu --time 08:00:00 --slurm-arg qos=high"
+    local = dg.Context("core", "lora_s1", {}, {"state": "interrupted"})
+    assert dg.fix_interrupted(local, ev).commands == ["perl run core --only lora_s1"]
+
+
+def _task_dir(tmp_path: Path, **status) -> Path:
+    exp = tmp_path / "lora_s1"
+    exp.mkdir()
+    state.atomic_write_json(exp / state.CONFIG_FILE, {"name": "lora_s1", "training": {
+        "max_steps": 4, "save_steps": 2, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}})
+    state.write_status(exp, status)
+    return exp
+
+
+def test_a_restart_after_an_attempt_that_left_no_word_is_recorded_as_a_requeue(tmp_path: Path, monkeypatch) -> None:
+    """A node that died mid-attempt: Slurm restarts the task while status.json still says running."""
+    from perl_cli.scheduler.slurm_task import SlurmTask
+
+    exp = _task_dir(tmp_path, state="running", attempt=1, step=2, host="node7", started=100.0, heartbeat=160.0,
+                    slurm={"job_id": "5_0", "node": "node7"})
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("PERL_FAKE_STEP_SECONDS", "0.01")
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "PERL_FAKE_PLAN"):
+        monkeypatch.delenv(name, raising=False)
+    rc = SlurmTask(str(exp), [sys.executable, str(HERE / "fake_worker.py")], requeues_left=0, time_limit_s=600,
+                   signal_delay_s=60)()
+    final = state.read_status(exp)
+    assert rc == 0 and final["state"] == "completed" and final["attempt"] == 2, final
+    (requeue,) = final["requeues"]
+    assert requeue["cause"] == "requeued" and "node7" in requeue["reason"] and requeue["step"] == 2
+    assert final["run_s_before"] == 60.0  # the lost attempt's time counts, up to its last heartbeat
+
+
+def test_a_failed_experiment_makes_its_slurm_task_fail(tmp_path: Path, monkeypatch) -> None:
+    """The task's exit status is the experiment's: it raises, so submitit exits non-zero (sacct FAILED)."""
+    from perl_cli.scheduler.slurm_task import ExperimentFailed, SlurmTask
+
+    exp = _task_dir(tmp_path, state="queued")
+    monkeypatch.setenv("PERL_FAKE_PLAN", json.dumps({"lora_s1": {"kill_self_at": 2}}))
+    monkeypatch.setenv("PERL_FAKE_STEP_SECONDS", "0.01")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(ExperimentFailed, match="killed by SIGKILL"):
+        SlurmTask(str(exp), [sys.executable, str(HERE / "fake_worker.py")], requeues_left=0, time_limit_s=600,
+                  signal_delay_s=60)()
+    assert state.read_status(exp)["state"] == "failed" and state.read_status(exp)["exit_code"] == 137

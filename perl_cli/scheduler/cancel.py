@@ -55,7 +55,9 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
                           "that have output.")
     dirs = state.experiment_dirs(suite_dir)
     expanded = None if names is None else list(dict.fromkeys(n for p in names for n in matching(dirs, p)))
-    cancelled = slurm.cancel_suite(suite_dir, expanded, wait_s=wait_s, out=out) if expanded != [] else 0
+    in_slurm = slurm.cancel_suite(suite_dir, expanded, wait_s=wait_s, out=out) if expanded != [] else {}
+    cancelled = len(in_slurm)
+    resume = lambda local: _resume_hint(suite, in_slurm, local=local, output=Path(output))  # noqa: E731
     holder = lock.holder(suite_dir)
     if holder is not None and holder.get("pid"):
         pid = int(holder["pid"])
@@ -66,13 +68,13 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
             os.kill(pid, signal.SIGTERM)  # the scheduler itself: it stops its workers in order
             out(f"asked perl run (pid {pid}) to stop: its workers save a checkpoint and exit.")
             _wait(lambda: state.process_alive(pid, holder.get("pid_start_time")), wait_s)
-            out(f"suite {suite}: cancelled. `perl run {suite}` resumes from the checkpoints.")
+            out(f"suite {suite}: cancelled. {resume(1)}")
             return EXIT_OK
         code = _ask_run(suite_dir, suite, names, holder, wait_s, out, err)
         if code is not None:
             return code
         # The run ended before it took the request: what it left is handled below, as after a killed run.
-    return _cancel_orphans(suite_dir, suite, names, dirs, wait_s, cancelled, out)
+    return _cancel_orphans(suite_dir, suite, names, dirs, wait_s, cancelled, out, resume)
 
 
 def _ask_run(suite_dir: Path, suite: str, names: list[str], holder: dict, wait_s: float, out, err) -> int | None:
@@ -112,7 +114,7 @@ def _ask_run(suite_dir: Path, suite: str, names: list[str], holder: dict, wait_s
 
 
 def _cancel_orphans(suite_dir: Path, suite: str, names: list[str] | None, dirs: dict[str, Path], wait_s: float,
-                    cancelled: int, out) -> int:
+                    cancelled: int, out, resume) -> int:
     """No `perl run` holds the suite: stop the workers a killed one left, and say what the named ones are."""
     if names is not None:
         unknown = [p for p in names if not matching(dirs, p)]
@@ -144,12 +146,27 @@ def _cancel_orphans(suite_dir: Path, suite: str, names: list[str] | None, dirs: 
     if not cancelled and not left:
         out(f"suite {suite}: nothing queued or running to cancel.")
     else:
-        out(f"suite {suite}: cancelled. `perl run {suite}` resumes from the checkpoints.")
+        out(f"suite {suite}: cancelled. {resume(len(left))}")
     return EXIT_OK
 
 
 def _running(exp_dir: Path) -> bool:
     return (state.read_status(exp_dir) or {}).get("state") == state.RUNNING
+
+
+def _resume_hint(suite: str, in_slurm: dict[str, list[str]], *, local: int, output: Path) -> str:
+    """The command(s) that resume what was cancelled: Slurm tasks with the backend and options they had."""
+    import shlex
+
+    where = [] if output == Path("output") else ["--output", str(output)]
+    commands = []
+    for args in dict.fromkeys(tuple(a) for a in in_slurm.values()):
+        names = sorted(n for n, a in in_slurm.items() if tuple(a) == args)
+        only = ["--only", ",".join(names)] if len(set(map(tuple, in_slurm.values()))) > 1 else []
+        commands.append(f"`{shlex.join(['perl', 'run', suite, *only, *args, *where])}`")
+    if local:
+        commands.append(f"`{shlex.join(['perl', 'run', suite, *where])}`")
+    return " or ".join(commands) + " resumes from the checkpoints."
 
 
 def _wait(busy, timeout: float) -> None:

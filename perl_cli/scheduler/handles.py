@@ -26,8 +26,6 @@ from perl_cli.scheduler.processes import kill_leftover_group, signal_group
 # A Slurm task that has left Slurm's queue without a final status gets this long to
 # write one (its last write may be on its way over the shared file system).
 SLURM_GONE_GRACE_S = 5.0
-# Slurm's end states that mean the task did not finish its work.
-SLURM_TIME_LIMIT_STATES = ("TIMEOUT", "DEADLINE")
 
 
 class ChildHandle:
@@ -122,18 +120,11 @@ class SlurmTaskHandle:
         """The final status: the task's own, or derived from Slurm's state when it left none."""
         from perl_cli.scheduler import endings
 
-        seen = self.slurm_state or "unknown to squeue and sacct"
-
-        def from_slurm(fields: dict, status: dict) -> None:
-            if cancelled:
-                fields["error"] = f"cancelled by perl cancel (Slurm task {self.task_id}, {status.get('state')})"
-            elif self.slurm_state in SLURM_TIME_LIMIT_STATES:
-                fields.update(state=outcomes.FAILED, cause=outcomes.CAUSE_TIME_LIMIT,
-                              error=f"Slurm task {self.task_id} hit its time limit ({seen}) before it could requeue")
-            else:
-                fields["error"] = f"Slurm task {self.task_id} ended without a final status (Slurm state: {seen})"
-
-        return endings.record(self.dir, ending, amend=from_slurm, keep_final=True)
+        status = state.read_status(self.dir) or {}
+        if status.get("state") in outcomes.TERMINAL:
+            return status
+        return endings.record(self.dir, ending, extra=endings.from_slurm(self.slurm_state, status, self.task_id,
+                                                                           cancelled=cancelled))
 
     def terminate(self) -> None:
         from perl_cli.scheduler import slurm_cli

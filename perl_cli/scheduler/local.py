@@ -509,9 +509,18 @@ class LocalRunner:
         suite = self.opts.suite
         lines = [f"suite '{suite}': {len(refusals)} of the chosen experiments cannot be run as asked:"]
         lines += [f"  {len(names)} {reason}: {_some(names)}" for reason, names in by_reason.items()]
+        in_slurm = [name for name, reason in refusals if reason.startswith(planning.IN_SLURM)]
+        if in_slurm:  # --fresh is refused the same way: only cancelling the tasks lifts it
+            lines.append(f"Slurm still has tasks for {_some(in_slurm)}: `perl cancel {suite} --only "
+                         f"{','.join(in_slurm)}` first (they resume from their checkpoints when run again).")
+            refusals = [(name, reason) for name, reason in refusals if name not in in_slurm]
+            if not refusals:
+                return "\n".join(lines)
         names = [name for name, _ in refusals]
         only = "" if set(names) == {e.name for e in self.all_experiments} else f" --only {','.join(names)}"
         sets = "".join(f" --set {shlex.quote(o)}" for o in self.opts.overrides)
+        if self.opts.slurm is not None:  # the same backend and options, or it would run here
+            sets += " " + shlex.join(self.opts.slurm.rerun_args())
         lines.append(
             f"To start them over with this command's settings: `perl run {suite}{only}{sets} --fresh` (the old "
             f"directories are kept as <name>{state.OLD_DIR_MARK}<timestamp>). To keep them, leave them out with "
@@ -823,6 +832,7 @@ class LocalRunner:
             "error": None,
             "scheduler_pid": os.getpid(),
             "retries": previous.get("retries", []) if same else [],
+            "run_s_before": state.earlier_attempts_s(previous) if same else 0.0,  # the time of every attempt
         }
         state.write_status(job.dir, status)
         cmd = self._command(job)

@@ -26,6 +26,8 @@ from typing import Any
 # Decisions.
 RUN, RESUME, FRESH, ADOPT = "run", "resume", "fresh", "adopt"  # become jobs
 SKIP, KEEP, WATCH, REFUSE = "skip", "keep", "watch", "refuse"  # do not
+# The refusal of an experiment Slurm still has a task for: --fresh cannot lift it, `perl cancel` can.
+IN_SLURM = "queued or running in Slurm"
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def decide(f: Facts, *, fresh: bool, asked: tuple[str, ...] = (), slurm: bool = 
     if f.slurm_task:
         if slurm and not fresh:
             return Decision(WATCH)
-        return Decision(REFUSE, f"queued or running in Slurm (task {f.slurm_task}): `perl cancel` it first")
+        return Decision(REFUSE, f"{IN_SLURM} (task {f.slurm_task}): `perl cancel` it first")
     if f.live_pid is None and f.other_host:
         return Decision(REFUSE, f"running on host {f.other_host}")
     if f.live_pid is not None:

@@ -22,14 +22,16 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import shlex
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from perl_cli import outcomes, state
-from perl_cli.scheduler import slurm_cli
+from perl_cli.scheduler import endings, slurm_cli
 from perl_cli.scheduler.handles import SlurmTaskHandle
 from perl_cli.scheduler.slurm_cli import SlurmError
 from perl_cli.scheduler.slurm_task import SlurmTask
@@ -37,6 +39,10 @@ from perl_cli.scheduler.slurm_task import SlurmTask
 DEFAULT_TIME_S = 24 * 3600  # when neither the user nor the partition says
 WAIT_POLL_S = 2.0
 SUBMITIT_DIR = ".slurm"  # inside the suite directory: submitit's pickles and logs (hidden from readers)
+# After sbatch timed out (a slow or paused controller may still accept the array), how long
+# `perl run` keeps asking Slurm whether it did before it gives up and says it cannot tell.
+CONFIRM_S = 60.0
+CONFIRM_POLL_S = 2.0
 
 
 @dataclass
@@ -50,6 +56,20 @@ class SlurmOptions:
     array_parallelism: int | None = None
     extra: dict[str, str] = field(default_factory=dict)  # --slurm-arg KEY=VALUE: other sbatch options
     wait: bool = False
+
+    def rerun_args(self) -> list[str]:
+        """`perl run` arguments that submit with these options again (recorded in status.json's `slurm.args`,
+        so every command PeRL suggests later keeps the backend and the options)."""
+        args = ["--backend", "slurm"]
+        for flag, value in (("--partition", self.partition), ("--account", self.account), ("--time", self.time),
+                            ("--gpus-per-job", None if self.gpus_per_job == 1 else self.gpus_per_job),
+                            ("--cpus-per-job", self.cpus_per_job), ("--mem", self.mem),
+                            ("--array-parallelism", self.array_parallelism)):
+            if value is not None:
+                args += [flag, str(value)]
+        for key, value in self.extra.items():
+            args += ["--slurm-arg", f"{key}={value}"]
+        return args
 
 
 def options_from(cli: dict[str, Any], defaults: dict[str, Any]) -> SlurmOptions:
@@ -160,7 +180,10 @@ class SlurmBackend:
     def executor(self, time_limit_s: int, count: int) -> Any:
         import submitit
 
-        executor = submitit.SlurmExecutor(folder=self.suite_dir / SUBMITIT_DIR / "%j", max_num_timeout=10**6)
+        # One flat folder (no per-job "%j" subfolder): Slurm opens each task's --output there when the
+        # task starts, and after a timed-out sbatch the task may start before PeRL learns its id and
+        # could create a per-job folder (the task then fails at once, WTERMSIG 53).
+        executor = submitit.SlurmExecutor(folder=self.suite_dir / SUBMITIT_DIR, max_num_timeout=10**6)
         params: dict[str, Any] = {
             "job_name": f"perl-{self.opts.suite}",
             "time": max(1, math.ceil(time_limit_s / 60)),
@@ -183,39 +206,91 @@ class SlurmBackend:
         return executor
 
     def submit(self, jobs: list[Any], time_limit_s: int) -> list[str]:
-        """One array task per job; returns the task ids ("<array>_<i>"). Statuses say `queued`."""
+        """One array task per job; returns the task ids ("<array>_<i>"). Statuses say `queued`.
+
+        Refused by Slurm, or never sent (the controller is down): the `queued` marks are undone
+        and a SlurmError says which. sbatch timed out: Slurm may have accepted the array all the
+        same, so it is asked (for CONFIRM_S) before anything is undone (`_confirm`).
+        """
         from submitit.core.utils import FailedJobError
 
         previous = {job.name: state.read_status(job.dir) for job in jobs}
         created = [job.dir for job in jobs if not job.dir.exists()]
-        for job in jobs:
+        token = f"perl-submission-{uuid.uuid4().hex[:16]}"  # in the array's comment: found again after a timeout
+        for index, job in enumerate(jobs):
             self.runner._prepare_dir(job)
             state.update_status(
                 job.dir, state=outcomes.QUEUED, fingerprint=job.exp.fingerprint, backend="slurm",
                 host=None, pid=None, pid_start_time=None, gpu=None, exit_code=None, signal=None, error=None,
                 cause=None, ended=None, started=None, heartbeat=None, total_steps=job.exp.max_steps,
-                submitted=state.now(), requeues=[], slurm={"job_id": None},
+                submitted=state.now(), requeues=[], resumed_from=None,
+                run_s_before=state.earlier_attempts_s(previous[job.name] or {}),
+                slurm={"job_id": None, "submission": token, "index": index, "args": self.sopts.rerun_args()},
             )
         executor = self.executor(time_limit_s, len(jobs))
+        comment = self.sopts.extra.get("comment")
+        executor.update_parameters(additional_parameters={**self.sopts.extra,
+                                                          "comment": f"{comment} {token}" if comment else token})
         delay = signal_delay_s(time_limit_s)
         tasks = [SlurmTask(str(job.dir), self.opts.worker_cmd, requeues_left=self.opts.retries,
                            time_limit_s=time_limit_s, signal_delay_s=delay) for job in jobs]
+        folder = self.suite_dir / SUBMITIT_DIR
+        before = set(folder.glob("*")) if folder.is_dir() else set()
         captured = io.StringIO()
         try:
             with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
                 with executor.batch():
                     submitted = [executor.submit(task) for task in tasks]
+            ids = [str(sub.job_id) for sub in submitted]
         except FailedJobError as exc:
-            for job in jobs:
-                _restore(job.dir, previous[job.name], created=job.dir in created)
             message = str(exc).strip() or captured.getvalue().strip()
-            raise SlurmError(f"Slurm rejected the submission: {message}") from None
-        ids = [str(s.job_id) for s in submitted]
+            ids = self._confirm(jobs, token, message, folder, before)
+            if ids is None:
+                for job in jobs:
+                    _restore(job.dir, previous[job.name], created=job.dir in created)
+                _remove_new(folder, before)  # the pickles and script of a submission that does not exist
+                raise SlurmError(_refusal(message, self.opts.suite)) from None
         for job, job_id in zip(jobs, ids, strict=True):
             status = state.read_status(job.dir) or {}
             slurm = {**(status.get("slurm") or {}), "job_id": job_id, "array_job_id": job_id.split("_")[0]}
             state.update_status(job.dir, slurm=slurm)
         return ids
+
+    def _confirm(self, jobs: list[Any], token: str, message: str, folder: Path, before: set[Path]) -> list[str] | None:
+        """After a failed sbatch: the task ids if Slurm accepted the array all the same, None if it did not.
+
+        Raises SlurmError (exit 2), leaving the `queued` marks, when Slurm cannot say: the next
+        `perl run` asks about this submission first (`resolve_submissions`), never submitting twice.
+        """
+        if slurm_cli.unreachable(message) != "unanswered":
+            return None  # refused, or never sent: nothing to ask
+        r = self.runner.reporter
+        if r is not None:
+            r.info(f"sbatch got no answer from Slurm ({_last_line(message)}); asking Slurm whether it accepted the "
+                   f"array (up to {CONFIRM_S:g} s) before anything is undone.")
+        deadline = time.monotonic() + CONFIRM_S
+        empty = 0
+        while True:
+            ids = slurm_cli.find_submission(f"perl-{self.opts.suite}", token, timeout=CONFIRM_POLL_S * 2)
+            if ids:
+                _place_pickles(folder, before, ids, jobs)
+                if r is not None:
+                    r.info(f"Slurm did accept it: {_array_text(ids)} (sbatch's answer was lost).")
+                return ids
+            if ids == []:
+                empty += 1
+                if empty >= 2:  # asked twice, a poll apart, with the controller answering: it has no such array
+                    return None
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(CONFIRM_POLL_S)
+        raise SlurmError(
+            f"Slurm's controller is unreachable: sbatch got no answer ({_last_line(message)}), and for "
+            f"{CONFIRM_S:g} s it could not be asked whether it accepted the array. The experiments stay marked "
+            f"`queued` (submission {token}). Check the controller with `scontrol ping`; once it answers, "
+            f"`perl run {self.opts.suite} {shlex.join(self.sopts.rerun_args())}` asks Slurm about that submission "
+            "first and never submits twice."
+        )
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -224,9 +299,8 @@ class SlurmBackend:
         r = self.runner.reporter
         ids = self.submit(jobs, time_limit_s) if jobs else []
         if ids:
-            array = ids[0].split("_")[0]
             where = f" on partition {self.sopts.partition}" if self.sopts.partition else ""
-            r.info(f"submitted {len(ids)} experiment(s) as Slurm job array {array} (tasks 0-{len(ids) - 1}){where}, "
+            r.info(f"submitted {len(ids)} experiment(s) as {_array_text(ids)}{where}, "
                    f"time limit {slurm_cli.format_time(time_limit_s)}, {self.sopts.gpus_per_job} GPU(s) each.")
             if note := early_warning_note(time_limit_s):
                 r.info(note)
@@ -236,7 +310,7 @@ class SlurmBackend:
         self.runner._write_aggregate(force=True, backend=self._scheduler_fields(ids))
         if not self.sopts.wait:
             r.info(f"watch: `perl status {self.opts.suite}` (queued/running/completed) or `squeue --me`; "
-                   f"stop: `perl cancel {self.opts.suite}`; `perl run {self.opts.suite} --backend slurm` "
+                   f"stop: `perl cancel {self.opts.suite}`; `perl run {self.opts.suite} {shlex.join(self.sopts.rerun_args())}` "
                    "later resumes what was cancelled, timed out or preempted.")
             return outcomes.EXIT_OK
         handles = [SlurmTaskHandle(job.name, job.dir, tid) for job, tid in
@@ -285,11 +359,69 @@ def _detail(status: dict) -> str:
     again = f", requeued {requeues}x" if requeues else ""
     took = ""
     if isinstance(status.get("started"), (int, float)) and isinstance(status.get("ended"), (int, float)):
-        took = f"in {human_seconds(status['ended'] - status['started'])} "
+        # Every attempt's time: the earlier ones (requeues, resumes) are in run_s_before.
+        took = f"in {human_seconds(status['ended'] - status['started'] + (status.get('run_s_before') or 0))} "
     where = f"{took}on {status['host']}{again}" if status.get("host") else "before it started"
     if status.get("state") == state.FAILED:
         return f"{where}: {status.get('error') or 'exit ' + str(status.get('exit_code'))}"
     return where
+
+
+def _last_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def _refusal(message: str, suite: str) -> str:
+    """What to say when a submission did not happen: refused by Slurm, or its controller unreachable."""
+    kind = slurm_cli.unreachable(message)
+    if kind is None:
+        return f"Slurm refused the submission: {message}"
+    what = "sbatch could not reach it" if kind == "not sent" else "sbatch timed out, and Slurm then said it has no such array"
+    return (f"Slurm's controller is unreachable ({what}): {_last_line(message)}. Nothing was submitted. Check it with "
+            f"`scontrol ping` (or ask the cluster's admins), then run the same `perl run {suite} ...` again.")
+
+
+def _array_text(ids: list[str]) -> str:
+    """How a submission is named to the user: one job, or an array and its task range."""
+    if len(ids) == 1:
+        return f"Slurm job {ids[0]}"
+    return f"Slurm job array {ids[0].split('_')[0]} (tasks 0-{len(ids) - 1})"
+
+
+def _remove_new(folder: Path, before: set[Path]) -> None:
+    """Remove what a submission that does not exist left in .slurm/ (its pickles and sbatch script)."""
+    if not folder.is_dir():
+        return
+    for path in set(folder.glob("*")) - before:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _place_pickles(folder: Path, before: set[Path], ids: list[str], jobs: list[Any]) -> None:
+    """Put each task's pickle where its task looks for it, as submitit does after a successful sbatch.
+
+    A timed-out sbatch leaves them as `.slurm/<uuid>.pkl`; each holds a SlurmTask, whose directory
+    names its job (the tasks are in the order submitted).
+    """
+    from submitit.core.utils import DelayedSubmission
+    from submitit.slurm.slurm import SlurmJob
+
+    by_dir = {str(job.dir): job_id for job, job_id in zip(jobs, ids, strict=True)}
+    for path in sorted(set(folder.glob("*.pkl")) - before):
+        try:
+            task = DelayedSubmission.load(path).function
+        except Exception:  # noqa: BLE001 - not one of ours: leave it
+            continue
+        job_id = by_dir.get(getattr(task, "exp_dir", ""))
+        if job_id is not None:
+            SlurmJob(folder=folder, job_id=job_id, tasks=[0]).paths.move_temporary_file(path, "submitted_pickle")
+    for script in set(folder.glob(".submission_file_*.sh")) - before:  # sbatch has read it
+        with contextlib.suppress(OSError):
+            script.unlink()
 
 
 def _restore(exp_dir: Path, previous: dict | None, *, created: bool) -> None:
@@ -303,31 +435,40 @@ def _restore(exp_dir: Path, previous: dict | None, *, created: bool) -> None:
         state.write_status(exp_dir, previous)
 
 
-def cancel_suite(suite_dir: Path, names: list[str] | None, *, wait_s: float = 30.0, out=print) -> int:
-    """`perl cancel` for Slurm tasks: scancel, then mark what never started `interrupted`.
+def cancel_suite(suite_dir: Path, names: list[str] | None, *, wait_s: float = 30.0, out=print) -> dict[str, list[str]]:
+    """`perl cancel` for Slurm tasks: scancel every task Slurm still has for the suite, whatever the files say.
 
-    A running task's worker gets SIGTERM from Slurm, saves a checkpoint and records
-    `interrupted` itself; one that has not recorded it after `wait_s` is marked here.
-    Returns how many experiments were cancelled.
+    A task is the suite's when a status.json names it (whatever its state: a task Slurm
+    requeued or holds may be recorded `interrupted` by an older PeRL, or not recorded yet) or
+    when it belongs to a submission whose answer was lost. A running worker gets SIGTERM from
+    Slurm, saves a checkpoint and records `interrupted` itself; one that has not after `wait_s`,
+    and tasks that never started, are marked here. Returns {name: the `perl run` arguments it
+    was submitted with} for the experiments cancelled.
     """
+    resolve_submissions(suite_dir, names)
     targets: dict[str, tuple[Path, str]] = {}
     for name, exp_dir in state.experiment_dirs(suite_dir).items():
         if names is not None and name not in names:
             continue
-        status = state.read_status(exp_dir) or {}
-        task_id = _task_id(status)
-        if task_id and status.get("state") in (outcomes.QUEUED, state.RUNNING):
-            targets[name] = (exp_dir, str(task_id))
+        task_id = _task_id(state.read_status(exp_dir) or {})
+        if task_id:
+            targets[name] = (exp_dir, task_id)
     if not targets:
-        return 0
+        return {}
     states = slurm_cli.task_states(task for _, task in targets.values())
-    # Tasks Slurm has already let go of (scancel'ed by hand, a dead node) only need their status recorded.
-    active = [t for _, t in targets.values() if states is None or states.get(t) in slurm_cli.ACTIVE_STATES]
-    if active:
-        slurm_cli.cancel(active)
-        out(f"scancel: {len(active)} task(s): " + ", ".join(f"{n} ({t})" for n, (_, t) in sorted(targets.items())
-                                                            if t in active))
-    handles = [SlurmTaskHandle(name, d, t) for name, (d, t) in targets.items()]
+    if states is None:
+        raise SlurmError("perl cancel: Slurm's controller is unreachable (squeue and sacct did not answer), so PeRL "
+                         "cannot tell which tasks it still has; nothing was cancelled. Check it with `scontrol ping`, "
+                         "then cancel again (or `scancel --name perl-" + suite_dir.name + "`).")
+    live = {name: (d, t) for name, (d, t) in targets.items() if states.get(t) in slurm_cli.ACTIVE_STATES}
+    # Tasks that Slurm let go of while the file says queued/running only need their end recorded.
+    unrecorded = {name: (d, t) for name, (d, t) in targets.items() if name not in live
+                  and (state.read_status(d) or {}).get("state") in (outcomes.QUEUED, state.RUNNING)}
+    if live:
+        slurm_cli.cancel(t for _, t in live.values())
+        out(f"scancel: {len(live)} task(s): " + ", ".join(f"{n} ({t}, {states.get(t)})" for n, (_, t) in sorted(live.items())))
+    cancelled = {**live, **unrecorded}
+    handles = [SlurmTaskHandle(name, d, t) for name, (d, t) in cancelled.items()]
     deadline = time.monotonic() + wait_s
     while handles:
         states = slurm_cli.task_states([h.task_id for h in handles])
@@ -343,7 +484,25 @@ def cancel_suite(suite_dir: Path, names: list[str] | None, *, wait_s: float = 30
         handles = left
         if handles:
             time.sleep(0.5)
-    return len(targets)
+    return {name: rerun_args(state.read_status(d) or {}) for name, (d, _) in cancelled.items()}
+
+
+def rerun_args(status: dict) -> list[str]:
+    """The `perl run` arguments an experiment was submitted to Slurm with (["--backend", "slurm", ...])."""
+    slurm = status.get("slurm") if isinstance(status.get("slurm"), dict) else {}
+    args = slurm.get("args")
+    if isinstance(args, list) and args and all(isinstance(a, str) for a in args):
+        return list(args)
+    return ["--backend", "slurm"] if slurm or status.get("backend") == "slurm" else []
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class _Dir:
+    dir: Path
 
 
 def _task_id(status: dict) -> str | None:
@@ -352,23 +511,72 @@ def _task_id(status: dict) -> str | None:
     return str(task) if task else None
 
 
-def slurm_tasks_in_flight(suite_dir: Path, names: list[str]) -> dict[str, str]:
-    """Experiments whose Slurm task is still queued or running: {name: task id}.
+def _may_be_in_slurm(status: dict) -> bool:
+    """A status whose Slurm task may still be queued, held or running in Slurm, whatever the file says.
 
-    Asks Slurm only when some status.json names a task that has not ended; when Slurm
-    cannot be asked, the files are believed (never two workers on one directory).
+    Everything but `completed`: Slurm requeues and holds tasks behind PeRL's back (preemption,
+    `scontrol requeue`), and a task may not have recorded that (an older PeRL, a dead node).
     """
+    return _task_id(status) is not None and status.get("state") != outcomes.COMPLETED
+
+
+def resolve_submissions(suite_dir: Path, names: list[str] | None) -> None:
+    """Settle submissions whose sbatch answer was lost (statuses `queued`, a submission token, no job id).
+
+    Slurm is asked whether the array exists: if it does, its task ids are recorded (and the
+    tasks' pickles put in place); if it does not, the experiments are marked `interrupted`
+    (nothing runs them). SlurmError (exit 2) when Slurm cannot be asked: submitting again
+    could run an experiment twice.
+    """
+    pending: dict[str, list[tuple[str, Path]]] = {}
+    for name, exp_dir in state.experiment_dirs(suite_dir).items():
+        if names is not None and name not in names:
+            continue
+        status = state.read_status(exp_dir) or {}
+        slurm = status.get("slurm") if isinstance(status.get("slurm"), dict) else {}
+        if status.get("state") == outcomes.QUEUED and not slurm.get("job_id") and slurm.get("submission"):
+            pending.setdefault(str(slurm["submission"]), []).append((name, exp_dir))
+    for token, members in pending.items():
+        ids = slurm_cli.find_submission(f"perl-{suite_dir.name}", token)
+        if ids is None:
+            raise SlurmError(f"Slurm's controller is unreachable, and an earlier submission of {len(members)} "
+                             f"experiment(s) ({token}) got no answer: PeRL cannot tell whether Slurm has it. Check the "
+                             "controller with `scontrol ping`, then run this again.")
+        folder = suite_dir / SUBMITIT_DIR
+        if len(ids) == len(members):
+            # Task i of the array is the experiment submitted i-th (status.json's slurm.index).
+            order = sorted(members, key=lambda m: ((state.read_status(m[1]) or {}).get("slurm") or {}).get("index") or 0)
+            _place_pickles(folder, set(), ids, [_Dir(d) for _, d in order])
+            for (_, exp_dir), job_id in zip(order, ids, strict=True):
+                state.update_status(exp_dir, slurm={**((state.read_status(exp_dir) or {}).get("slurm") or {}),
+                                                    "job_id": job_id, "array_job_id": job_id.split("_")[0]})
+        else:
+            for _, exp_dir in members:
+                state.update_status(exp_dir, state=outcomes.INTERRUPTED, ended=state.now(),
+                                    error="its submission to Slurm got no answer, and Slurm has no such array")
+
+def slurm_tasks_in_flight(suite_dir: Path, names: list[str]) -> dict[str, str]:
+    """Experiments for which Slurm still has a task (queued, held, requeued or running): {name: task id}.
+
+    Decided with squeue/sacct as well as the files: a task Slurm requeued or holds counts
+    whatever status.json says, so no experiment is ever submitted while a task for it exists.
+    When Slurm cannot be asked, the files are believed for what they say is queued or running
+    (never two workers on one directory; the worker's lock is the last line of defence).
+    """
+    resolve_submissions(suite_dir, names)
     candidates: dict[str, str] = {}
+    believed: dict[str, str] = {}
     for name in names:
         status = state.read_status(suite_dir / name) or {}
-        task = _task_id(status)
-        if task and status.get("state") in (outcomes.QUEUED, state.RUNNING):
-            candidates[name] = task
+        if _may_be_in_slurm(status):
+            candidates[name] = str(_task_id(status))
+            if status.get("state") in (outcomes.QUEUED, state.RUNNING):
+                believed[name] = candidates[name]
     if not candidates:
         return {}
     states = slurm_cli.task_states(candidates.values())
     if states is None:
-        return candidates
+        return believed
     return {name: task for name, task in candidates.items() if states.get(task) in slurm_cli.ACTIVE_STATES}
 
 
@@ -376,6 +584,10 @@ READ_TIMEOUT_S = 3.0  # readers (perl status, watch) wait at most this long for 
 # A reader that refreshes (watch every 2 s, status --watch) asks Slurm about the same tasks at
 # most this often: the answer (or "unreachable", which costs READ_TIMEOUT_S) is reused.
 READ_REUSE_S = 20.0
+# Readers ask about an experiment recorded interrupted or failed (Slurm may have requeued its task)
+# only this long after it ended: a suite that ended long ago is read without asking Slurm each time.
+# `perl run` and `perl cancel` always ask.
+READ_ENDED_S = 7 * 24 * 3600.0
 _read_cache: dict[frozenset[str], tuple[float, dict[str, str] | None]] = {}
 
 
@@ -395,26 +607,38 @@ def _task_states_for_readers(tasks: frozenset[str]) -> dict[str, str] | None:
     return states
 
 
-def seen_by_slurm(statuses: dict[str, dict]) -> dict[str, str]:
-    """For readers: the state to show for experiments whose Slurm task ended without saying so.
+def seen_by_slurm(statuses: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """For readers: what to show for experiments whose file and Slurm disagree, {name: fields}.
 
-    A status.json that says `queued` or `running` for a task Slurm has let go of (cancelled
-    while pending, a node that died) would say so forever; when squeue/sacct answer, such
-    an experiment is shown `interrupted` (cancelled) or `failed`. Asks Slurm only when some
-    status names a task that has not ended, within READ_TIMEOUT_S; unreachable: {} (the
-    files alone decide). Never writes: the next `perl run` records it.
+    - The file says queued or running, but Slurm has let go of the task (cancelled while
+      pending, a dead node): shown as the next `perl run` will record it (endings.from_slurm:
+      `interrupted` or `failed`, with a cause).
+    - The file says interrupted or failed, but Slurm has the task again (requeued or held
+      behind PeRL's back, before the task could say so): shown `queued` (or `running`).
+
+    Asks Slurm only when some status names a task that has not completed (and, if recorded
+    ended, ended less than READ_ENDED_S ago), within READ_TIMEOUT_S, reusing an answer for
+    READ_REUSE_S; unreachable: {} (the files alone decide). Never writes.
     """
-    tasks = {name: _task_id(s) for name, s in statuses.items()
-             if s.get("state") in (outcomes.QUEUED, state.RUNNING) and _task_id(s)}
+    now = state.now()
+    tasks = {name: str(_task_id(s)) for name, s in statuses.items() if _may_be_in_slurm(s)
+             and (s.get("state") not in outcomes.TERMINAL or now - (_num(s.get("ended")) or now) < READ_ENDED_S)}
     if not tasks:
         return {}
     states = _task_states_for_readers(frozenset(tasks.values()))
     if not states:
         return {}
-    shown: dict[str, str] = {}
+    shown: dict[str, dict[str, Any]] = {}
     for name, task in tasks.items():
-        seen = states.get(task)
-        if seen is None or seen in slurm_cli.ACTIVE_STATES:
+        seen, recorded = states.get(task), statuses[name].get("state")
+        if seen is None:
             continue
-        shown[name] = state.INTERRUPTED if seen in ("CANCELLED", slurm_cli.GONE) else state.FAILED
+        if seen in slurm_cli.ACTIVE_STATES:
+            if recorded in outcomes.TERMINAL:
+                now = state.RUNNING if seen == "RUNNING" else outcomes.QUEUED
+                shown[name] = {"state": now, "error": None, "cause": None} if now == state.RUNNING else {
+                    "state": now, "cause": None,
+                    "error": f"back in Slurm's queue ({seen}): Slurm requeued task {task}"}
+        elif recorded in (outcomes.QUEUED, state.RUNNING):
+            shown[name] = endings.from_slurm(seen, statuses[name], task)
     return shown

@@ -103,6 +103,51 @@ def task_states(job_ids: Iterable[str], *, timeout: float = QUERY_TIMEOUT_S) -> 
     return {i: found.get(i, GONE) for i in ids}
 
 
+def job_info(job_id: str, *, timeout: float = QUERY_TIMEOUT_S) -> dict[str, str] | None:
+    """`scontrol show job -o ID` as {field: value} (JobState, Reason, Restarts, ...); None when unreachable."""
+    try:
+        out = run(["scontrol", "show", "job", "-o", str(job_id)], timeout=timeout)
+    except SlurmError:
+        return None
+    return dict(re.findall(r"(?:^|\s)([A-Za-z:]+)=(\S*)", out))
+
+
+# What sbatch says when it could not talk to the controller. After a *timeout* the request
+# may still have reached it (a slow or paused slurmctld accepts it later): whether it did
+# can only be learnt by asking. A connect failure means it never left this machine.
+_NOT_SENT = ("connect failure", "Connection refused", "No route to host")
+_UNANSWERED = ("timed out", "Zero Bytes were transmitted", "Communication connection failure",
+               "Unable to contact slurm controller", "Socket timed out", "Slurm controller not responding")
+
+
+def unreachable(message: str) -> str | None:
+    """"not sent" or "unanswered" when sbatch failed to reach the controller; None when Slurm refused."""
+    if any(m in message for m in _NOT_SENT):
+        return "not sent"
+    if any(m in message for m in _UNANSWERED):
+        return "unanswered"
+    return None
+
+
+def find_submission(job_name: str, token: str, *, timeout: float = QUERY_TIMEOUT_S) -> list[str] | None:
+    """The array task ids ("<array>_<i>") of the submission tagged `token` (in its comment), sorted by
+    task; [] when Slurm has none; None when Slurm cannot be asked."""
+    try:
+        out = run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%k", "--name", job_name], timeout=timeout)
+    except SlurmError:
+        return None
+    ids = [job.strip() for job, _, comment in (line.partition("|") for line in out.splitlines()) if token in comment]
+    return sorted(ids, key=lambda i: int(i.rpartition("_")[2]) if i.rpartition("_")[2].isdigit() else -1)
+
+
+def ping(*, timeout: float = 5.0) -> bool:
+    """Whether the controller answers (`scontrol ping`)."""
+    try:
+        return "is UP" in run(["scontrol", "ping"], timeout=timeout)
+    except SlurmError:
+        return False
+
+
 def cancel(job_ids: Iterable[str]) -> None:
     ids = sorted({i for i in job_ids if i})
     if ids:

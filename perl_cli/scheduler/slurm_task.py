@@ -12,7 +12,19 @@ on preemption); submitit then calls `checkpoint()`, which stops the worker with 
 requeue less; submitit requeues the array task, which resumes from that checkpoint.
 With no requeue left the experiment ends `failed`, cause `time_limit` (or `preempted`).
 The worker ignores SIGUSR2 itself (Slurm signals every process of the step): the task
-decides. See docs/architecture.md, "The Slurm backend".
+decides.
+
+Requeues by Slurm itself (preemption, `scontrol requeue[hold]`, a node failure): Slurm
+SIGTERMs the step, the worker saves a checkpoint and exits 143, and the job goes back to
+the queue. The task learns it from Slurm (`scontrol show job`: its restart count went up)
+and records `queued` with the requeue and Slurm's reason, never `interrupted`; a restart
+whose previous attempt left no word (its node died) is recorded as a requeue when it starts.
+
+The task's exit status is the experiment's: a `failed` experiment raises, so submitit
+exits non-zero and Slurm records FAILED (mail-type=FAIL, afterok dependencies, sacct).
+The task holds the experiment's lock (perl_cli/worker_lock.py) from before it records
+`running` until it has recorded the end, and hands it to its worker: a second task or
+worker on the same directory refuses to start. See docs/architecture.md, "The Slurm backend".
 """
 
 from __future__ import annotations
@@ -26,10 +38,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from perl_cli import outcomes, state
+from perl_cli import outcomes, state, worker_lock
+from perl_cli.scheduler import endings
 
 STOP_GRACE_S = 25.0  # how long the worker gets to save a checkpoint after SIGTERM
 POLL_S = 0.2
+ASK_SLURM_S = 5.0  # how long the task waits for `scontrol show job` (Slurm kills it KillWait after SIGTERM)
+
+
+class ExperimentFailed(RuntimeError):
+    """Raised by the task when its experiment failed: submitit exits non-zero, Slurm says FAILED."""
+
+
+class ExperimentBusy(RuntimeError):
+    """Another live worker holds the experiment's directory: this task did not start it."""
 
 
 def slurm_ids(environ: dict[str, str] | os._Environ = os.environ) -> dict[str, Any]:
@@ -65,14 +87,30 @@ class SlurmTask:
 
     def __call__(self) -> int:
         exp_dir = Path(self.exp_dir)
+        try:
+            lock_fd = worker_lock.acquire(exp_dir, inheritable=True)
+        except worker_lock.Busy as exc:
+            # status.json is the live worker's: nothing is recorded; the task fails in Slurm.
+            state.append_log_mark(exp_dir, f"Slurm job {slurm_ids()['job_id']} did not start: {exc}")
+            raise ExperimentBusy(str(exc)) from None
         self._started = time.time()
         previous = state.read_status(exp_dir) or {}
+        if previous.get("state") == state.RUNNING and _restart_count() > 0:
+            # Restarted by Slurm while the file still says running: the last attempt never recorded
+            # its end (its node died, or Slurm killed the task before it could).
+            node = (previous.get("slurm") or {}).get("node") or previous.get("host")
+            beat = previous.get("heartbeat")
+            previous = endings.record_requeue(
+                exp_dir, cause=outcomes.CAUSE_REQUEUED, ended=beat if isinstance(beat, (int, float)) else None,
+                reason=f"restarted by Slurm; the attempt on {node} ended without recording its end (node failure?)")
+            state.append_log_mark(exp_dir, f"requeued by Slurm: the attempt on {node} left no final status")
         attempt = (previous.get("attempt") or 0) + 1
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "") if os.environ.get("SLURM_JOB_GPUS") else ""
         state.update_status(
             exp_dir, state=state.RUNNING, attempt=attempt, host=state.hostname(), gpu=gpu_field(visible),
             started=self._started, heartbeat=self._started, ended=None, exit_code=None, signal=None,
-            error=None, cause=None, pid=None, pid_start_time=None,
+            error=None, cause=None, pid=None, pid_start_time=None, resumed_from=None,
+            run_s_before=state.earlier_attempts_s(previous),
             slurm={**(previous.get("slurm") or {}), **slurm_ids(), "time_limit_s": self.time_limit_s},
         )
         env = {
@@ -81,6 +119,7 @@ class SlurmTask:
             "CUDA_VISIBLE_DEVICES": visible,
             "PERL_GPU": visible or "cpu",
             "OMP_NUM_THREADS": os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("OMP_NUM_THREADS") or "1",
+            worker_lock.INHERITED_ENV: str(lock_fd),
         }
         how = "resuming from its last checkpoint" if state.last_checkpoint(exp_dir) else "from the start"
         state.append_log_mark(exp_dir, f"attempt {attempt} on Slurm job {slurm_ids()['job_id']}, node {state.hostname()}, "
@@ -88,21 +127,32 @@ class SlurmTask:
         with open(exp_dir / state.LOG_FILE, "ab") as log:
             self._proc = subprocess.Popen(
                 [*self.worker_cmd, str(exp_dir)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, preexec_fn=_ignore_usr2,
+                env=env, preexec_fn=_ignore_usr2, pass_fds=(lock_fd,),
             )
         state.update_status(exp_dir, pid=self._proc.pid, pid_start_time=state.process_start_time(self._proc.pid))
         # Poll, never a blocking wait(): checkpoint() runs in a signal handler on top of this
         # frame and must be able to reap the worker itself (a blocking Popen.wait holds a lock).
         while (rc := self._reap()) is None:
             time.sleep(POLL_S)
-        if not self._decided:
-            self._record(outcomes.Ending(rc, pid=self._proc.pid))
+        if self._decided:
+            return rc
+        return self._end(rc)
+
+    def _end(self, rc: int) -> int:
+        """Record how the worker ended; raise when the experiment failed (so Slurm says FAILED)."""
+        stopped = rc in outcomes.INTERRUPTED_CODES or rc < 0 or rc == outcomes.EXIT_SIGKILL
+        reason = requeued_by_slurm() if stopped else None
+        if reason is not None:
+            status = endings.record_requeue(self.exp_dir, cause=outcomes.CAUSE_REQUEUED, reason=reason, exit_code=rc)
+            state.append_log_mark(Path(self.exp_dir), f"requeued by Slurm ({reason}) at step {status.get('step')}; "
+                                                      "the experiment waits in the queue")
+            return rc
+        status = endings.record(self.exp_dir, outcomes.Ending(rc, pid=self._proc.pid if self._proc else None))
+        if rc == outcomes.EXIT_BUSY:
+            raise ExperimentBusy(f"the worker found another live worker on {self.exp_dir} and did not start")
+        if status.get("state") == outcomes.FAILED:
+            raise ExperimentFailed(f"{Path(self.exp_dir).name} failed: {status.get('error') or f'exit code {rc}'}")
         return rc
-
-    def _record(self, ending: outcomes.Ending, **extra: Any) -> dict:
-        from perl_cli.scheduler import endings
-
-        return endings.record(self.exp_dir, ending, extra=extra)
 
     def checkpoint(self) -> Any:
         """Called by submitit on SIGUSR2 (time limit near, or preemption): stop, then requeue or give up."""
@@ -116,20 +166,16 @@ class SlurmTask:
         what = "the Slurm time limit" if timed_out else "preemption"
         status = state.read_status(self.exp_dir) or {}
         if self.requeues_left > 0:
-            record = {"cause": cause, "at": state.now(), "attempt": status.get("attempt"), "step": status.get("step")}
-            state.write_status_best_effort(
-                self.exp_dir, state=outcomes.QUEUED, ended=state.now(), exit_code=rc, signal=None,
-                error=f"requeued after {what} (checkpoint at step {status.get('step')})",
-                requeues=[*status.get("requeues", []), record],
-            )
+            endings.record_requeue(self.exp_dir, cause=cause, reason=what, exit_code=rc,
+                                   error=f"requeued after {what} (checkpoint at step {status.get('step')})")
             state.append_log_mark(Path(self.exp_dir), f"{what}: stopped at step {status.get('step')}; requeued "
-                                            f"({self.requeues_left - 1} requeue(s) left)")
+                                                      f"({self.requeues_left - 1} requeue(s) left)")
             return DelayedSubmission(self._next())
-        self._record(outcomes.Ending(rc, pid=self._proc.pid if self._proc else None, stop_sent=True),
-                     state=outcomes.FAILED, cause=cause,
-                     error=f"stopped by {what} after {len(status.get('requeues', []))} requeue(s); none left")
+        endings.record(self.exp_dir, outcomes.Ending(rc, pid=self._proc.pid if self._proc else None, stop_sent=True),
+                       extra={"state": outcomes.FAILED, "cause": cause,
+                              "error": f"stopped by {what} after {len(status.get('requeues') or [])} requeue(s); none left"})
         state.append_log_mark(Path(self.exp_dir), f"{what}: stopped at step {status.get('step')}; no requeue left")
-        return None
+        return None  # submitit then raises: the task ends FAILED in Slurm
 
     def _next(self) -> SlurmTask:
         return SlurmTask(self.exp_dir, self.worker_cmd, requeues_left=self.requeues_left - 1,
@@ -164,6 +210,32 @@ class SlurmTask:
                 while self._reap() is None:
                     time.sleep(POLL_S)
         return self._proc.returncode
+
+
+def _restart_count() -> int:
+    value = os.environ.get("SLURM_RESTART_COUNT", "")
+    return int(value) if value.isdigit() else 0
+
+
+def requeued_by_slurm(job_id: str | None = None) -> str | None:
+    """Slurm's reason when it has just requeued this job (its restart count went up), else None.
+
+    A requeue and a cancel both reach the worker as SIGTERM; only Slurm knows which it was.
+    Unreachable within ASK_SLURM_S: None (the experiment is recorded `interrupted`, and
+    readers and `perl run` still see the task pending in Slurm's queue).
+    """
+    from perl_cli.scheduler import slurm_cli
+
+    job_id = job_id or os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    info = slurm_cli.job_info(job_id, timeout=ASK_SLURM_S) or {}
+    restarts = info.get("Restarts", "")
+    if not restarts.isdigit() or int(restarts) <= _restart_count():
+        return None
+    reason = info.get("Reason", "").replace("_", " ")
+    held = "; held: `scontrol release` lets it run" if "held" in reason.lower() else ""
+    return (reason if reason and reason != "None" else "scontrol requeue, preemption or a node failure") + held
 
 
 def _ignore_usr2() -> None:

@@ -50,6 +50,7 @@ class StatusWriter:
             error=None,
             fingerprint=fingerprint,
             phase=None,
+            resumed_from=None,  # this attempt's: set by the worker once it knows its checkpoint
         )
 
     def start(self) -> None:

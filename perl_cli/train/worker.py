@@ -3,7 +3,8 @@
 Exit codes: 0 completed; 1 failed (traceback in train.log, one-line error in
 status.json); 2 config error; 143 interrupted by SIGTERM and 130 by SIGINT (128 +
 signal number, the shell convention), in both cases after saving a checkpoint that
-the next run resumes from.
+the next run resumes from; 75 another live worker holds the experiment's lock
+(perl_cli/worker_lock.py), so this one did nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from perl_cli import outcomes, state
+from perl_cli import outcomes, state, worker_lock
 from perl_cli.config import ConfigError  # one error type for an unrunnable config: exit 2
 from perl_cli.data import countdown
 from perl_cli.models import ModelError
@@ -31,6 +32,7 @@ EXIT_FAILED = outcomes.EXIT_FAILED
 EXIT_CONFIG_ERROR = outcomes.EXIT_CONFIG_ERROR
 EXIT_SIGINT = outcomes.EXIT_SIGINT  # 130
 EXIT_SIGTERM = outcomes.EXIT_SIGTERM  # 143
+EXIT_BUSY = outcomes.EXIT_BUSY  # 75: another live worker holds this experiment; nothing done
 
 BASE_EVAL_FILE = "base_eval.json"  # the base model's accuracy, kept for resumed runs
 INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/MiLoRA: needed to convert on save
@@ -52,6 +54,20 @@ def run_experiment(exp_dir: str | Path) -> int:
     if not exp_dir.is_dir():
         print(f"[perl] error: experiment directory {exp_dir} does not exist", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
+    try:
+        # Held until the experiment's end is written (the kernel frees it even on SIGKILL):
+        # never two workers on one directory.
+        lock_fd = worker_lock.acquire(exp_dir)
+    except worker_lock.Busy as exc:
+        print(f"[perl] error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BUSY  # status.json is the other worker's: nothing is written
+    try:
+        return _run_locked(exp_dir, config, problems, fingerprint, total)
+    finally:
+        os.close(lock_fd)
+
+
+def _run_locked(exp_dir: Path, config: Any, problems: list[str], fingerprint: Any, total: Any) -> int:
     status = StatusWriter(exp_dir, fingerprint=fingerprint, total_steps=total)
     if problems:
         message = f"invalid {exp_dir / state.CONFIG_FILE}: " + "; ".join(problems)
@@ -106,6 +122,7 @@ def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: A
 
     session = TrainingSession(exp_dir, config, status, stopper)
     resume = state.last_checkpoint(exp_dir)
+    status.update(resumed_from=_checkpoint_step(resume))  # readers and tests see where this attempt began
     session.prepare(resume)
     if stopper.received is None:
         session.train(resume)
@@ -119,6 +136,14 @@ def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: A
     print(f"[perl] completed: {_summary(results)}", flush=True)
     status.finish(state.COMPLETED, EXIT_OK, step=session.global_step)
     return EXIT_OK
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int | None:
+    """The step of `checkpoints/checkpoint-N` (None: a start from scratch)."""
+    if checkpoint is None:
+        return None
+    step = checkpoint.name.rpartition("-")[2]
+    return int(step) if step.isdigit() else None
 
 
 def _signal_exit_code(signum: int | None) -> int:
