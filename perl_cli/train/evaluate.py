@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from perl_cli.data import countdown
 from perl_cli.rewards import countdown_correct
+from perl_cli.stats import standard_error  # the report's definition, one copy
 
 # Prompts per generate() call; sampled calls multiply this by the samples per problem.
 EVAL_BATCH_PROMPTS = 64
@@ -15,15 +15,6 @@ EVAL_BATCH_PROMPTS = 64
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
-
-
-def standard_error(values: Sequence[float]) -> float:
-    """Standard error of the mean of `values` (sample standard deviation / sqrt(n))."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
 def _generate(

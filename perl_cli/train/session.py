@@ -21,18 +21,19 @@ from perl_cli.data import countdown
 from perl_cli.methods import Method, build_adapter, get_method
 from perl_cli.models import BUILTIN_MODELS, is_builtin, load_model, load_tokenizer
 from perl_cli.placement import PlacementError
+from perl_cli.stats import head_mean, tail_mean
 from perl_cli.train import callbacks as cb
-from perl_cli.train.evaluate import evaluate_accuracy
-from perl_cli.train.grpo import grpo_args
-from perl_cli.train.status import StatusWriter
-from perl_cli.train.trainer import MethodGRPOTrainer, optimizer_trainable_params
-from perl_cli.train.worker import (
+from perl_cli.train.artifacts import (
     BASE_EVAL_FILE,
     INITIAL_ADAPTER_DIR,
     adapter_size,
     atomic_save_adapter,
     peak_memory_mb,
 )
+from perl_cli.train.evaluate import evaluate_accuracy
+from perl_cli.train.grpo import grpo_args
+from perl_cli.train.status import StatusWriter
+from perl_cli.train.trainer import MethodGRPOTrainer, optimizer_trainable_params
 
 
 class TrainingSession:
@@ -364,14 +365,13 @@ class TrainingSession:
         )
         if not rows:
             return {"reward_first_10pct": None, "reward_last_10pct": None}
-        k = max(1, round(0.1 * len(rows)))
-        out: dict[str, Any] = {
-            "reward_first_10pct": sum(r["reward"] for r in rows[:k]) / k,
-            "reward_last_10pct": sum(r["reward"] for r in rows[-k:]) / k,
-        }
+        # The report's own rule (perl_cli/stats.py), so eval.json and SUMMARY.md agree.
+        rewards = [r["reward"] for r in rows]
+        out: dict[str, Any] = {"reward_first_10pct": head_mean(rewards), "reward_last_10pct": tail_mean(rewards)}
         if all("reward/correct" in r for r in rows):
-            out["correct_first_10pct"] = sum(r["reward/correct"] for r in rows[:k]) / k
-            out["correct_last_10pct"] = sum(r["reward/correct"] for r in rows[-k:]) / k
+            correct = [r["reward/correct"] for r in rows]
+            out["correct_first_10pct"] = head_mean(correct)
+            out["correct_last_10pct"] = tail_mean(correct)
         return out
 
     def _wandb_info(self) -> dict[str, Any]:
