@@ -203,12 +203,22 @@ def read_records(exp_dir: Path) -> Records:
     return Records(status, found[st.CONFIG_FILE])
 
 
+# eval.json's per-problem result lists (train/evaluate.py, in held-out order): the report pairs
+# methods on them (report_significance.py). Kept only when they are lists of numbers.
+EVAL_LISTS = ("per_problem_sampled", "per_problem_greedy", "base_per_problem_sampled", "base_per_problem_greedy")
+
+
 def read_eval(exp_dir: Path) -> dict:
-    """eval.json's scalar fields ({} when missing or malformed); `method` only when a string."""
+    """eval.json's scalar fields and per-problem lists ({} when missing or malformed); `method`
+    only when a string."""
     data = st.read_json(exp_dir / st.EVAL_FILE, root=exp_dir)
     if not isinstance(data, dict):
         return {}
     out = {k: v for k, v in data.items() if v is None or isinstance(v, (str, int, float, bool))}
+    for key in EVAL_LISTS:
+        values = data.get(key)
+        if isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = values
     if not isinstance(out.get("method"), str):
         out.pop("method", None)
     return out

@@ -16,6 +16,7 @@ Works on partial suites (running, failed, pending) and on empty ones.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import report_studies
+from perl_cli import report_significance, report_studies
 from perl_cli import state as st
 from perl_cli.experiments_view import SuiteView, disk_usage
 from perl_cli.report_model import (  # noqa: F401 - Row, load_rows, curve: the report's public names too
@@ -64,9 +65,11 @@ REWARD_LABEL = "reward (mean of last 10% of logged steps)"
 REWARD_CURVE_LABEL = "reward (mean of each logging window)"
 # The report's sections beside the core ones of this module, one module per line, each a sibling
 # that imports report_model and stats (never this module or another section) and gives
-# `markdown(rows) -> lines` and `plots(rows) -> [(title, file name, draw(ax, rows))]`.
+# `markdown(rows) -> lines` and `plots(rows) -> [(title, file name, draw(ax, rows))]`, and
+# optionally `NAME` and `data(rows) -> dict | None` for `perl report --json`.
 SECTIONS = (
     report_studies,  # placement and ICA studies
+    report_significance,  # which differences between configurations are real
 )
 SE_NOTE = (
     "± is a standard error. For one run: over the held-out problems (each problem's share of correct "
@@ -525,8 +528,31 @@ def build(view: SuiteView, *, draw: bool, config_path: Path | None, output: Path
     return summary_markdown(view, rows, diagnoses, plots), plots
 
 
+def json_data(view: SuiteView, rows: list[Row] | None = None) -> dict[str, Any]:
+    """`perl report --json`: the numbers of SUMMARY.md's results table and of every section that has data."""
+    rows = load_rows(view) if rows is None else rows
+
+    def stat(s: Stat) -> dict[str, Any]:
+        return {"mean": s.mean, "se": s.se, "n": s.n}
+
+    out: dict[str, Any] = {
+        "suite": view.suite,
+        "experiments": len(rows),
+        "counts": {s: view.counts[s] for s in st.STATES},
+        "results": [
+            {"label": res["label"], "method": res["method"], "runs": res["n"], "planned": res["planned"],
+             **{k: stat(res[k]) for k in ("accuracy", "base", "gain", "greedy", "reward", "trainable_pct")}}
+            for res in group_results(rows)
+        ],
+    }
+    for section in SECTIONS:
+        if hasattr(section, "data") and (data := section.data(rows)) is not None:
+            out[getattr(section, "NAME", section.__name__.rsplit(".", 1)[-1])] = data
+    return out
+
+
 def command(suite: str | None, *, config_path: Path | None, output: Path, stdout: bool = False,
-            stall_after_s: float, selection: views.Selection | None = None) -> int:
+            stall_after_s: float, selection: views.Selection | None = None, as_json: bool = False) -> int:
     from rich.progress import Progress as RichProgress
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -534,13 +560,18 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
 
     selection = selection or views.Selection()
     selection.check_suite(suite)
-    if selection != views.Selection() and not stdout:
+    if selection != views.Selection() and not (stdout or as_json):
         raise views.configlib.ConfigError(
-            "--state/--only/--exclude narrow the report: add --stdout to print it "
+            "--state/--only/--exclude narrow the report: add --stdout (or --json) to print it "
             "(SUMMARY.md and the plots always cover the whole suite)."
         )
     cfg = views.load_config(config_path)
     names = views.suites_to_read(output, suite, cfg)
+    if as_json:  # the numbers only, on stdout; nothing written
+        suites = [json_data(selection.apply(views.load_suite(output, name, cfg, stall_after_s=stall_after_s)))
+                  for name in names]
+        print(json.dumps(suites[0] if suite is not None and len(suites) == 1 else suites, indent=2, allow_nan=False))
+        return 0
     console = make_console(stderr=stdout)
     if not names:
         console.print(f"No suites under {output}/ yet: nothing to report.", markup=False)

@@ -59,7 +59,8 @@ def evaluate_accuracy(
     seed: int,
 ) -> dict[str, float]:
     """``accuracy_greedy`` and ``accuracy_sampled`` (mean over `num_samples` per problem), each
-    with its standard error over problems (``*_se``).
+    with its standard error over problems (``*_se``), and the per-problem lists they average
+    (``per_problem_greedy``: 0 or 1; ``per_problem_sampled``: the share of correct samples).
 
     The samples of one problem are not independent draws (an easy problem is solved by all
     of them), so the error is computed over problems, from each problem's mean, not as a
@@ -97,4 +98,8 @@ def evaluate_accuracy(
         "accuracy_sampled_se": standard_error(sampled_rates),
         "eval_problems": len(problems),
         "eval_samples_per_problem": num_samples,
+        # Per problem, in the order of the held-out problems (the same for every method of a
+        # suite): what `perl report` pairs methods on (perl_cli/significance.py).
+        "per_problem_sampled": sampled_rates,
+        "per_problem_greedy": greedy_hits,
     }

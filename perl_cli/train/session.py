@@ -337,8 +337,9 @@ class TrainingSession:
             results.update(trained)
             results["eval_seconds"] = time.time() - t0
             if self.base_eval is not None:
-                for key in ("accuracy_greedy", "accuracy_sampled", "accuracy_greedy_se", "accuracy_sampled_se"):
-                    if key in self.base_eval:  # a base eval saved by an older PeRL has no *_se
+                for key in ("accuracy_greedy", "accuracy_sampled", "accuracy_greedy_se", "accuracy_sampled_se",
+                            "per_problem_greedy", "per_problem_sampled"):
+                    if key in self.base_eval:  # a base eval saved by an older PeRL has no *_se or lists
                         results[f"base_{key}"] = self.base_eval[key]
         # The adapter's own size at its rank; PiSSA/MiLoRA also keep the converted file
         # (rank 2r, applies to the original base), whose size is reported separately.
