@@ -39,6 +39,7 @@ CAUSE_DISK_FULL = "disk_full"
 CAUSE_CUDA_OOM = "cuda_oom"
 CAUSE_TIME_LIMIT = "time_limit"  # Slurm: the task hit its time limit with no requeue left
 CAUSE_PREEMPTED = "preempted"  # Slurm: the task was preempted with no requeue left
+CAUSE_COLLAPSED = "collapsed"  # the worker stopped a collapsed run (training.stop_on_collapse)
 
 # Text that means the GPU ran out of memory (the worker's traceback or status error).
 CUDA_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory",
@@ -186,7 +187,7 @@ def retry_plan(
     ending: Ending, status: dict, log_text: str, *, tries_left: int, training: dict, runtime: dict,
 ) -> Retry | None:
     """A retry that can fix this failure, or None (code errors, signals, config errors)."""
-    if tries_left <= 0 or status.get("cause") == CAUSE_DISK_FULL:
+    if tries_left <= 0 or status.get("cause") in (CAUSE_DISK_FULL, CAUSE_COLLAPSED):  # a retry would do the same
         return None
     if ending.stall_killed:
         return Retry("stalled (no heartbeat)", dict(runtime))  # resumes from its last checkpoint

@@ -298,6 +298,12 @@ FAILURE_LOGS: dict[str, tuple[str, dict]] = {
                                       "error": "stopped by the Slurm time limit after 1 requeue(s); none left"}),
     "preempted": (SLURM_PREEMPTED, {"exit_code": 143, "cause": "preempted",
                                     "error": "stopped by preemption after 0 requeue(s); none left"}),
+    # As the worker records a run training.stop_on_collapse stopped (perl_cli/train/worker.py).
+    "collapse": (
+        "[perl] step 30/100 reward 0.000\n[perl] training collapsed (from step 20): reward/correct fell from a peak "
+        "of 0.31 (step 10) to <= 0.031 at step 20; stopping (training.stop_on_collapse)\n",
+        {"exit_code": 1, "cause": "collapsed",
+         "error": "training collapsed from step 20: reward/correct fell from a peak of 0.31 (step 10) to <= 0.031"}),
 }
 # The cause each FAILURE_LOGS entry must be classified as.
 EXPECTED_CAUSE = {key: key for key in FAILURE_LOGS} | {

@@ -268,6 +268,11 @@ class TrainingSession:
             from perl_cli.tracking.callback import TrackingCallback
 
             callbacks.append(TrackingCallback(self.exp_dir, tracker, self.method.name))
+        if self.training.get("stop_on_collapse"):
+            from perl_cli.train.collapse_stop import StopOnCollapse
+
+            self.collapse_stop = StopOnCollapse(self.metrics_path)
+            callbacks.append(self.collapse_stop)
         fail_hook = cb.FailAtStep.from_env(self.exp_dir)
         if fail_hook is not None:
             callbacks.append(fail_hook)
@@ -357,6 +362,12 @@ class TrainingSession:
         results["device"] = "cuda" if self.on_gpu else "cpu"
         results.update(self._wandb_info())
         return results
+
+    @property
+    def collapsed(self) -> Any:
+        """perl_cli/collapse.Collapse when training.stop_on_collapse stopped the run, else None."""
+        stop = getattr(self, "collapse_stop", None)
+        return stop.verdict if stop is not None else None
 
     def _reward_summary(self) -> dict[str, Any]:
         """Mean training reward over the first and last 10% of logged steps."""

@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from perl_cli import outcomes, state
+from perl_cli import collapse, outcomes, state
 from perl_cli.config import ConfigError  # one error type for an unrunnable config: exit 2
 from perl_cli.data import countdown
 from perl_cli.models import ModelError
@@ -109,6 +109,12 @@ def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: A
         print(f"[perl] interrupted at step {session.global_step}; exiting with {code}", flush=True)
         status.finish(state.INTERRUPTED, code, step=session.global_step)
         return code
+    collapsed = session.collapsed
+    if collapsed is not None:  # training.stop_on_collapse: its own cause, never retried
+        message = f"training collapsed from step {collapsed.step:g}: {collapsed.text()}"
+        print(f"[perl] {message}; stopped at step {session.global_step}", flush=True)
+        status.finish(state.FAILED, EXIT_FAILED, error=message[:500], step=session.global_step, cause=collapse.CAUSE)
+        return EXIT_FAILED
     results = session.finish(started)
     state.atomic_write_json(exp_dir / state.EVAL_FILE, results)
     print(f"[perl] completed: {_summary(results)}", flush=True)
