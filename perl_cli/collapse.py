@@ -34,6 +34,7 @@ from perl_cli.stats import number as _finite
 MIN_POINTS = 8  # logged points before anything is judged
 SUSTAIN = 3  # consecutive logged points, up to the latest, that a collapse must last
 NEAR_ZERO = 0.02
+MAX_VALUE = 1e12
 MIN_PEAK = 0.05
 CORRECTNESS_KEYS = ("reward/correct", "reward/correctness", "reward/accuracy")
 CAUSE = outcomes.CAUSE_COLLAPSED  # status.json's `cause` when the worker stopped a collapsed run
@@ -106,7 +107,8 @@ def series(rows: list[dict], key: str) -> list[tuple[float, float]]:
         if not isinstance(row, dict):
             continue
         step, value = _finite(row.get("step")), _finite(row.get(key))
-        if step is not None and value is not None:
+        # Beyond ±1e12 a metric is garbage, and sums of such values overflow.
+        if step is not None and value is not None and abs(value) <= MAX_VALUE and abs(step) <= MAX_VALUE:
             points[step] = value
     return sorted(points.items())
 

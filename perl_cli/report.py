@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import report_significance, report_studies
+from perl_cli import report_geometry, report_significance, report_studies
 from perl_cli import state as st
 from perl_cli.experiments_view import SuiteView, disk_usage
 from perl_cli.report_model import (  # noqa: F401 - Row, load_rows, curve: the report's public names too
@@ -70,6 +70,7 @@ REWARD_CURVE_LABEL = "reward (mean of each logging window)"
 SECTIONS = (
     report_studies,  # placement and ICA studies
     report_significance,  # which differences between configurations are real
+    report_geometry,  # where each method's update points (spectral snapshots)
 )
 SE_NOTE = (
     "± is a standard error. For one run: over the held-out problems (each problem's share of correct "

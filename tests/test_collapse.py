@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as hst
 from suite_fixtures import write_config, write_experiment
 from typer.testing import CliRunner
@@ -88,6 +88,7 @@ def test_the_earliest_signal_leads() -> None:
                                        "completions/clipped_ratio"]),
                      hst.one_of(hst.none(), hst.booleans(), hst.floats(), hst.integers(-5, 10**6), hst.text(max_size=2))),
     hst.integers(), hst.none()), max_size=60))
+@example([{"step": s, "reward/correct": 1e308, "entropy": 1e308} for s in range(20)])
 def test_any_metrics_rows_are_judged_without_raising(rows) -> None:
     found = collapse.detect(rows)  # type: ignore[arg-type]
     if found is not None:

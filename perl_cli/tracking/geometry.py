@@ -26,16 +26,36 @@ import torch
 
 @dataclass
 class Subspaces:
-    """Orthonormal bases (columns) of W's top-k and bottom-k left/right singular subspaces."""
+    """Orthonormal bases (columns, float64) of W's top-k and bottom-k left/right singular
+    subspaces, side by side: `left` is m×2k ([top | bottom]), `right` n×2k."""
 
-    top_left: torch.Tensor  # m×k
-    top_right: torch.Tensor  # n×k
-    bottom_left: torch.Tensor
-    bottom_right: torch.Tensor
+    left: torch.Tensor
+    right: torch.Tensor
 
     @property
     def k(self) -> int:
-        return self.top_left.shape[1]
+        return self.left.shape[1] // 2
+
+    @property
+    def top_left(self) -> torch.Tensor:
+        return self.left[:, : self.k]
+
+    @property
+    def bottom_left(self) -> torch.Tensor:
+        return self.left[:, self.k :]
+
+    @property
+    def top_right(self) -> torch.Tensor:
+        return self.right[:, : self.k]
+
+    @property
+    def bottom_right(self) -> torch.Tensor:
+        return self.right[:, self.k :]
+
+    @classmethod
+    def of(cls, top_left: torch.Tensor, top_right: torch.Tensor, bottom_left: torch.Tensor,
+           bottom_right: torch.Tensor) -> Subspaces:
+        return cls(torch.cat([top_left, bottom_left], 1).double(), torch.cat([top_right, bottom_right], 1).double())
 
 
 def subspaces(weight: torch.Tensor, k: int) -> Subspaces:
@@ -59,7 +79,7 @@ def subspaces(weight: torch.Tensor, k: int) -> Subspaces:
     bottom = torch.arange(0, k)
     tl, tr = pair(top)
     bl, br = pair(bottom)
-    return Subspaces(tl.float(), tr.float(), bl.float(), br.float())
+    return Subspaces.of(tl, tr, bl, br)
 
 
 def base_weight(module: Any, initial: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
@@ -79,40 +99,41 @@ def base_weight(module: Any, initial: tuple[torch.Tensor, torch.Tensor] | None) 
 def measure(left: torch.Tensor, right: torch.Tensor, base: Subspaces, factored: Any = None) -> dict[str, Any]:
     """Alignment of ΔW = left @ right with `base`'s subspaces.
 
-    `factored` is spectral.factored_svd(left, right) when the caller already has it."""
+    With left = Q1 R1, rightᵀ = Q2 R2 and R1 R2ᵀ = Us S Vsᵀ (spectral.factored_svd, shared
+    with the spectral summary when the caller passes it), only two products touch the big
+    dimensions: P1 = Q1ᵀ[U_top | U_bottom] and P2 = Q2ᵀ[V_top | V_bottom]. Then, per subspace U_b:
+    mean cos² of the principal angles with ΔW's top-r = ||Us_rᵀ P1||² / r, and the energy share
+    ||U_bᵀ ΔW||² / ||ΔW||² = ||P1ᵀ R1 R2ᵀ||² / ΣS² (likewise on the right with P2)."""
     from perl_cli.tracking.spectral import factored_svd
 
     q1, r1, q2, r2, us, s, vs = factored if factored is not None else factored_svd(left, right)
-    total = float((s.double() ** 2).sum())
     k = base.k
-    r = int(min(k, int((s > s[0] * 1e-6).sum()) if s.numel() and s[0] > 0 else 0))
+    total = float((s * s).sum())
+    r = int(min(k, int((s > s[0] * 1e-6).sum()))) if s.numel() and total > 0 else 0
     out: dict[str, Any] = {"k": k, "rank": r, "dims": [left.shape[0], right.shape[1]]}
-    if r == 0 or total <= 0:
+    if r == 0:
         return out | {"top": None, "bottom": None}
-    u_delta = (q1 @ us[:, :r]).double()  # ΔW's top-r left singular vectors
-    v_delta = (q2 @ vs[:, :r]).double()  # and right
-    l64, rr = left.double(), right.double()
-    gram_r = rr @ rr.T  # k'×k'
-    gram_l = l64.T @ l64
-    for name, (u_base, v_base) in (("top", (base.top_left, base.top_right)), ("bottom", (base.bottom_left, base.bottom_right))):
-        u_base, v_base = u_base.double().to(l64.device), v_base.double().to(l64.device)
-        cos_left = torch.linalg.svdvals(u_delta.T @ u_base)  # principal angles' cosines
-        cos_right = torch.linalg.svdvals(v_delta.T @ v_base)
-        x = u_base.T @ l64  # k×k': ||U_bᵀ ΔW||² = tr(X (R Rᵀ) Xᵀ)
-        y = rr @ v_base  # k'×k: ||ΔW V_b||² = tr(Yᵀ (Lᵀ L) Y)
+    p1 = q1.T @ base.left.to(q1.device)  # k'×2k
+    p2 = q2.T @ base.right.to(q2.device)
+    core = r1 @ r2.T  # k'×k': ΔW = Q1 core Q2ᵀ
+    cos_left = us[:, :r].T @ p1  # r×2k: cosines' matrix between ΔW's top-r and the base's vectors
+    cos_right = vs[:, :r].T @ p2
+    energy_left = (core.T @ p1).square().sum(0)  # per base vector u: ||uᵀ ΔW||²
+    energy_right = (core @ p2).square().sum(0)
+    # The principal angles themselves, for the largest: one batched SVD of the four r×k blocks.
+    blocks = torch.stack([cos_left[:, :k], cos_right[:, :k], cos_left[:, k:], cos_right[:, k:]])
+    smallest_cos = torch.linalg.svdvals(blocks)[:, -1].clamp(-1.0, 1.0)
+    angles = torch.rad2deg(torch.arccos(smallest_cos)).tolist()
+    cos2 = [float(v) / r for v in blocks.square().sum((1, 2)).tolist()]
+    e_left = [float(energy_left[:k].sum()) / total, float(energy_left[k:].sum()) / total]
+    e_right = [float(energy_right[:k].sum()) / total, float(energy_right[k:].sum()) / total]
+    for i, name in enumerate(("top", "bottom")):
         out[name] = {
-            "cos2_left": float((cos_left ** 2).mean()),
-            "cos2_right": float((cos_right ** 2).mean()),
-            "max_angle_left_deg": _degrees(cos_left.min()),
-            "max_angle_right_deg": _degrees(cos_right.min()),
-            "energy_left": float(((x @ gram_r) * x).sum()) / total,
-            "energy_right": float(((gram_l @ y) * y).sum()) / total,
+            "cos2_left": cos2[2 * i], "cos2_right": cos2[2 * i + 1],
+            "max_angle_left_deg": angles[2 * i], "max_angle_right_deg": angles[2 * i + 1],
+            "energy_left": e_left[i], "energy_right": e_right[i],
         }
     return out
-
-
-def _degrees(cos: torch.Tensor) -> float:
-    return float(torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0))))
 
 
 def adapter_rank(left: torch.Tensor, initial: tuple[torch.Tensor, torch.Tensor] | None) -> int:
