@@ -41,7 +41,7 @@ from rich.text import Text
 from perl_cli import collapse as collapselib
 from perl_cli import outcomes, schema
 from perl_cli import state as st
-from perl_cli.experiments_view import ExperimentView, SuiteView, needs_attention
+from perl_cli.experiments_view import ExperimentView, SuiteView, judge_collapse, needs_attention
 from perl_cli.logtail import last_json_rows, tail_lines
 from perl_cli.ui import human_bytes
 
@@ -693,6 +693,7 @@ def diagnose_suite(
     view: SuiteView, *, lines: int = DEFAULT_LINES, tail: int = CLASSIFY_LINES,
     config_path: Path | None = None, output: Path = DEFAULT_OUTPUT, verbose: bool = False,
 ) -> list[Diagnosis]:
+    judge_collapse(view.experiments)  # a completed run that collapsed needs explaining too
     return [
         diagnose_experiment(
             e, view.suite, lines=lines, tail=tail, config_path=config_path, output=output, verbose=verbose

@@ -254,6 +254,13 @@ def read_collapse(exp_dir: Path) -> dict | None:
     return verdict
 
 
+def judge_collapse(experiments: list[ExperimentView]) -> None:
+    """Set `collapse` of the completed experiments too (the read model judges running ones)."""
+    for e in experiments:
+        if e.state == st.COMPLETED and e.collapse is None and e.dir is not None:
+            e.collapse = read_collapse(e.dir)
+
+
 def read_tracking(exp_dir: Path, names: tuple[str, ...]) -> Any:
     """The first of `names` (paths inside `exp_dir`) that holds JSON, else None."""
     for name in names:
@@ -609,7 +616,10 @@ def read_experiment(
         end = view.ended if view.state != st.RUNNING and view.ended else at
         view.duration_s = max(0.0, end - view.started)
     view.seconds_per_step = _rate(view, rows, path)
-    view.collapse = read_collapse(path)
+    if view.state == st.RUNNING or status.get("cause") == collapselib.CAUSE:
+        # While it happens (status, watch); a completed run's whole curve is judged by the readers
+        # that explain it (diagnose, report: `judge_collapse`), so `perl status` stays fast.
+        view.collapse = read_collapse(path)
     if view.state == st.RUNNING and not view.stalled and view.seconds_per_step and view.total_steps:
         view.eta_s = max(0, view.total_steps - (view.step or 0)) * view.seconds_per_step
     return view

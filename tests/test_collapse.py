@@ -109,6 +109,10 @@ def collapsing_suite(tmp_path: Path) -> tuple[Path, Path, str]:
     rows = healthy(rng, range(2, 60, 2)) + [{"step": s, "reward/correct": 0.0, "reward": 0.0, "completion_length": 2.0,
                                              "entropy": 0.02} for s in range(60, 91, 2)]
     (d / st.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # A completed run whose correctness collapsed at step 80: diagnose (not status) judges whole curves.
+    done = out / "core" / exps[1].name
+    rows = healthy(rng, range(10, 80, 10)) + [{"step": s, "reward/correct": 0.0} for s in range(80, 101, 10)]
+    (done / st.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return cfg_path, out, bad.name
 
 
@@ -120,7 +124,7 @@ def test_status_watch_and_diagnose_flag_the_collapsing_run(tmp_path: Path) -> No
     assert "collapsing since step 60: reward/correct fell from a peak of" in result.output
     data = json.loads(CliRunner().invoke(app, ["status", "core", "--json", *args]).output)
     flagged = {e["name"]: e["collapse"] for e in data["experiments"] if e["collapse"]}
-    assert list(flagged) == [name] and flagged[name]["step"] == 60
+    assert list(flagged) == [name] and flagged[name]["step"] == 60  # running runs only: status stays fast
     assert {s["kind"] for s in flagged[name]["signals"]} == {"correctness", "length_collapse"}
 
     view = views.load_suite(out, "core", configlib.load(cfg_path))
@@ -133,6 +137,9 @@ def test_status_watch_and_diagnose_flag_the_collapsing_run(tmp_path: Path) -> No
     d = next(x for x in report["experiments"] if x["name"] == name)
     assert d["cause"] == "collapse" and "step 60" in d["summary"]
     assert "lower the learning rate" in d["fix"]["text"].lower() and "peak of" in d["fix"]["text"]
+    finished = next(x for x in report["experiments"] if x["name"] == configlib.expand(configlib.load(cfg_path), "core")[1].name)
+    assert finished["cause"] == "collapse" and "step 80" in finished["summary"]
+    assert sorted(x["name"] for x in report["experiments"]) == sorted([name, finished["name"]])
     lr = configlib.expand(configlib.load(cfg_path), "core")[0].learning_rate
     assert any(f"training.learning_rate={float(f'{lr / 4:g}')}" in c and "--fresh" in c for c in d["fix"]["commands"])
 
