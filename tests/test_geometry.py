@@ -85,3 +85,14 @@ def test_snapshot_records_geometry_for_a_lora_model() -> None:
     plain = spectral.snapshot(wrapped)
     assert all("geometry" not in layer for layer in plain.values())
     assert all(plain[k]["singular_values"] == pytest.approx(layers[k]["singular_values"], rel=1e-5) for k in plain)
+
+
+def test_rounding_noise_is_no_update() -> None:
+    """PiSSA's BA − B₀A₀ at step 0 is float rounding of the base's top block: not an update to place."""
+    w, u, s, v = base_with_spectrum(32, 24, seed=6)
+    base = geometry.subspaces(w, 3)
+    assert base.scale == pytest.approx(10.0, rel=1e-4)
+    noise = geometry.measure((u[:, :3] * 1e-7).float(), v[:, :3].T.float(), base)
+    assert noise["rank"] == 0 and noise["top"] is None
+    real = geometry.measure((u[:, :3] * 1e-2).float(), v[:, :3].T.float(), base)
+    assert real["top"]["energy_left"] == pytest.approx(1, abs=1e-4)

@@ -23,6 +23,10 @@ from typing import Any
 
 import torch
 
+from perl_cli.tracking.spectral import factored_svd, update_factors
+
+NEGLIGIBLE = 1e-5  # ΔW's top singular value below this share of W's is no update (float rounding)
+
 
 @dataclass
 class Subspaces:
@@ -31,6 +35,7 @@ class Subspaces:
 
     left: torch.Tensor
     right: torch.Tensor
+    scale: float = 0.0  # W's largest singular value: an update far below it is rounding, not learning
 
     @property
     def k(self) -> int:
@@ -54,8 +59,8 @@ class Subspaces:
 
     @classmethod
     def of(cls, top_left: torch.Tensor, top_right: torch.Tensor, bottom_left: torch.Tensor,
-           bottom_right: torch.Tensor) -> Subspaces:
-        return cls(torch.cat([top_left, bottom_left], 1).double(), torch.cat([top_right, bottom_right], 1).double())
+           bottom_right: torch.Tensor, scale: float = 0.0) -> Subspaces:
+        return cls(torch.cat([top_left, bottom_left], 1).double(), torch.cat([top_right, bottom_right], 1).double(), scale)
 
 
 def subspaces(weight: torch.Tensor, k: int) -> Subspaces:
@@ -79,7 +84,7 @@ def subspaces(weight: torch.Tensor, k: int) -> Subspaces:
     bottom = torch.arange(0, k)
     tl, tr = pair(top)
     bl, br = pair(bottom)
-    return Subspaces.of(tl, tr, bl, br)
+    return Subspaces.of(tl, tr, bl, br, float(sigma[-1]))
 
 
 def base_weight(module: Any, initial: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
@@ -104,12 +109,13 @@ def measure(left: torch.Tensor, right: torch.Tensor, base: Subspaces, factored: 
     dimensions: P1 = Q1ᵀ[U_top | U_bottom] and P2 = Q2ᵀ[V_top | V_bottom]. Then, per subspace U_b:
     mean cos² of the principal angles with ΔW's top-r = ||Us_rᵀ P1||² / r, and the energy share
     ||U_bᵀ ΔW||² / ||ΔW||² = ||P1ᵀ R1 R2ᵀ||² / ΣS² (likewise on the right with P2)."""
-    from perl_cli.tracking.spectral import factored_svd
 
     q1, r1, q2, r2, us, s, vs = factored if factored is not None else factored_svd(left, right)
     k = base.k
     total = float((s * s).sum())
-    r = int(min(k, int((s > s[0] * 1e-6).sum()))) if s.numel() and total > 0 else 0
+    # No update yet (PiSSA/MiLoRA's BA − B₀A₀ at step 0 is float rounding of the base's own top block).
+    moved = s.numel() and total > 0 and float(s[0]) > NEGLIGIBLE * base.scale
+    r = int(min(k, int((s > s[0] * 1e-6).sum()))) if moved else 0
     out: dict[str, Any] = {"k": k, "rank": r, "dims": [left.shape[0], right.shape[1]]}
     if r == 0:
         return out | {"top": None, "bottom": None}
@@ -147,10 +153,12 @@ class BaseSubspaces:
     def __init__(self, layers: dict[str, Subspaces]) -> None:
         self.layers = layers
 
+    def measure(self, name: str, left: torch.Tensor, right: torch.Tensor, factored: Any = None) -> dict[str, Any]:
+        """`measure` for the layer `name` (spectral.snapshot calls this: it never imports this module)."""
+        return measure(left, right, self.layers[name], factored)
+
     @classmethod
     def of(cls, model: torch.nn.Module, initial: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> BaseSubspaces:
-        from perl_cli.tracking.spectral import update_factors
-
         layers = {}
         with torch.no_grad():
             for name, module in model.named_modules():

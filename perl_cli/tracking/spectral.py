@@ -114,14 +114,11 @@ def snapshot(model: torch.nn.Module, initial: dict[str, tuple[torch.Tensor, torc
             factors = update_factors(module, (initial or {}).get(name))
             if factors is None:
                 continue
-            subspaces = base.layers.get(name) if base is not None else None
-            if subspaces is None:
+            if base is None or name not in base.layers:
                 layers[short_name(name)] = summarize(singular_values(*factors))
                 continue
-            from perl_cli.tracking import geometry
-
             svd = factored_svd(*factors)
-            layers[short_name(name)] = summarize(svd[5].float()) | {"geometry": geometry.measure(*factors, subspaces, svd)}
+            layers[short_name(name)] = summarize(svd[5].float()) | {"geometry": base.measure(name, *factors, svd)}
     return layers
 
 
