@@ -355,6 +355,7 @@ def diagnose(
 def report(
     suite: SuiteArg = None,
     stdout: Annotated[bool, typer.Option("--stdout", help="Print SUMMARY.md instead of writing it (no plots).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report's numbers as JSON (results, pair comparisons, geometry); writes nothing.")] = False,
     state: StateOpt = None,
     only: ReadOnlyOpt = None,
     exclude: ReadExcludeOpt = None,
@@ -368,7 +369,7 @@ def report(
 
     raise typer.Exit(reportlib.command(
         suite, config_path=config, output=output, stdout=stdout, stall_after_s=stall_after,
-        selection=Selection.parse(state, only, exclude),
+        selection=Selection.parse(state, only, exclude), as_json=as_json,
     ))
 
 

@@ -38,9 +38,10 @@ from typing import Any
 
 from rich.text import Text
 
+from perl_cli import collapse as collapselib
 from perl_cli import outcomes, schema
 from perl_cli import state as st
-from perl_cli.experiments_view import ExperimentView, SuiteView, needs_attention
+from perl_cli.experiments_view import ExperimentView, SuiteView, judge_collapse, needs_attention
 from perl_cli.logtail import last_json_rows, tail_lines
 from perl_cli.ui import human_bytes
 
@@ -73,6 +74,7 @@ class Evidence:
     metrics: list[dict]
     stalled: bool
     problem: str | None = None  # an unreadable experiment: which file, and what is wrong
+    collapse: dict | None = None  # perl_cli/collapse.py's verdict on metrics.jsonl
 
     @property
     def signal(self) -> str | None:
@@ -557,6 +559,25 @@ def fix_unknown(ctx: Context, ev: Evidence) -> Fix:
 # --- the rule table (order is priority) ----------------------------------------------
 
 
+def fix_collapse(ctx: Context, ev: Evidence) -> Fix:
+    """The curve's key numbers, the method's known failure mode, and a run with a quarter of the rate."""
+    lr = ctx.setting("training", "learning_rate")
+    lr = lr if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 else None
+    method = ctx.setting("peft", "type")
+    text = "Training collapsed: " + (ev.collapse or {}).get("text", "the worker stopped it as collapsed") + ". "
+    text += collapselib.remedy(method if isinstance(method, str) else None, lr).capitalize() + "."
+    if lr is None:
+        return Fix(text, [ctx.run(fresh=True)])
+    return Fix(text, [ctx.run({"training.learning_rate": float(f"{lr / 4:g}")}, fresh=True)])
+
+
+def _collapsed(ev: Evidence) -> bool:
+    """Stopped by the worker as collapsed, or a collapse in the metrics of a run that did not crash."""
+    if ev.status.get("cause") == collapselib.CAUSE:
+        return True
+    return ev.collapse is not None and ev.status.get("state") != st.FAILED and not ev.stalled  # a stall comes first
+
+
 def _interrupted(ev: Evidence) -> bool:
     return outcomes.was_interrupted(ev.status)
 
@@ -588,6 +609,8 @@ RULES: tuple[Rule, ...] = (
          when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_NODE_FAILURE),
     Rule(outcomes.CAUSE_CANCELLED_PENDING, "cancelled in Slurm's queue before it started", fix_cancelled_pending,
          when=lambda ev: ev.status.get("cause") == outcomes.CAUSE_CANCELLED_PENDING),
+    # perl_cli/collapse.py: the metrics say training collapsed (running, completed or stopped for it).
+    Rule("collapse", "training collapsed (correctness, completion length, entropy or KL)", fix_collapse, when=_collapsed),
     Rule("interrupted", "interrupted (Ctrl+C, scheduler or cluster)", fix_interrupted,
          patterns=(r"^KeyboardInterrupt\s*$",), when=_interrupted),
     Rule("stalled", "stalled: running, but no heartbeat", fix_stalled, when=lambda ev: ev.stalled),
@@ -709,7 +732,7 @@ def gather(view: ExperimentView, tail: int = CLASSIFY_LINES) -> Evidence:
     error = view.status.get("error") or ""
     text = "\n".join(x for x in (tb if tb is not None else "\n".join(tail), error) if x)
     metrics = last_json_rows(path / st.METRICS_FILE, 3, root=path) if path else []
-    return Evidence(view.status, view.config, tail, text, tb, metrics, view.stalled, view.problem)
+    return Evidence(view.status, view.config, tail, text, tb, metrics, view.stalled, view.problem, view.collapse)
 
 
 def classify(ev: Evidence) -> Rule:
@@ -756,6 +779,7 @@ def diagnose_suite(
     view: SuiteView, *, lines: int = DEFAULT_LINES, tail: int = CLASSIFY_LINES,
     config_path: Path | None = None, output: Path = DEFAULT_OUTPUT, verbose: bool = False,
 ) -> list[Diagnosis]:
+    judge_collapse(view.experiments)  # a completed run that collapsed needs explaining too
     return [
         diagnose_experiment(
             e, view.suite, lines=lines, tail=tail, config_path=config_path, output=output, verbose=verbose
@@ -801,6 +825,8 @@ def _summary(ev: Evidence, rule: Rule) -> str:
         return ev.problem
     if ev.status.get("error"):
         return str(ev.status["error"])[:300]
+    if rule.cause == "collapse" and ev.collapse:
+        return f"collapse from step {ev.collapse.get('step'):g}: {ev.collapse.get('text')}"[:300]
     if rule.cause == "stalled":
         beat = ev.status.get("heartbeat") or ev.status.get("started")
         return f"no heartbeat since {_ago(beat)}" if isinstance(beat, (int, float)) else "no heartbeat"

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from perl_cli import collapse as collapselib
 from perl_cli import config as configlib
 from perl_cli import logtail
 from perl_cli import state as st
@@ -204,12 +205,22 @@ def read_records(exp_dir: Path) -> Records:
     return Records(status, found[st.CONFIG_FILE])
 
 
+# eval.json's per-problem result lists (train/evaluate.py, in held-out order): the report pairs
+# methods on them (report_significance.py). Kept only when they are lists of numbers.
+EVAL_LISTS = ("per_problem_sampled", "per_problem_greedy", "base_per_problem_sampled", "base_per_problem_greedy")
+
+
 def read_eval(exp_dir: Path) -> dict:
-    """eval.json's scalar fields ({} when missing or malformed); `method` only when a string."""
+    """eval.json's scalar fields and per-problem lists ({} when missing or malformed); `method`
+    only when a string."""
     data = st.read_json(exp_dir / st.EVAL_FILE, root=exp_dir)
     if not isinstance(data, dict):
         return {}
     out = {k: v for k, v in data.items() if v is None or isinstance(v, (str, int, float, bool))}
+    for key in EVAL_LISTS:
+        values = data.get(key)
+        if isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = values
     if not isinstance(out.get("method"), str):
         out.pop("method", None)
     return out
@@ -218,6 +229,37 @@ def read_eval(exp_dir: Path) -> dict:
 def read_metrics(exp_dir: Path) -> list[dict]:
     """Every metrics.jsonl row (bounded read; garbled lines skipped)."""
     return st.read_jsonl(exp_dir / st.METRICS_FILE, root=exp_dir)
+
+
+# A collapse is judged on the last COLLAPSE_ROWS logged rows (within COLLAPSE_BYTES of the end),
+# re-read only when metrics.jsonl changed (perl watch asks every 2 s).
+COLLAPSE_ROWS = 2000
+COLLAPSE_BYTES = 4 * 1024 * 1024
+_collapse_seen: dict[Path, tuple[tuple[int, int], dict | None]] = {}
+
+
+def read_collapse(exp_dir: Path) -> dict | None:
+    """perl_cli/collapse.py's verdict on the experiment's metrics.jsonl (None: no collapse)."""
+    path = exp_dir / st.METRICS_FILE
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    key = (info.st_size, info.st_mtime_ns)
+    seen = _collapse_seen.get(path)
+    if seen is not None and seen[0] == key:
+        return seen[1]
+    found = collapselib.detect(last_json_rows(path, COLLAPSE_ROWS, root=exp_dir, max_bytes=COLLAPSE_BYTES))
+    verdict = found.to_json() if found is not None else None
+    _collapse_seen[path] = (key, verdict)
+    return verdict
+
+
+def judge_collapse(experiments: list[ExperimentView]) -> None:
+    """Set `collapse` of the completed experiments too (the read model judges running ones)."""
+    for e in experiments:
+        if e.state == st.COMPLETED and e.collapse is None and e.dir is not None:
+            e.collapse = read_collapse(e.dir)
 
 
 def read_tracking(exp_dir: Path, names: tuple[str, ...]) -> Any:
@@ -310,6 +352,7 @@ class ExperimentView:
     pid: int | None = None
     heartbeat_age_s: float | None = None  # seconds since the worker's last heartbeat (running only)
     phase: dict | None = None  # before step 1: {"name", "done", "total"} (model build, warm start)
+    collapse: dict | None = None  # perl_cli/collapse.py's verdict on its metrics: {"step", "kind", "text", "signals"}
     wandb_url: str | None = None
     status: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # config.json as run, else the resolved config expected
@@ -338,6 +381,7 @@ class ExperimentView:
             "phase": self.phase,
             "wandb_url": self.wandb_url,
             "slurm_job_id": self.slurm_job_id,
+            "collapse": self.collapse,
         }
 
     @property
@@ -581,6 +625,10 @@ def read_experiment(
         end = view.ended if view.state != st.RUNNING and view.ended else at
         view.duration_s = max(0.0, end - view.started) + (status.get("run_s_before") or 0.0)  # every attempt
     view.seconds_per_step = _rate(view, rows, path)
+    if view.state == st.RUNNING or status.get("cause") == collapselib.CAUSE:
+        # While it happens (status, watch); a completed run's whole curve is judged by the readers
+        # that explain it (diagnose, report: `judge_collapse`), so `perl status` stays fast.
+        view.collapse = read_collapse(path)
     if view.state == st.RUNNING and not view.stalled and view.seconds_per_step and view.total_steps:
         view.eta_s = max(0, view.total_steps - (view.step or 0)) * view.seconds_per_step
     return view
@@ -670,8 +718,10 @@ def suites_to_read(output: Path, suite: str | None, cfg: configlib.ConfigFile | 
 
 def needs_attention(e: ExperimentView) -> bool:
     """What `perl diagnose` explains and `perl status` counts as needing attention: failed,
-    interrupted and unreadable experiments, and running ones only when stalled."""
-    return e.state in (st.FAILED, st.INTERRUPTED, st.UNREADABLE) or (e.state == st.RUNNING and e.stalled)
+    interrupted and unreadable experiments, running ones only when stalled, and any whose
+    training collapsed (perl_cli/collapse.py), running or completed."""
+    return (e.state in (st.FAILED, st.INTERRUPTED, st.UNREADABLE) or (e.state == st.RUNNING and e.stalled)
+            or (e.collapse is not None and e.state in (st.RUNNING, st.COMPLETED)))
 
 
 @dataclass

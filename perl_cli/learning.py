@@ -19,21 +19,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from perl_cli.stats import standard_error  # one definition, the report's
+
 # Two-sided 95% normal quantile: the bound quoted beside every estimate.
 Z95 = 1.959963984540054
 
 
 def mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if values else 0.0
-
-
-def standard_error(values: Sequence[float]) -> float:
-    """Standard error of the mean of `values` (sample standard deviation / sqrt(n))."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    m = mean(values)
-    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1) / n)
 
 
 def paired_gain(base: Sequence[float], trained: Sequence[float]) -> tuple[float, float]:

@@ -115,10 +115,10 @@ def cap_line(line: str, limit: int = MAX_LINE_CHARS) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def last_json_rows(path: Path | str, n: int, root: Path | str | None = None) -> list[dict]:
-    """The last `n` complete JSON-object lines of a .jsonl file (oldest first)."""
+def last_json_rows(path: Path | str, n: int, root: Path | str | None = None, max_bytes: int = BLOCK_BYTES * 4) -> list[dict]:
+    """The last `n` complete JSON-object lines of a .jsonl file (oldest first), within `max_bytes` of its end."""
     rows = []
-    for line in tail_lines(path, n + 1, max_bytes=BLOCK_BYTES * 4, root=root):
+    for line in tail_lines(path, n + 1, max_bytes=max_bytes, root=root):
         try:
             row = json.loads(line)
         except (ValueError, RecursionError):

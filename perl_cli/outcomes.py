@@ -50,6 +50,7 @@ CAUSE_MEMORY_LIMIT = "memory_limit"  # Slurm: the task outgrew its memory reques
 CAUSE_NODE_FAILURE = "node_failure"  # Slurm: the task's node failed (NODE_FAIL)
 CAUSE_CANCELLED_PENDING = "cancelled_pending"  # Slurm: the task was cancelled before it ever started
 CAUSE_REQUEUED = "requeued"  # Slurm requeued the task (preemption, scontrol requeue, a node failure)
+CAUSE_COLLAPSED = "collapsed"  # the worker stopped a collapsed run (training.stop_on_collapse)
 
 # Text that means the GPU ran out of memory (the worker's traceback or status error).
 CUDA_OOM_MARKERS = ("CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory",
@@ -188,7 +189,7 @@ def retry_plan(
     ending: Ending, status: dict, log_text: str, *, tries_left: int, training: dict, runtime: dict,
 ) -> Retry | None:
     """A retry that can fix this failure, or None (code errors, signals, config errors)."""
-    if tries_left <= 0 or status.get("cause") == CAUSE_DISK_FULL:
+    if tries_left <= 0 or status.get("cause") in (CAUSE_DISK_FULL, CAUSE_COLLAPSED):  # a retry would do the same
         return None
     if ending.stall_killed:
         return Retry("stalled (no heartbeat)", dict(runtime))  # resumes from its last checkpoint

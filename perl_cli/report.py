@@ -21,16 +21,32 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import report_studies
+from perl_cli import report_geometry, report_significance, report_studies
 from perl_cli import state as st
-from perl_cli.config import IDENTITY_KEYS
-from perl_cli.experiments_view import ExperimentView, SuiteView, dig, disk_usage
+from perl_cli.experiments_view import SuiteView, disk_usage
+from perl_cli.report_model import (  # noqa: F401 - Row, load_rows, curve: the report's public names too
+    AXIS_SETTING,
+    GRADIENT_FILES,
+    SPECTRAL_FILES,
+    Group,
+    Row,
+    axis_text,
+    by_key,
+    by_step,
+    curve,
+    groups,
+    included,
+    load_rows,
+    sort_key,
+    tracking_history,
+    varying_axes,
+)
+from perl_cli.stats import Stat, eval_se, fmt, number, tail_mean, with_se  # noqa: F401 - tail_mean: public name
 from perl_cli.status import progress_bar
 from perl_cli.ui import human_bytes, human_seconds
 
@@ -42,13 +58,20 @@ RANK_PLOT = "accuracy_vs_rank.png"
 DATA_PLOT = "accuracy_vs_data_size.png"
 EFFECTIVE_RANK_PLOT = "effective_rank.png"
 GRADIENT_PLOT = "gradient_norms_{method}.png"
-# Tracking files the worker writes (perl_cli/tracking/callback.py), JSON twins readable without torch.
-SPECTRAL_FILES = ("spectral_history.json", "spectral_logs/spectral_history.json", "spectral_history_final.json")
 SUMMARY_CHARS = 160  # a failure's one-line summary in the table
 # One definition of "reward" in the report, said wherever a reward is shown. (`perl status`
 # shows the last logged value instead, and says so.)
 REWARD_LABEL = "reward (mean of last 10% of logged steps)"
 REWARD_CURVE_LABEL = "reward (mean of each logging window)"
+# The report's sections beside the core ones of this module, one module per line, each a sibling
+# that imports report_model and stats (never this module or another section) and gives
+# `markdown(rows) -> lines` and `plots(rows) -> [(title, file name, draw(ax, rows))]`, and
+# optionally `NAME` and `data(rows) -> dict | None` for `perl report --json`.
+SECTIONS = (
+    report_studies,  # placement and ICA studies
+    report_significance,  # which differences between configurations are real
+    report_geometry,  # where each method's update points (spectral snapshots)
+)
 SE_NOTE = (
     "± is a standard error. For one run: over the held-out problems (each problem's share of correct "
     "samples; its samples are not independent draws). For several runs of one configuration: over seeds, "
@@ -56,202 +79,6 @@ SE_NOTE = (
     "its ± is paired: from the per-problem differences over the same problems, in which each problem's "
     "difficulty cancels (an eval.json without per-problem results gets the unpaired upper bound)."
 )
-GRADIENT_FILES = ("gradient_flow.json", "gradient_logs/gradient_flow.json", "gradient_flow_final.json")
-
-
-@dataclass
-class Row:
-    """An experiment with what the report needs from its files."""
-
-    view: ExperimentView
-    eval: dict = field(default_factory=dict)
-    metrics: list[dict] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.view.name
-
-    @property
-    def method(self) -> str:
-        return self.view.method or self.eval.get("method") or "?"
-
-    @property
-    def rank(self) -> Any:
-        return dig(self.view.config, "peft", "r")
-
-    @property
-    def data_size(self) -> Any:
-        return dig(self.view.config, "dataset", "data_size")
-
-    @property
-    def accuracy(self) -> float | None:
-        """Held-out sampled pass@1: greedy accuracy on 200 problems moves by noise alone,
-        so the sampled figure leads, and greedy is the fallback."""
-        sampled = _number(self.eval.get("accuracy_sampled"))
-        return sampled if sampled is not None else self.greedy
-
-    @property
-    def accuracy_key(self) -> str:
-        return "accuracy_sampled" if _number(self.eval.get("accuracy_sampled")) is not None else "accuracy_greedy"
-
-    @property
-    def accuracy_se(self) -> float | None:
-        return eval_se(self.eval, self.accuracy_key)
-
-    @property
-    def base_accuracy(self) -> float | None:
-        return _number(self.eval.get(f"base_{self.accuracy_key}"))
-
-    @property
-    def base_se(self) -> float | None:
-        return eval_se(self.eval, f"base_{self.accuracy_key}")
-
-    @property
-    def gain(self) -> float | None:
-        acc, base = self.accuracy, self.base_accuracy
-        return None if acc is None or base is None else acc - base
-
-    @property
-    def gain_se(self) -> float | None:
-        """The paired standard error over the same problems (the worker's ``gain_*_se``, see
-        perl_cli/learning.py); for an eval.json without it, the two evaluations treated as
-        independent: an upper bound, since both use the same problems."""
-        paired = _number(self.eval.get(self.accuracy_key.replace("accuracy_", "gain_") + "_se"))
-        if paired is not None:
-            return paired
-        a, b = self.accuracy_se, self.base_se
-        return None if a is None or b is None else math.sqrt(a * a + b * b)
-
-    @property
-    def greedy(self) -> float | None:
-        return _number(self.eval.get("accuracy_greedy"))
-
-    @property
-    def greedy_se(self) -> float | None:
-        return eval_se(self.eval, "accuracy_greedy")
-
-    @property
-    def final_reward(self) -> float | None:
-        """The training reward as the report defines it (REWARD_LABEL): the mean of the last 10%
-        of the logged values, from metrics.jsonl (or eval.json's worker-computed copy)."""
-        rewards = [v for r in self.metrics if (v := _number(r.get("reward"))) is not None]
-        if rewards:
-            return tail_mean(rewards)
-        return _number(self.eval.get("reward_last_10pct"))  # same definition, computed by the worker
-
-    @property
-    def done(self) -> bool:
-        return self.view.state == st.COMPLETED
-
-    @property
-    def variant(self) -> tuple[tuple[str, str], ...]:
-        """Every setting of the run except its seed: runs that differ only by seed share it."""
-        config = self.view.expected if self.view.expected is not None else self.view.config
-        return tuple(sorted(_flatten({
-            k: v for k, v in config.items() if k not in (*IDENTITY_KEYS, st.RUNTIME_KEY)
-        }).items()))
-
-
-def load_rows(view: SuiteView) -> list[Row]:
-    rows = []
-    for e in view.experiments:
-        readable = e.dir is not None and e.state != st.UNREADABLE
-        rows.append(Row(e, views.read_eval(e.dir) if readable else {}, views.read_metrics(e.dir) if readable else []))
-    return rows
-
-
-# --- aggregation ------------------------------------------------------------------------
-
-
-@dataclass
-class Stat:
-    """One quantity over the runs of a group; ± is always a standard error of the mean.
-
-    Several runs (seeds): the spread over seeds, sd / sqrt(n). One run: `single_se`, the
-    run's own standard error (over held-out problems, for accuracies), when known.
-    """
-
-    values: list[float]
-    single_se: float | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
-
-    @property
-    def se(self) -> float | None:
-        if self.std is not None:
-            return self.std / math.sqrt(len(self.values))
-        return self.single_se if self.values else None
-
-    def text(self, fmt: str = ".3f", *, sign: bool = False) -> str:
-        if not self.values:
-            return "-"
-        spec = ("+" if sign else "") + fmt
-        return f"{self.mean:{spec}}" + (f" ± {self.se:{fmt}}" if self.se is not None else "")
-
-
-def by_key(rows: Iterable[Row], key) -> dict[Any, list[Row]]:
-    out: dict[Any, list[Row]] = {}
-    for row in rows:
-        out.setdefault(key(row), []).append(row)
-    return out
-
-
-def included(rows: Iterable[Row]) -> list[Row]:
-    """The runs every table and curve averages: completed ones (not stale, failed, running...)."""
-    return [r for r in rows if r.done]
-
-
-@dataclass
-class Group:
-    """Runs that differ only by seed: one method with one value of every other setting."""
-
-    method: str
-    label: str  # the method, plus the settings that tell it apart from the method's other groups
-    settings: dict[str, Any]  # those settings, short name -> value
-    runs: list[Row]  # the completed runs: what its table rows and curves average
-    planned: int  # its experiments in the suite, in any state
-
-
-def groups(rows: list[Row]) -> list[Group]:
-    """Group the suite's runs by everything but the seed, so that ± is a spread over seeds only."""
-    out = []
-    for method, of_method in by_key(rows, lambda r: r.method).items():
-        shown = _distinguishing(list(by_key(of_method, lambda r: r.variant)))
-        for variant, runs in by_key(of_method, lambda r: r.variant).items():
-            settings = {path.rsplit(".", 1)[-1]: json.loads(value) for path, value in variant if path in shown}
-            label = method + "".join(f" {k}={_axis_text(v)}" for k, v in settings.items())
-            out.append(Group(method, label, settings, included(runs), len(runs)))
-    return sorted(out, key=lambda g: (g.method, [_sort_key(v) for v in g.settings.values()]))
-
-
-# Matrix axes first: when settings vary together (rank and alpha = 2 x rank), the first names the group.
-_AXIS_PATHS = ("peft.r", "dataset.data_size")
-
-
-def _distinguishing(variants: list[tuple[tuple[str, str], ...]]) -> list[str]:
-    """The settings that vary among one method's variants, one per way of splitting them."""
-    dicts = [dict(v) for v in variants]
-    paths = sorted({p for d in dicts for p in d}, key=lambda p: (p not in _AXIS_PATHS, _AXIS_PATHS.index(p) if p in _AXIS_PATHS else 0, p))
-    kept, partitions = [], set()
-    for path in paths:
-        values = [d.get(path) for d in dicts]
-        if len(set(values)) < 2:
-            continue
-        partition = tuple(values.index(v) for v in values)  # which variants share a value
-        if partition not in partitions:
-            partitions.add(partition)
-            kept.append(path)
-    return kept
 
 
 def group_results(rows: list[Row]) -> list[dict[str, Any]]:
@@ -261,35 +88,21 @@ def group_results(rows: list[Row]) -> list[dict[str, Any]]:
         runs = g.runs
         if not runs:
             continue
-        one = runs[0] if len(runs) == 1 else None
         results.append({
             "group": g,
             "method": g.method,
             "label": g.label,
             "n": len(runs),
             "planned": g.planned,
-            "accuracy": Stat([r.accuracy for r in runs if r.accuracy is not None], one and one.accuracy_se),
-            "base": Stat([r.base_accuracy for r in runs if r.base_accuracy is not None], one and one.base_se),
-            "gain": Stat([r.gain for r in runs if r.gain is not None], one and one.gain_se),
-            "greedy": Stat([r.greedy for r in runs if r.greedy is not None], one and one.greedy_se),
-            "reward": Stat([r.final_reward for r in runs if r.final_reward is not None]),
-            "trainable_pct": Stat([v for r in runs if (v := _number(r.eval.get("trainable_pct"))) is not None]),
-            "adapter": Stat([v for r in runs if (v := _number(r.eval.get("adapter_size_bytes"))) is not None]),
+            "accuracy": Stat.over(runs, lambda r: r.accuracy, lambda r: r.accuracy_se),
+            "base": Stat.over(runs, lambda r: r.base_accuracy, lambda r: r.base_se),
+            "gain": Stat.over(runs, lambda r: r.gain, lambda r: r.gain_se),
+            "greedy": Stat.over(runs, lambda r: r.greedy, lambda r: r.greedy_se),
+            "reward": Stat.over(runs, lambda r: r.final_reward),
+            "trainable_pct": Stat.over(runs, lambda r: number(r.eval.get("trainable_pct"))),
+            "adapter": Stat.over(runs, lambda r: number(r.eval.get("adapter_size_bytes"))),
         })
     return sorted(results, key=lambda x: (-_or(x["accuracy"].mean), -_or(x["reward"].mean), x["label"]))
-
-
-# Row attribute of a stress axis -> its setting's short name in Group.settings.
-AXIS_SETTING = {"rank": "r", "data_size": "data_size"}
-
-
-def varying_axes(rows: list[Row]) -> list[tuple[str, str]]:
-    """(attribute, label) of the stress axes this suite varies: rank and/or data size."""
-    axes = []
-    for attr, label in (("rank", "rank"), ("data_size", "data size")):
-        if len({getattr(r, attr) for r in rows}) > 1:
-            axes.append((attr, label))
-    return axes
 
 
 # --- markdown --------------------------------------------------------------------------
@@ -323,7 +136,8 @@ def summary_markdown(view: SuiteView, rows: list[Row], diagnoses: list, plots: l
     lines += _method_table(rows)
     for attr, label in varying_axes(rows):
         lines += _axis_table(rows, attr, label)
-    lines += report_studies.markdown(rows)  # placement / ICA suites: their own comparison
+    for section in SECTIONS:
+        lines += section.markdown(rows)
     if plots:
         lines += ["## Plots", ""]
         for title, filename in plots:
@@ -346,23 +160,23 @@ def _experiments_table(rows: list[Row]) -> list[str]:
         ev = r.eval
         state = r.view.state + (" (stalled)" if r.view.stalled else "")
         state += "".join(f" (--set {o})" for o in r.view.overrides)
-        params = _number(ev.get("trainable_params"))
-        memory = _number(ev.get("peak_memory_mb"))
+        params = number(ev.get("trainable_params"))
+        memory = number(ev.get("peak_memory_mb"))
         url = ev.get("wandb_url")
         out.append("| " + " | ".join([
             f"`{r.name}`",
             r.method,
             state,
             human_seconds(r.view.duration_s) if r.view.duration_s is not None else "-",
-            _fmt(r.final_reward),
-            _with_se(_number(ev.get("accuracy_sampled")), eval_se(ev, "accuracy_sampled")),
-            _with_se(_number(ev.get("base_accuracy_sampled")), eval_se(ev, "base_accuracy_sampled")),
-            _with_se(r.greedy, r.greedy_se),
-            _with_se(_number(ev.get("base_accuracy_greedy")), eval_se(ev, "base_accuracy_greedy")),
+            fmt(r.final_reward),
+            with_se(number(ev.get("accuracy_sampled")), eval_se(ev, "accuracy_sampled")),
+            with_se(number(ev.get("base_accuracy_sampled")), eval_se(ev, "base_accuracy_sampled")),
+            with_se(r.greedy, r.greedy_se),
+            with_se(number(ev.get("base_accuracy_greedy")), eval_se(ev, "base_accuracy_greedy")),
             f"{int(params):,}" if params is not None else "-",
-            _fmt(_number(ev.get("trainable_pct")), ".3f"),
+            fmt(number(ev.get("trainable_pct")), ".3f"),
             human_bytes(memory * 1024 * 1024) if memory is not None else "-",
-            human_bytes(_number(ev.get("adapter_size_bytes"))),
+            human_bytes(number(ev.get("adapter_size_bytes"))),
             f"[run]({url})" if isinstance(url, str) and url else "-",
         ]) + " |")
     return out + [""]
@@ -401,7 +215,7 @@ def _method_table(rows: list[Row]) -> list[str]:
 def _axis_table(rows: list[Row], attr: str, label: str) -> list[str]:
     key = AXIS_SETTING[attr]
     done = [g for g in groups(rows) if g.runs]
-    values = sorted({getattr(g.runs[0], attr) for g in done}, key=_sort_key)
+    values = sorted({getattr(g.runs[0], attr) for g in done}, key=sort_key)
     out = [f"## Results by method and {label}", ""]
     if not done:
         return out + ["No completed experiments yet.", ""]
@@ -409,14 +223,13 @@ def _axis_table(rows: list[Row], attr: str, label: str) -> list[str]:
         f"Held-out accuracy (sampled pass@1) by {label}: mean ± standard error (over seeds; over problems "
         "for a single run), of the completed runs.",
         "",
-        f"| method | {' | '.join(_axis_text(v) for v in values)} |",
+        f"| method | {' | '.join(axis_text(v) for v in values)} |",
         "|---|" + "---:|" * len(values),
     ]
     lines: dict[str, dict[Any, str]] = {}
     for g in done:
-        others = "".join(f" {k}={_axis_text(v)}" for k, v in g.settings.items() if k != key)
-        one = g.runs[0] if len(g.runs) == 1 else None
-        stat = Stat([r.accuracy for r in g.runs if r.accuracy is not None], one and one.accuracy_se)
+        others = "".join(f" {k}={axis_text(v)}" for k, v in g.settings.items() if k != key)
+        stat = Stat.over(g.runs, lambda r: r.accuracy, lambda r: r.accuracy_se)
         lines.setdefault(g.method + others, {})[getattr(g.runs[0], attr)] = stat.text()
     for name, cells in lines.items():
         out.append(f"| {name} | {' | '.join(cells.get(v, '-') for v in values)} |")
@@ -425,7 +238,7 @@ def _axis_table(rows: list[Row], attr: str, label: str) -> list[str]:
 
 def _storage(view: SuiteView, rows: list[Row]) -> list[str]:
     checkpoints = sum(disk_usage(r.view.dir / st.CHECKPOINT_DIR) for r in rows if r.view.dir)
-    adapters = sum(_number(r.eval.get("adapter_size_bytes")) or 0 for r in rows)
+    adapters = sum(number(r.eval.get("adapter_size_bytes")) or 0 for r in rows)
     out = [
         "## Storage",
         "",
@@ -483,7 +296,7 @@ def draw_plots(view: SuiteView, rows: list[Row], directory: Path, progress: Prog
         ("Held-out accuracy vs rank", RANK_PLOT, lambda ax, rows: _plot_axis(ax, rows, "rank")),
         ("Held-out accuracy vs data size", DATA_PLOT, lambda ax, rows: _plot_axis(ax, rows, "data_size")),
         ("Effective rank of the adapter updates", EFFECTIVE_RANK_PLOT, _plot_effective_rank),
-        *report_studies.plots(rows),
+        *(plot for section in SECTIONS for plot in section.plots(rows)),
     ):
         tell(f"drawing {filename}")
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -523,27 +336,6 @@ def gradient_scale(grids: dict[str, tuple[list, list, list[list[float]]]]) -> tu
     """(min, max) of the log10 gradient norms over every method's grid: the heatmaps' shared scale."""
     values = [v for _, _, grid in grids.values() for line in grid for v in line if math.isfinite(v)]
     return (min(values), max(values)) if values else (None, None)
-
-
-def _by_step(points: Iterable[tuple[float | None, float | None]]) -> tuple[list[float], list[float], list[float]]:
-    """(steps, mean, std) over seeds of (step, value) points; unknown values are skipped."""
-    per_step: dict[float, list[float]] = {}
-    for s, v in points:
-        if s is not None and v is not None:
-            per_step.setdefault(s, []).append(v)
-    steps = sorted(per_step)
-    mean = [statistics.fmean(per_step[s]) for s in steps]
-    std = [statistics.stdev(per_step[s]) if len(per_step[s]) > 1 else 0.0 for s in steps]
-    return steps, mean, std
-
-
-def curve(runs: list[Row], key: str) -> tuple[list[float], list[float], list[float]]:
-    """(steps, mean, sd) of metrics.jsonl's `key` over `runs`, at the steps every run logged:
-    each point averages all of them, so the mean cannot jump where one run's log ends."""
-    series = [{s: v for m in r.metrics if (s := _number(m.get("step"))) is not None
-               and (v := _number(m.get(key))) is not None} for r in runs]
-    common = set.intersection(*(set(x) for x in series)) if series else set()
-    return _by_step((s, x[s]) for x in series for s in common)
 
 
 # Training curves are noisy (each logged value averages a few prompts): past this many logged
@@ -590,17 +382,16 @@ def _plot_curves(ax, rows: list[Row], key: str, ylabel: str) -> bool:
 
 def _plot_frontier(ax, rows: list[Row]) -> bool:
     """One point per configuration (mean ± se over seeds); a line through a method's ranks or data sizes."""
-    done = [g for g in groups(rows) if any(r.accuracy is not None and _number(r.eval.get("trainable_pct")) for r in g.runs)]
+    done = [g for g in groups(rows) if any(r.accuracy is not None and number(r.eval.get("trainable_pct")) for r in g.runs)]
     if not done:
         return False
     pcts = []
     for method, members in by_key(done, lambda g: g.method).items():
         xs, ys, errs = [], [], []
         for g in members:
-            runs = [r for r in g.runs if r.accuracy is not None and _number(r.eval.get("trainable_pct"))]
+            runs = [r for r in g.runs if r.accuracy is not None and number(r.eval.get("trainable_pct"))]
             xs.append(statistics.fmean(r.eval["trainable_pct"] for r in runs))
-            one = runs[0] if len(runs) == 1 else None
-            acc = Stat([r.accuracy for r in runs], one and one.accuracy_se)
+            acc = Stat.over(runs, lambda r: r.accuracy, lambda r: r.accuracy_se)
             ys.append(acc.mean)
             errs.append(acc.se or 0.0)
             pcts += [r.eval["trainable_pct"] for r in runs]
@@ -627,13 +418,12 @@ def _plot_axis(ax, rows: list[Row], attr: str) -> bool:
             and any(r.accuracy is not None for r in g.runs)]
     if len({getattr(g.runs[0], attr) for g in done}) < 2:
         return False
-    lines = by_key(done, lambda g: g.method + "".join(f" {k}={_axis_text(v)}" for k, v in g.settings.items() if k != key))
+    lines = by_key(done, lambda g: g.method + "".join(f" {k}={axis_text(v)}" for k, v in g.settings.items() if k != key))
     for name, members in sorted(lines.items()):
         members = sorted(members, key=lambda g: getattr(g.runs[0], attr))
         stats = []
         for g in members:
-            runs = [r for r in g.runs if r.accuracy is not None]
-            stats.append(Stat([r.accuracy for r in runs], runs[0].accuracy_se if len(runs) == 1 else None))
+            stats.append(Stat.over(g.runs, lambda r: r.accuracy, lambda r: r.accuracy_se))
         xs = [getattr(g.runs[0], attr) for g in members]
         ax.errorbar(xs, [s.mean for s in stats], yerr=[s.se or 0.0 for s in stats], marker="o", capsize=3, label=name)
     ax.set_xscale("log", base=2 if attr == "rank" else 10)
@@ -652,7 +442,7 @@ def _plot_effective_rank(ax, rows: list[Row]) -> bool:
         if not series:
             continue
         common = set.intersection(*(set(x) for x in series))
-        steps, mean, _ = _by_step((s, x[s]) for x in series for s in common)
+        steps, mean, _ = by_step((s, x[s]) for x in series for s in common)
         if not steps:
             continue
         ax.plot(steps, mean, marker=".", label=f"{g.label} ({len(series)} run{'s' if len(series) != 1 else ''})")
@@ -665,28 +455,15 @@ def _plot_effective_rank(ax, rows: list[Row]) -> bool:
     return drawn
 
 
-def _find(row: Row, names: tuple[str, ...]) -> Any:
-    if row.view.dir is None:
-        return None
-    return views.read_tracking(row.view.dir, names)
-
-
-def _history(row: Row, names: tuple[str, ...]) -> list[dict]:
-    """Snapshots of a tracking file ({"method", "history": [{"step", "seconds", "layers": {...}}]})."""
-    data = _find(row, names)
-    history = data.get("history") if isinstance(data, dict) else None
-    return [h for h in history if isinstance(h, dict) and isinstance(h.get("layers"), dict)] if isinstance(history, list) else []
-
-
 def _spectral_series(row: Row) -> list[tuple[float, float]]:
     """(step, effective rank averaged over the tracked layers) from spectral_history.json."""
     out = []
-    for snap in _history(row, SPECTRAL_FILES):
+    for snap in tracking_history(row, SPECTRAL_FILES):
         values = [
             v for layer in snap["layers"].values()
-            if isinstance(layer, dict) and (v := _number(layer.get("effective_rank"))) is not None
+            if isinstance(layer, dict) and (v := number(layer.get("effective_rank"))) is not None
         ]
-        if _number(snap.get("step")) is not None and values:
+        if number(snap.get("step")) is not None and values:
             out.append((float(snap["step"]), statistics.fmean(values)))
     return out
 
@@ -697,7 +474,7 @@ def _gradient_grids(rows: list[Row]) -> dict[str, tuple[list, list, list[list[fl
     grids = {}
     for g in groups(rows):
         for r in g.runs:
-            grid = _gradient_grid(_history(r, GRADIENT_FILES))
+            grid = _gradient_grid(tracking_history(r, GRADIENT_FILES))
             if grid:
                 grids[g.label] = grid
                 break
@@ -708,11 +485,11 @@ def _gradient_grid(history: list[dict]) -> tuple[list, list, list[list[float]]] 
     """A module's norm is the root sum of squares over its parameter kinds (A, B, ...)."""
     table: dict[float, dict[str, float]] = {}
     for snap in history:
-        step = _number(snap.get("step"))
+        step = number(snap.get("step"))
         if step is None:
             continue
         for module, kinds in snap["layers"].items():
-            norms = [v for v in (kinds.values() if isinstance(kinds, dict) else [kinds]) if _number(v) is not None]
+            norms = [v for v in (kinds.values() if isinstance(kinds, dict) else [kinds]) if number(v) is not None]
             if norms:
                 table.setdefault(step, {})[str(module)] = math.sqrt(sum(v * v for v in norms))
     steps = sorted(table)
@@ -753,8 +530,31 @@ def build(view: SuiteView, *, draw: bool, config_path: Path | None, output: Path
     return summary_markdown(view, rows, diagnoses, plots), plots
 
 
+def json_data(view: SuiteView, rows: list[Row] | None = None) -> dict[str, Any]:
+    """`perl report --json`: the numbers of SUMMARY.md's results table and of every section that has data."""
+    rows = load_rows(view) if rows is None else rows
+
+    def stat(s: Stat) -> dict[str, Any]:
+        return {"mean": s.mean, "se": s.se, "n": s.n}
+
+    out: dict[str, Any] = {
+        "suite": view.suite,
+        "experiments": len(rows),
+        "counts": {s: view.counts[s] for s in st.STATES},
+        "results": [
+            {"label": res["label"], "method": res["method"], "runs": res["n"], "planned": res["planned"],
+             **{k: stat(res[k]) for k in ("accuracy", "base", "gain", "greedy", "reward", "trainable_pct")}}
+            for res in group_results(rows)
+        ],
+    }
+    for section in SECTIONS:
+        if hasattr(section, "data") and (data := section.data(rows)) is not None:
+            out[getattr(section, "NAME", section.__name__.rsplit(".", 1)[-1])] = data
+    return out
+
+
 def command(suite: str | None, *, config_path: Path | None, output: Path, stdout: bool = False,
-            stall_after_s: float, selection: views.Selection | None = None) -> int:
+            stall_after_s: float, selection: views.Selection | None = None, as_json: bool = False) -> int:
     from rich.progress import Progress as RichProgress
     from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -762,13 +562,18 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
 
     selection = selection or views.Selection()
     selection.check_suite(suite)
-    if selection != views.Selection() and not stdout:
+    if selection != views.Selection() and not (stdout or as_json):
         raise views.configlib.ConfigError(
-            "--state/--only/--exclude narrow the report: add --stdout to print it "
+            "--state/--only/--exclude narrow the report: add --stdout (or --json) to print it "
             "(SUMMARY.md and the plots always cover the whole suite)."
         )
     cfg = views.load_config(config_path)
     names = views.suites_to_read(output, suite, cfg)
+    if as_json:  # the numbers only, on stdout; nothing written
+        suites = [json_data(selection.apply(views.load_suite(output, name, cfg, stall_after_s=stall_after_s)))
+                  for name in names]
+        print(json.dumps(suites[0] if suite is not None and len(suites) == 1 else suites, indent=2, allow_nan=False))
+        return 0
     console = make_console(stderr=stdout)
     if not names:
         console.print(f"No suites under {output}/ yet: nothing to report.", markup=False)
@@ -800,64 +605,13 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
     return 0
 
 
+
 # --- small helpers --------------------------------------------------------------------------
-
-
-def eval_se(ev: dict, key: str) -> float | None:
-    """The standard error of eval.json's accuracy `key`, over held-out problems.
-
-    The worker writes it (`<key>_se`); for an eval.json without it, sqrt(p(1-p)/problems)
-    bounds it from above (the per-problem means lie in [0, 1])."""
-    se = _number(ev.get(f"{key}_se"))
-    if se is not None:
-        return se
-    p, n = _number(ev.get(key)), _number(ev.get("eval_problems"))
-    return math.sqrt(p * (1 - p) / n) if p is not None and n else None
-
-
-def tail_mean(values: list[float], share: float = 0.1) -> float:
-    """Mean of the last `share` of `values` (at least one); the worker's reward_last_10pct too."""
-    k = max(1, round(share * len(values)))
-    return statistics.fmean(values[-k:])
-
-
-def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    """section.key -> the value as JSON text (hashable), for every setting but the seed."""
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, path + "."))
-        elif path != "common.seed":
-            out[path] = json.dumps(value, sort_keys=True)
-    return out
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 def _or(value: float | None) -> float:
     return value if value is not None else -math.inf
 
 
-def _with_se(value: float | None, se: float | None) -> str:
-    return _fmt(value) + (f" ± {se:.3f}" if value is not None and se is not None else "")
-
-
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else f"{value:{spec}}"
-
-
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _sort_key(value: Any) -> tuple:
-    return (value is None, value if isinstance(value, (int, float)) else 0, str(value))
-
-
-def _axis_text(value: Any) -> str:
-    return "all" if value is None else f"{value:,}" if isinstance(value, int) else str(value)

@@ -12,17 +12,20 @@
   A and B, mean over seeds with a ±std band.
 
 Called by report.py for every suite; a suite that is neither adds nothing. Reads only
-config.json / eval.json / metrics.jsonl (through report.Row): no torch, no sklearn.
+config.json / eval.json / metrics.jsonl (through report_model.Row): no torch, no sklearn. A sibling
+of the other report sections: it imports the read model and perl_cli/stats.py, never report.py.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 from typing import Any
 
+from perl_cli import stats
 from perl_cli.placement import ALL_LAYERS, ALL_LINEAR
+from perl_cli.report_model import curve
 from perl_cli.state import RUNTIME_KEY
+from perl_cli.stats import Stat
 from perl_cli.ui import human_seconds
 
 THRESHOLD_PCT = 95.0
@@ -63,23 +66,8 @@ def _seed(row: Any) -> Any:
     return common.get("seed") if isinstance(common, dict) else None
 
 
-def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.fmean(known) if known else None
-
-
-def _num(value: Any) -> float | None:
-    from perl_cli.report import _number
-
-    return _number(value)
-
-
 def _pct(part: float | None, whole: float | None) -> float | None:
     return None if part is None or whole is None or whole <= 0 else 100 * part / whole
-
-
-def _fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
 # --- placement ---------------------------------------------------------------------------
@@ -107,13 +95,10 @@ def placement_results(rows: list) -> list[dict[str, Any]]:
 
 
 def _variant(key: tuple[str, str], members: list) -> dict[str, Any]:
-    from perl_cli.report import Stat
-
     done = [r for r in members if r.done]
     ev = [r.eval for r in done]
-    measured = [r for r in done if r.accuracy is not None]
     # ± as everywhere in SUMMARY.md: a standard error (over seeds; one run's over problems).
-    accuracy = Stat([r.accuracy for r in measured], measured[0].accuracy_se if len(measured) == 1 else None)
+    accuracy = Stat.over(done, lambda r: r.accuracy, lambda r: r.accuracy_se)
     return {
         "targets": key[0],
         "layers": key[1],
@@ -121,11 +106,11 @@ def _variant(key: tuple[str, str], members: list) -> dict[str, Any]:
         "done": len(done),
         "accuracy": accuracy.mean,
         "accuracy_text": accuracy.text(),
-        "reward": _mean([r.final_reward for r in done]),
-        "params": _mean([_num(e.get("trainable_params")) for e in ev]),
-        "memory_mb": _mean([_num(e.get("peak_memory_mb")) for e in ev]),
-        "seconds_per_step": _mean([_num(e.get("seconds_per_step")) for e in ev]),
-        "train_seconds": _mean([_num(e.get("train_seconds")) for e in ev]),
+        "reward": stats.mean([r.final_reward for r in done]),
+        "params": stats.mean([stats.number(e.get("trainable_params")) for e in ev]),
+        "memory_mb": stats.mean([stats.number(e.get("peak_memory_mb")) for e in ev]),
+        "seconds_per_step": stats.mean([stats.number(e.get("seconds_per_step")) for e in ev]),
+        "train_seconds": stats.mean([stats.number(e.get("train_seconds")) for e in ev]),
     }
 
 
@@ -167,14 +152,14 @@ def placement_markdown(rows: list) -> list[str]:
             f"{res['targets']} / {res['layers']}",
             f"{res['done']}/{res['runs']}",
             acc,
-            _fmt(res["accuracy_pct"], ".1f", "%"),
-            _fmt(res["reward"], ".3f"),
-            _fmt(res["reward_pct"], ".1f", "%"),
+            stats.fmt(res["accuracy_pct"], ".1f", "%"),
+            stats.fmt(res["reward"], ".3f"),
+            stats.fmt(res["reward_pct"], ".1f", "%"),
             f"{int(res['params']):,}" if res["params"] is not None else "-",
-            _fmt(res["params_pct"], ".1f", "%"),
+            stats.fmt(res["params_pct"], ".1f", "%"),
             res["verdict"],
-            _fmt(res["memory_mb"], ".0f", " MB"),
-            _fmt(res["seconds_per_step"], ".2f"),
+            stats.fmt(res["memory_mb"], ".0f", " MB"),
+            stats.fmt(res["seconds_per_step"], ".2f"),
             human_seconds(res["train_seconds"]) if res["train_seconds"] is not None else "-",
         ]) + " |")
     return out + [""]
@@ -210,8 +195,8 @@ def is_ica_study(rows: list) -> bool:
 
 
 def _seconds(row: Any) -> float | None:
-    train = _num(row.eval.get("train_seconds"))
-    return None if train is None else train + (_num(row.eval.get("ica_seconds")) or 0.0)
+    train = stats.number(row.eval.get("train_seconds"))
+    return None if train is None else train + (stats.number(row.eval.get("ica_seconds")) or 0.0)
 
 
 def ica_pairs(rows: list) -> list[tuple[Any, Any]]:
@@ -238,7 +223,7 @@ def ica_markdown(rows: list) -> list[str]:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     diffs: dict[str, list[float]] = {"accuracy": [], "reward": [], "seconds": []}
-    for a, b in sorted(pairs, key=lambda p: (ica_mode(p[1]), _num(_seed(p[0])) or 0.0, str(_seed(p[0])))):
+    for a, b in sorted(pairs, key=lambda p: (ica_mode(p[1]), stats.number(_seed(p[0])) or 0.0, str(_seed(p[0])))):
         values = {
             "accuracy": (a.accuracy, b.accuracy),
             "reward": (a.final_reward, b.final_reward),
@@ -247,23 +232,23 @@ def ica_markdown(rows: list) -> list[str]:
         for key, (va, vb) in values.items():
             if va is not None and vb is not None:
                 diffs[key].append(vb - va)
-        pct = _num(b.eval.get("ica_selected_pct"))
-        ica_s = _num(b.eval.get("ica_seconds"))
+        pct = stats.number(b.eval.get("ica_selected_pct"))
+        ica_s = stats.number(b.eval.get("ica_seconds"))
         out.append("| " + " | ".join([
             str(_seed(a)),
             ica_mode(b),
-            (f"{int(b.eval['ica_selected_neurons']):,} ({pct:.1f}%)" if pct is not None and _num(b.eval.get("ica_selected_neurons")) is not None else "-"),
-            _fmt(a.accuracy, ".3f"), _fmt(b.accuracy, ".3f"), _diff(*values["accuracy"]),
-            _fmt(a.final_reward, ".3f"), _fmt(b.final_reward, ".3f"), _diff(*values["reward"]),
+            (f"{int(b.eval['ica_selected_neurons']):,} ({pct:.1f}%)" if pct is not None and stats.number(b.eval.get("ica_selected_neurons")) is not None else "-"),
+            stats.fmt(a.accuracy, ".3f"), stats.fmt(b.accuracy, ".3f"), _diff(*values["accuracy"]),
+            stats.fmt(a.final_reward, ".3f"), stats.fmt(b.final_reward, ".3f"), _diff(*values["reward"]),
             _time(values["seconds"][0]),
             _time(values["seconds"][1]) + (f" ({human_seconds(ica_s)})" if ica_s is not None else ""),
         ]) + " |")
     out += [
         "",
         f"B - A over {len(pairs)} pair(s), mean ± sd over seeds (the spread of the differences, not a standard error): "
-        f"held-out accuracy {_spread(diffs['accuracy'], '.3f')}, "
-        f"final reward {_spread(diffs['reward'], '.3f')}, "
-        f"time {_spread(diffs['seconds'], '.1f')} s.",
+        f"held-out accuracy {stats.spread(diffs['accuracy'], '.3f')}, "
+        f"final reward {stats.spread(diffs['reward'], '.3f')}, "
+        f"time {stats.spread(diffs['seconds'], '.1f')} s.",
         "",
     ]
     return out
@@ -277,19 +262,9 @@ def _time(seconds: float | None) -> str:
     return human_seconds(seconds) if seconds is not None else "-"
 
 
-def _spread(values: list[float], spec: str) -> str:
-    if not values:
-        return "-"
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return f"{mean:+{spec}}" + (f" ± {std:{spec}}" if std is not None else " (one pair: no spread)")
-
-
 def plot_ica(ax: Any, rows: list) -> bool:
     """Reward curves of A and B over the runs of the A/B table (completed pairs), at the steps
-    every one of them logged, like the report's other curves (report.curve)."""
-    from perl_cli.report import curve
-
+    every one of them logged, like the report's other curves (report_model.curve)."""
     drawn = False
     groups: dict[str, list] = {}
     for a, b in ica_pairs(rows):

@@ -211,6 +211,15 @@ ALIASES: dict[str, str] = {
 FINGERPRINT_NEUTRAL: dict[str, Any] = {"peft.layers": "all"}
 FINGERPRINT_OFF_SECTIONS: dict[str, tuple[str, Any]] = {"ica": ("mode", "off")}
 
+# --- collapse stopping (issue 17) ---------------------------------------------------------
+# Off by default, and then outside the fingerprint: runs that finished before it existed stay
+# complete. On (per suite: [suites.X.base.training] or --set), the worker stops a run whose
+# metrics say it collapsed (perl_cli/collapse.py), recorded as cause "collapsed", never retried.
+SCHEMA["training"]["stop_on_collapse"] = Field(
+    False, "bool", "stop a run once its training collapsed (correctness ~0, length or entropy runaway)"
+)
+FINGERPRINT_NEUTRAL["training.stop_on_collapse"] = False
+
 
 def fingerprint_view(settings: dict[str, Any]) -> dict[str, Any]:
     """`settings` without what FINGERPRINT_NEUTRAL and FINGERPRINT_OFF_SECTIONS leave out."""

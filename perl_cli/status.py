@@ -92,7 +92,18 @@ def progress_bar(fraction: float, width: int = 30) -> str:
 
 def state_label(e: ExperimentView) -> str:
     label = f"[{STATE_STYLE[e.state]}]{STATE_MARK[e.state]} {e.state}[/]"
+    if e.collapse is not None:
+        label += f" [bold red]({collapse_word(e)} @{_step_number(e.collapse.get('step'))})[/]"
     return label + " [bold red](stalled)[/]" if e.stalled else label
+
+
+def collapse_word(e: ExperimentView) -> str:
+    """"collapsing" while it runs, "collapsed" once it has ended."""
+    return "collapsing" if e.state == st.RUNNING else "collapsed"
+
+
+def _step_number(step: Any) -> str:
+    return str(int(step)) if isinstance(step, (int, float)) and float(step).is_integer() else str(step)
 
 
 def counts_line(view: SuiteView) -> str:
@@ -108,7 +119,7 @@ def attention_sorted(experiments: list[ExperimentView]) -> list[ExperimentView]:
     rank = {s: i for i, s in enumerate(ATTENTION_ORDER)}
     return sorted(
         experiments,
-        key=lambda e: (not e.stalled, rank[e.state], -(e.ended or 0) if e.state == st.COMPLETED else 0),
+        key=lambda e: (not e.stalled, e.collapse is None, rank[e.state], -(e.ended or 0) if e.state == st.COMPLETED else 0),
     )
 
 
@@ -119,7 +130,7 @@ def ordered_rows(view: SuiteView, verbose: bool) -> tuple[list[ExperimentView], 
         return ordered, []
     shown, hidden, recent = [], [], 0
     for e in ordered:
-        if e.state in ATTENTION:
+        if e.state in ATTENTION or e.collapse is not None:
             shown.append(e)
         elif e.state == st.COMPLETED and recent < RECENT_COMPLETED:
             shown.append(e)
@@ -172,6 +183,9 @@ def render_suite(view: SuiteView, *, verbose: bool = False, console: Any = None)
     for e in shown:
         if e.problem:
             lines.append(Text(f"  {e.name}: {e.problem}", style="red"))
+        if e.collapse is not None:
+            lines.append(Text(f"  {e.name}: {collapse_word(e)} since step {_step_number(e.collapse.get('step'))}: "
+                              f"{e.collapse.get('text')}", style="red"))
     if verbose:
         lines.extend(Text(f"  {e.name}: W&B {e.wandb_url}") for e in shown if e.wandb_url)
     lines.extend(_override_lines(view, verbose))

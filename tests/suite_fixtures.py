@@ -309,6 +309,12 @@ FAILURE_LOGS: dict[str, tuple[str, dict]] = {
                                      "error": "the node of Slurm task 4242_4 failed (NODE_FAIL); no requeue followed"}),
     "cancelled_pending": ("", {"state": st.INTERRUPTED, "cause": "cancelled_pending", "backend": "slurm",
                                "error": "cancelled by Slurm (scancel) while it waited in Slurm's queue"}),
+    # As the worker records a run training.stop_on_collapse stopped (perl_cli/train/worker.py).
+    "collapse": (
+        "[perl] step 30/100 reward 0.000\n[perl] training collapsed (from step 20): reward/correct fell from a peak "
+        "of 0.31 (step 10) to <= 0.031 at step 20; stopping (training.stop_on_collapse)\n",
+        {"exit_code": 1, "cause": "collapsed",
+         "error": "training collapsed from step 20: reward/correct fell from a peak of 0.31 (step 10) to <= 0.031"}),
 }
 # The cause each FAILURE_LOGS entry must be classified as.
 EXPECTED_CAUSE = {key: key for key in FAILURE_LOGS} | {

@@ -16,7 +16,7 @@ import torch
 from transformers import TrainerCallback
 
 from perl_cli.state import atomic_write_json, read_json
-from perl_cli.tracking import gradients, spectral
+from perl_cli.tracking import geometry, gradients, spectral
 
 SPECTRAL_FILE = "spectral_history.json"
 GRADIENT_FILE = "gradient_flow.json"
@@ -32,6 +32,8 @@ class TrackingCallback(TrainerCallback):
         self.method = method
         self.initial: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.spectral: list[dict] = []
+        self.base: geometry.BaseSubspaces | None = None
+        self.base_seconds: float | None = None
         self.gradient: list[dict] = []
 
     @property
@@ -47,6 +49,12 @@ class TrackingCallback(TrainerCallback):
             # The initial factors are what training started from, even after a resume:
             # the worker saved them before the first step.
             self.initial = _initial_from_saved(model, initial_dir) if step > 0 else spectral.capture_initial(model)
+        if self.spectral_every and model is not None and self.base is None:
+            # The base weights' subspaces, once per experiment (geometry.py): every snapshot measures
+            # the update against them.
+            started = time.perf_counter()
+            self.base = geometry.BaseSubspaces.of(model, self.initial)
+            self.base_seconds = time.perf_counter() - started
         if self.spectral_every and step == 0 and model is not None:
             self._record_spectrum(model, 0)
 
@@ -69,12 +77,14 @@ class TrackingCallback(TrainerCallback):
 
     def _record_spectrum(self, model: torch.nn.Module, step: int) -> None:
         started = time.perf_counter()
-        layers = spectral.snapshot(model, self.initial)
+        layers = spectral.snapshot(model, self.initial, self.base)
         self.spectral.append({"step": step, "seconds": time.perf_counter() - started, "layers": layers})
         self._write(SPECTRAL_FILE, self.spectral)
 
     def _write(self, name: str, history: list[dict]) -> None:
         payload = {"method": self.method, "history": history}
+        if name == SPECTRAL_FILE and self.base_seconds is not None:
+            payload["base_subspaces_seconds"] = self.base_seconds  # the one-off cost of the geometry's base
         atomic_write_json(self.dir / name, payload)
         torch.save(payload, self.dir / name.replace(".json", ".pt"))
 

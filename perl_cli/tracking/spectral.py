@@ -60,6 +60,16 @@ def singular_values(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(r1 @ r2.T).float()
 
 
+def factored_svd(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(Q1, R1, Q2, R2, Us, S, Vs) with left = Q1 R1, rightᵀ = Q2 R2 and R1 R2ᵀ = Us diag(S) Vsᵀ:
+    left @ right = (Q1 Us) diag(S) (Q2 Vs)ᵀ, its thin SVD, without forming the m×n matrix.
+    The singular values are singular_values'; geometry.py uses the vectors too."""
+    q1, r1 = torch.linalg.qr(left.double(), mode="reduced")
+    q2, r2 = torch.linalg.qr(right.T.contiguous().double(), mode="reduced")
+    us, s, vh = torch.linalg.svd(r1 @ r2.T)
+    return q1, r1, q2, r2, us, s, vh.T
+
+
 def summarize(sv: torch.Tensor) -> dict[str, Any]:
     """Effective rank (Roy & Vetterli: exp of the entropy of normalised σ), stable rank, ..."""
     values = [float(x) for x in sv.tolist()]
@@ -92,15 +102,23 @@ def capture_initial(model: torch.nn.Module) -> dict[str, tuple[torch.Tensor, tor
     return initial
 
 
-def snapshot(model: torch.nn.Module, initial: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, dict[str, Any]]:
-    """Spectral summary of every tracked layer: {module name: summary}."""
+def snapshot(model: torch.nn.Module, initial: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+             base: Any = None) -> dict[str, dict[str, Any]]:
+    """Spectral summary of every tracked layer: {module name: summary}.
+
+    With `base` (geometry.BaseSubspaces, computed once per experiment) each summary also
+    has "geometry": the update's alignment with the base weight's subspaces, from the same QRs."""
     layers = {}
     with torch.no_grad():
         for name, module in model.named_modules():
             factors = update_factors(module, (initial or {}).get(name))
             if factors is None:
                 continue
-            layers[short_name(name)] = summarize(singular_values(*factors))
+            if base is None or name not in base.layers:
+                layers[short_name(name)] = summarize(singular_values(*factors))
+                continue
+            svd = factored_svd(*factors)
+            layers[short_name(name)] = summarize(svd[5].float()) | {"geometry": base.measure(name, *factors, svd)}
     return layers
 
 

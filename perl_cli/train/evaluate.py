@@ -7,8 +7,8 @@ from typing import Any
 
 from perl_cli.data import countdown
 from perl_cli.learning import mean as _mean
-from perl_cli.learning import standard_error
 from perl_cli.rewards import countdown_correct
+from perl_cli.stats import standard_error  # the report's definition, one copy
 
 # Prompts per generate() call; sampled calls multiply this by the samples per problem.
 EVAL_BATCH_PROMPTS = 64
@@ -94,8 +94,10 @@ def evaluate_accuracy(
         "accuracy_greedy_se": standard_error(greedy_hits),
         "accuracy_sampled": _mean(sampled_rates),
         "accuracy_sampled_se": standard_error(sampled_rates),
-        "per_problem_greedy": greedy_hits,
-        "per_problem_sampled": sampled_rates,
         "eval_problems": len(problems),
         "eval_samples_per_problem": num_samples,
+        # Per problem, in the order of the held-out problems (the same for every method of a
+        # suite): what `perl report` pairs methods on (perl_cli/significance.py).
+        "per_problem_sampled": sampled_rates,
+        "per_problem_greedy": greedy_hits,
     }

@@ -21,18 +21,19 @@ from perl_cli.data import countdown
 from perl_cli.methods import Method, build_adapter, get_method
 from perl_cli.models import BUILTIN_MODELS, is_builtin, load_model, load_tokenizer
 from perl_cli.placement import PlacementError
+from perl_cli.stats import head_mean, tail_mean
 from perl_cli.train import callbacks as cb
-from perl_cli.train.evaluate import evaluate_accuracy
-from perl_cli.train.grpo import grpo_args
-from perl_cli.train.status import StatusWriter
-from perl_cli.train.trainer import MethodGRPOTrainer, optimizer_trainable_params
-from perl_cli.train.worker import (
+from perl_cli.train.artifacts import (
     BASE_EVAL_FILE,
     INITIAL_ADAPTER_DIR,
     adapter_size,
     atomic_save_adapter,
     peak_memory_mb,
 )
+from perl_cli.train.evaluate import evaluate_accuracy
+from perl_cli.train.grpo import grpo_args
+from perl_cli.train.status import StatusWriter
+from perl_cli.train.trainer import MethodGRPOTrainer, optimizer_trainable_params
 
 
 class TrainingSession:
@@ -264,6 +265,11 @@ class TrainingSession:
             from perl_cli.tracking.callback import TrackingCallback
 
             callbacks.append(TrackingCallback(self.exp_dir, tracker, self.method.name))
+        if self.training.get("stop_on_collapse"):
+            from perl_cli.train.collapse_stop import StopOnCollapse
+
+            self.collapse_stop = StopOnCollapse(self.metrics_path)
+            callbacks.append(self.collapse_stop)
         fail_hook = cb.FailAtStep.from_env(self.exp_dir)
         if fail_hook is not None:
             callbacks.append(fail_hook)
@@ -335,7 +341,7 @@ class TrainingSession:
             if self.base_eval is not None:
                 for key in ("accuracy_greedy", "accuracy_sampled", "accuracy_greedy_se", "accuracy_sampled_se",
                             "per_problem_greedy", "per_problem_sampled"):
-                    if key in self.base_eval:  # a base eval saved by an older PeRL has no *_se
+                    if key in self.base_eval:  # a base eval saved by an older PeRL has no *_se or lists
                         results[f"base_{key}"] = self.base_eval[key]
                 # The gain as a paired difference over the same problems (perl_cli/learning.py).
                 results.update(learning.held_out_gains(trained, self.base_eval))
@@ -356,6 +362,12 @@ class TrainingSession:
         results.update(self._wandb_info())
         return results
 
+    @property
+    def collapsed(self) -> Any:
+        """perl_cli/collapse.Collapse when training.stop_on_collapse stopped the run, else None."""
+        stop = getattr(self, "collapse_stop", None)
+        return stop.verdict if stop is not None else None
+
     def _reward_summary(self) -> dict[str, Any]:
         """Mean training reward over the first and last 10% of logged steps."""
         rows = sorted(
@@ -364,16 +376,14 @@ class TrainingSession:
         )
         if not rows:
             return {"reward_first_10pct": None, "reward_last_10pct": None}
-        k = max(1, round(0.1 * len(rows)))
-        out: dict[str, Any] = {
-            "reward_first_10pct": sum(r["reward"] for r in rows[:k]) / k,
-            "reward_last_10pct": sum(r["reward"] for r in rows[-k:]) / k,
-        }
+        # The report's own rule (perl_cli/stats.py), so eval.json and SUMMARY.md agree.
+        rewards = [r["reward"] for r in rows]
+        out: dict[str, Any] = {"reward_first_10pct": head_mean(rewards), "reward_last_10pct": tail_mean(rewards)}
         if all("reward/correct" in r for r in rows):
-            out["correct_first_10pct"] = sum(r["reward/correct"] for r in rows[:k]) / k
-            out["correct_last_10pct"] = sum(r["reward/correct"] for r in rows[-k:]) / k
-            # The trend over every logged step, with its error, and the quarter means.
             correct = [float(r["reward/correct"]) for r in rows]
+            out["correct_first_10pct"] = head_mean(correct)
+            out["correct_last_10pct"] = tail_mean(correct)
+            # The trend over every logged step, with its error, and the quarter means.
             line = learning.trend([float(r["step"]) for r in rows], correct)
             if line is not None:
                 out.update({f"correct_{key}": value for key, value in line.items()})

@@ -10,8 +10,6 @@ the next run resumes from; 75 another live worker holds the experiment's lock
 from __future__ import annotations
 
 import os
-import resource
-import shutil
 import signal
 import sys
 import time
@@ -19,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from perl_cli import outcomes, state, worker_lock
+from perl_cli import collapse, outcomes, state, worker_lock
 from perl_cli.config import ConfigError  # one error type for an unrunnable config: exit 2
 from perl_cli.data import countdown
 from perl_cli.models import ModelError
@@ -34,8 +32,6 @@ EXIT_SIGINT = outcomes.EXIT_SIGINT  # 130
 EXIT_SIGTERM = outcomes.EXIT_SIGTERM  # 143
 EXIT_BUSY = outcomes.EXIT_BUSY  # 75: another live worker holds this experiment; nothing done
 
-BASE_EVAL_FILE = "base_eval.json"  # the base model's accuracy, kept for resumed runs
-INITIAL_ADAPTER_DIR = "initial_adapter"  # PiSSA/MiLoRA: needed to convert on save
 RUNTIME_ALLOWED = ("per_device_train_batch_size", "gradient_accumulation_steps")
 
 
@@ -131,6 +127,12 @@ def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: A
         print(f"[perl] interrupted at step {session.global_step}; exiting with {code}", flush=True)
         status.finish(state.INTERRUPTED, code, step=session.global_step)
         return code
+    collapsed = session.collapsed
+    if collapsed is not None:  # training.stop_on_collapse: its own cause, never retried
+        message = f"training collapsed from step {collapsed.step:g}: {collapsed.text()}"
+        print(f"[perl] {message}; stopped at step {session.global_step}", flush=True)
+        status.finish(state.FAILED, EXIT_FAILED, error=message[:500], step=session.global_step, cause=collapse.CAUSE)
+        return EXIT_FAILED
     results = session.finish(started)
     state.atomic_write_json(exp_dir / state.EVAL_FILE, results)
     print(f"[perl] completed: {_summary(results)}", flush=True)
@@ -157,49 +159,3 @@ def _summary(results: dict[str, Any]) -> str:
             parts.append(f"{key} {100 * results[key]:.1f}%")
     parts.append(f"{results.get('seconds_per_step', 0):.2f}s/step")
     return ", ".join(parts)
-
-
-def peak_memory_mb(on_gpu: bool) -> float:
-    """Peak CUDA allocation on GPU, peak resident set size of this process on CPU."""
-    if on_gpu:
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def atomic_save_adapter(model: Any, exp_dir: Path, **save_kwargs: Any) -> int:
-    """save_pretrained into a temporary directory, then rename the files into place.
-
-    Returns the size in bytes of the adapter's weights file(s).
-    """
-    tmp = exp_dir / ".adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), **save_kwargs)
-    size = _weights_size(tmp)
-    for path in sorted(tmp.iterdir()):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(path, exp_dir / path.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return size
-
-
-def adapter_size(model: Any, exp_dir: Path) -> int:
-    """Bytes of the adapter's weights file as saved at its own rank, without keeping it.
-
-    Measured the same way for every method (a plain save_pretrained), so that PiSSA and
-    MiLoRA are not charged for their rank-2r converted file.
-    """
-    tmp = exp_dir / ".adapter-size.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(str(tmp))
-        return _weights_size(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _weights_size(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and p.name.startswith("adapter_model"))

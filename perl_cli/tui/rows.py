@@ -61,7 +61,12 @@ def bar(fraction: float, width: int = BAR_WIDTH) -> Text:
 def state_text(e: views.ExperimentView) -> Text:
     if e.stalled:
         return Text("stalled", style="bold red")
-    return Text(e.state, style=STATE_STYLE.get(e.state, ""))
+    text = Text(e.state, style=STATE_STYLE.get(e.state, ""))
+    if e.collapse is not None:  # perl_cli/collapse.py: the step where the final collapse began
+        step = e.collapse.get("step")
+        at = int(step) if isinstance(step, (int, float)) and float(step).is_integer() else step
+        text += Text(f" collapse@{at}", style="bold red")
+    return text
 
 
 def step_text(e: views.ExperimentView) -> str:
