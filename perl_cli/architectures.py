@@ -121,6 +121,27 @@ def parse_shape_name(name: str) -> tuple[str, dict[str, Any], int | None]:
     return entry[0], entry[1], layers
 
 
+def name_problems(name: str) -> list[str]:
+    """Plan-time problems with a ``builtin:shape:`` model name (config.settings_problems)."""
+    if not name.startswith(SHAPE_PREFIX):
+        return []
+    try:
+        parse_shape_name(name)
+    except ArchitectureError as exc:
+        return [f"model.model_name_or_path: {exc}"]
+    return []
+
+
+def shape_layers(name: str) -> int | None:
+    """The layer count of a ``builtin:shape:`` model, or None for other (or unknown) names."""
+    if not name.startswith(SHAPE_PREFIX):
+        return None
+    try:
+        return int(shape_config(name)["num_hidden_layers"])
+    except ArchitectureError:
+        return None
+
+
 def shape_config(name: str) -> dict[str, Any]:
     """The config.json numbers of a ``builtin:shape:`` model (its layer count applied)."""
     _, numbers, layers = parse_shape_name(name)
