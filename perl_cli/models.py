@@ -11,6 +11,9 @@ an old model. A file lock makes parallel workers wait for one builder, and the m
 built in a temporary directory that is renamed into place, so a killed build leaves
 nothing half-written.
 
+``builtin:shape:NAME[:layers=N]`` is a real architecture's shape with random weights,
+built in memory by perl_cli/shapes.py (architectures.toml lists the shapes).
+
 torch and transformers are imported inside functions: ``perl plan`` never pays for them.
 """
 
