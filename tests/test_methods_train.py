@@ -138,6 +138,13 @@ def test_valid_settings_have_no_problems() -> None:
         assert validate_method_settings(method, peft, max_steps=100) == [], method
 
 
+def test_adalora_needs_a_scored_step_before_its_final_phase() -> None:
+    """Two steps with tfinal 1 passed the old check and crashed peft at step 1 (KeyError in mask_to_budget)."""
+    peft = {**make_config()["peft"], "adalora_init_r": 8, "adalora_tinit": 0, "adalora_tfinal": 1, "adalora_delta_t": 1}
+    assert any("at least one step before its final phase" in p for p in validate_method_settings("adalora", peft, max_steps=2))
+    assert validate_method_settings("adalora", {**peft, "adalora_tfinal": 0}, max_steps=2) == []
+
+
 def test_adalora_schedule_must_leave_steps() -> None:
     peft = {**make_config()["peft"], "adalora_tinit": 50, "adalora_tfinal": 50}
     assert any("tinit + adalora_tfinal" in p for p in validate_method_settings("adalora", peft, max_steps=100))

@@ -72,7 +72,9 @@ def _copy(base: Any, method: str, device: str) -> Any:
 
 
 def _config(method: str) -> dict[str, Any]:
-    over = {**method_overrides(method), "model__model_name_or_path": SHAPE}  # AdaLoRA: tinit 0 + tfinal 1 < 2
+    over = {**method_overrides(method), "model__model_name_or_path": SHAPE}
+    if method == "adalora":  # two steps: importance scored at step 1, final ranks at step 2
+        over["peft__adalora_tfinal"] = 0
     return make_config(
         f"{method}_shape",
         **over,
