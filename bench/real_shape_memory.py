@@ -58,10 +58,10 @@ def experiment_config(method: str, args: argparse.Namespace) -> dict[str, Any]:
     for key, value in METHOD_DEFAULTS.get(method, {}).items():
         section, field = key.split(".")
         config[section][field] = value
-    if method == "adalora":  # one step: no warm-up, allocation at once
+    if method == "adalora":  # peft needs a scored step before its final phase: two steps (step s is their mean)
         config["peft"].update(adalora_tinit=0, adalora_tfinal=0, adalora_delta_t=1)
     config["training"].update(
-        max_steps=1,
+        max_steps=2 if method == "adalora" else 1,
         per_device_train_batch_size=args.batch,
         num_generations=args.batch,
         gradient_accumulation_steps=1,
