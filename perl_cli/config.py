@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perl_cli import names, schema
+from perl_cli import architectures, names, schema
 
 DEFAULT_NAME_TEMPLATE = "{method}_r{rank}_s{seed}"
 PACKAGED_CONFIG = Path(__file__).with_name("experiments.toml")
@@ -536,6 +536,7 @@ def settings_problems(config: dict[str, Any]) -> list[str]:
         config["peft"]["type"], config["peft"], max_steps=t["max_steps"], model_name=config["model"]["model_name_or_path"]
     ))
     problems += ica_problems(config)
+    problems += architectures.name_problems(str(config["model"]["model_name_or_path"]))
     completions = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
     if completions % t["num_generations"]:
         problems.append(

@@ -441,4 +441,11 @@ def _validate_adalora(peft: dict[str, Any], max_steps: int | None) -> list[str]:
                 f"AdaLoRA needs adalora_tinit + adalora_tfinal < training.max_steps; got "
                 f"{schedule['tinit']} + {schedule['tfinal']} >= {max_steps} (no steps left to reallocate ranks)"
             )
+        elif max_steps - schedule["tfinal"] < 2:
+            # peft scores importance only on steps before max_steps - tfinal; its final
+            # masking then finds no scores (KeyError in mask_to_budget, found at the real shape).
+            problems.append(
+                f"AdaLoRA needs at least one step before its final phase: training.max_steps - adalora_tfinal "
+                f"must be >= 2, got {max_steps} - {schedule['tfinal']}; lower adalora_tfinal or add steps"
+            )
     return problems

@@ -11,6 +11,9 @@ an old model. A file lock makes parallel workers wait for one builder, and the m
 built in a temporary directory that is renamed into place, so a killed build leaves
 nothing half-written.
 
+``builtin:shape:NAME[:layers=N]`` is a real architecture's shape with random weights,
+built in memory by perl_cli/shapes.py (architectures.toml lists the shapes).
+
 torch and transformers are imported inside functions: ``perl plan`` never pays for them.
 """
 
@@ -327,8 +330,26 @@ def _hub_error(name: str, exc: Exception) -> ModelError:
     )
 
 
+def is_shape(name: str) -> bool:
+    """A real architecture's shape with random weights, built in memory (perl_cli/shapes.py)."""
+    from perl_cli.architectures import SHAPE_PREFIX
+
+    return name.startswith(SHAPE_PREFIX)
+
+
+def _check_shape(name: str) -> None:
+    from perl_cli.architectures import ArchitectureError, parse_shape_name
+
+    try:
+        parse_shape_name(name)
+    except ArchitectureError as exc:
+        raise ModelError(str(exc)) from None
+
+
 def resolve_model_path(name: str, progress: Progress | None = None) -> str:
     """A local directory for built-in names; other names are passed to from_pretrained."""
+    if is_shape(name):
+        raise ModelError(f"{name!r} is built in memory and has no directory (models.load_model builds it)")
     if is_builtin(name):
         return str(builtin_model_path(name, progress))
     # Something written as a path must exist: do not let it fall through to a hub lookup.
@@ -339,6 +360,11 @@ def resolve_model_path(name: str, progress: Progress | None = None) -> str:
 
 def load_tokenizer(model_cfg: dict[str, Any], progress: Progress | None = None) -> Any:
     name = str(model_cfg["model_name_or_path"])
+    if is_shape(name):
+        from perl_cli import shapes
+
+        _check_shape(name)
+        return shapes.build_tokenizer(name)
     path = resolve_model_path(name, progress)
     if is_builtin(name):
         from transformers import PreTrainedTokenizerFast
@@ -363,6 +389,13 @@ def load_model(model_cfg: dict[str, Any], *, on_gpu: bool, progress: Progress | 
     from transformers import AutoModelForCausalLM
 
     name = str(model_cfg["model_name_or_path"])
+    if is_shape(name):
+        from perl_cli import shapes
+
+        _check_shape(name)
+        if progress is not None:
+            progress(f"building {name} (random weights)", None, None)
+        return shapes.build_model(name, _torch_dtype(str(model_cfg.get("dtype", "auto")), on_gpu))
     path = resolve_model_path(name, progress)
     if progress is not None:
         progress(f"loading {name}", None, None)

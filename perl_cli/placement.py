@@ -103,11 +103,12 @@ def placement_problems(method: str, peft: dict[str, Any], model_name: str | None
 
 
 def builtin_layer_count(model_name: str) -> int | None:
-    """The layer count of a built-in model, known without loading it; None for other models."""
+    """The layer count of a built-in (or builtin:shape:) model, known without loading it; None for other models."""
+    from perl_cli.architectures import shape_layers
     from perl_cli.models import BUILTIN_MODELS, BUILTIN_PREFIX
 
     recipe = BUILTIN_MODELS.get(model_name.removeprefix(BUILTIN_PREFIX)) if model_name.startswith(BUILTIN_PREFIX) else None
-    return recipe.num_layers if recipe is not None else None
+    return recipe.num_layers if recipe is not None else shape_layers(model_name)
 
 
 def select_layers(spec: Any, num_layers: int) -> list[int]:

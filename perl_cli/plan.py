@@ -22,7 +22,7 @@ PLAN_OPTIONAL_COLUMNS = ["model", "alpha", "data size", "lr", "method", "steps",
 
 def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, json_out: bool) -> None:
     if json_out:
-        print(json.dumps([e.summary() for e in experiments], indent=2))
+        print(json.dumps([{**e.summary(), **memory_summary(e)} for e in experiments], indent=2))
         return
     # Names, paths, models and descriptions are user text: escaped, so "[core]" is shown, not parsed.
     def build(dropped: set[str]) -> Table:
@@ -52,6 +52,25 @@ def print_plan(suite: str, experiments: list[Experiment], suite_dir: Path, *, js
     if dropped:
         left_out = ", ".join(c for c in PLAN_COLUMNS if c in dropped)
         console.print(f"[dim]Left out to fit {console.width} columns: {left_out} (a wider terminal or --json shows them).[/]")
+
+
+def memory_summary(e: Experiment) -> dict[str, object]:
+    """The experiment's GPU memory estimate and where the model's shape came from (scheduler/memory.py)."""
+    from perl_cli.scheduler import memory
+
+    est = memory.estimate(e.config)
+    override = e.config.get("resources", {}).get("memory_mb")
+    return {
+        "memory_mb": memory.estimate_mb(e.config),
+        "memory_estimate": {
+            "overridden": bool(override),
+            "shape_from": est.source,
+            "parameters": est.parameters,
+            "trainable_parameters": est.trainable,
+            **{k: round(v) for k, v in est.as_dict().items() if isinstance(v, float)},
+            "estimated_mb": est.total_mb,
+        },
+    }
 
 
 def print_suites(cfg: ConfigFile, *, json_out: bool) -> None:

@@ -7,61 +7,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from training_support import make_config, read_metrics, shaped_reward_functions, write_experiment
+from training_support import (
+    capture_session,
+    make_config,
+    method_overrides,
+    probe_logits,
+    read_metrics,
+    write_experiment,
+)
 
 torch = pytest.importorskip("torch")
 
 from perl_cli import methods  # noqa: E402
 from perl_cli.methods import METHOD_NAMES, validate_method_settings  # noqa: E402
 
-PROBE = "nums: 3 7 9 target: 30\n<answer>7*3+9</answer>"
-
-
-def _logits(model: Any, tokenizer: Any) -> Any:
-    model.eval()
-    with torch.no_grad():
-        ids = tokenizer(PROBE, return_tensors="pt")
-        return model(**ids).logits.float()
+_logits = probe_logits
+_overrides = method_overrides
 
 
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Run with a reward a random model can earn; keep the trained session for inspection.
-
-    AdaLoRA's regulariser is wrapped to record the gradient that reaches it: there is
-    one only if the term is part of the loss that is back-propagated.
-    """
-    import dataclasses
-
-    from perl_cli import rewards
-    from perl_cli.train import session as session_mod
-
-    monkeypatch.setattr(rewards, "reward_functions", shaped_reward_functions)
-    box: dict[str, Any] = {"regulariser_grads": []}
-    original = session_mod.TrainingSession.finish
-
-    def finish(self: Any, started: float) -> dict[str, Any]:
-        box["session"] = self
-        return original(self, started)
-
-    monkeypatch.setattr(session_mod.TrainingSession, "finish", finish)
-    adalora = methods.METHODS["adalora"]
-
-    def recorded(model: Any) -> Any:
-        term = adalora.regulariser(model)
-        term.register_hook(lambda grad: box["regulariser_grads"].append(float(grad)))
-        return term
-
-    monkeypatch.setitem(methods.METHODS, "adalora", dataclasses.replace(adalora, regulariser=recorded))
-    return box
-
-
-def _overrides(method: str) -> dict[str, Any]:
-    over: dict[str, Any] = {"peft__type": method}
-    if method == "adalora":
-        # Allocation from step 1, final ranks fixed at step 2 of 3.
-        over.update(peft__adalora_init_r=8, peft__adalora_tinit=0, peft__adalora_tfinal=1, peft__adalora_delta_t=1)
-    return over
+    return capture_session(monkeypatch)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -170,6 +136,13 @@ def test_valid_settings_have_no_problems() -> None:
     peft = make_config()["peft"]
     for method in METHOD_NAMES:
         assert validate_method_settings(method, peft, max_steps=100) == [], method
+
+
+def test_adalora_needs_a_scored_step_before_its_final_phase() -> None:
+    """Two steps with tfinal 1 passed the old check and crashed peft at step 1 (KeyError in mask_to_budget)."""
+    peft = {**make_config()["peft"], "adalora_init_r": 8, "adalora_tinit": 0, "adalora_tfinal": 1, "adalora_delta_t": 1}
+    assert any("at least one step before its final phase" in p for p in validate_method_settings("adalora", peft, max_steps=2))
+    assert validate_method_settings("adalora", {**peft, "adalora_tfinal": 0}, max_steps=2) == []
 
 
 def test_adalora_schedule_must_leave_steps() -> None:

@@ -73,3 +73,58 @@ def shaped_reward_functions(prompt_format: str) -> tuple[list, list[float]]:
     from perl_cli import rewards
 
     return [rewards.correct_reward, digit_reward], [1.0, 1.0]
+
+
+# --- shared by the training tests (tiny and real-shape) ------------------------------
+
+PROBE = "nums: 3 7 9 target: 30\n<answer>7*3+9</answer>"
+
+
+def probe_logits(model: Any, tokenizer: Any) -> Any:
+    """The model's float32 logits on one fixed text, in eval mode (no dropout)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        ids = tokenizer(PROBE, return_tensors="pt").to(next(model.parameters()).device)
+        return model(**ids).logits.float().cpu()
+
+
+def method_overrides(method: str) -> dict[str, Any]:
+    """make_config overrides that make `method` do its own thing within three steps."""
+    over: dict[str, Any] = {"peft__type": method}
+    if method == "adalora":
+        # Allocation from step 1, final ranks fixed at step 2 of 3.
+        over.update(peft__adalora_init_r=8, peft__adalora_tinit=0, peft__adalora_tfinal=1, peft__adalora_delta_t=1)
+    return over
+
+
+def capture_session(monkeypatch: Any) -> dict[str, Any]:
+    """Run with a reward a random model can earn; keep the trained session for inspection.
+
+    AdaLoRA's regulariser is wrapped to record the gradient that reaches it: there is
+    one only if the term is part of the loss that is back-propagated.
+    """
+    import dataclasses
+
+    from perl_cli import methods, rewards
+    from perl_cli.train import session as session_mod
+
+    monkeypatch.setattr(rewards, "reward_functions", shaped_reward_functions)
+    box: dict[str, Any] = {"regulariser_grads": []}
+    original = session_mod.TrainingSession.finish
+
+    def finish(self: Any, started: float) -> dict[str, Any]:
+        box["session"] = self
+        return original(self, started)
+
+    monkeypatch.setattr(session_mod.TrainingSession, "finish", finish)
+    adalora = methods.METHODS["adalora"]
+
+    def recorded(model: Any) -> Any:
+        term = adalora.regulariser(model)
+        term.register_hook(lambda grad: box["regulariser_grads"].append(float(grad)))
+        return term
+
+    monkeypatch.setitem(methods.METHODS, "adalora", dataclasses.replace(adalora, regulariser=recorded))
+    return box

@@ -1,46 +1,102 @@
-"""How much GPU memory an experiment needs: a documented, deliberately rough estimate.
+"""How much GPU memory an experiment needs: an estimate from the model's shape, checked by a bench.
 
 The scheduler places a job on a GPU only when this estimate fits in the GPU's free
 memory (minus what recently started jobs have reserved). When the estimate is wrong
 for a suite, set it outright: ``[suites.X.base.resources] memory_mb = 30000``
 (or ``--set resources.memory_mb=30000``).
 
-The formula (all sizes in MiB; P = base-model parameters):
+The model's shape (hidden H, intermediate I, layers L, KV width, vocabulary V, parameters
+P) comes from its config.json (architectures.model_shape: a local directory, the hub
+cache, or architectures.toml); only a model with no known config falls back to a guess
+from its name ("...-1.5B"; an unknown name counts as 1.5B) with a shape scaled from it.
+With B = per-device batch (completions), T = prompt + completion tokens, C = completion
+tokens, G = B x gradient accumulation (TRL generates a whole optimizer step's completions
+at once), w = bytes per weight (2 for bf16/fp16/auto, 4 for float32):
 
-    weights      = P x bytes per weight            (2 for bf16/fp16/auto, 4 for float32)
-    trainable    = P x 0.01 x r / 16 x method      (~1% of the base for all-linear LoRA r16;
-                                                   method: 0.05 for VeRA/IA3/LN tuning,
-                                                   1.1 for DoRA, 1.5 for AdaLoRA's initial rank)
-    optimizer    = trainable x 16 bytes            (fp32 weight + grad + two AdamW moments)
-    activations  = batch x (prompt + completion) x H x 34 bytes x 2   (training + generation)
-                   with H = hidden x layers ~= 30,000 x (P / 1e9)^(2/3); divided by 4 with
-                   gradient checkpointing
-    logits       = batch x (prompt + completion) x V x 4 bytes   (V = 152,064, Qwen's
-                                                                   vocabulary; 64 for built-in models)
-    total        = (weights + optimizer + activations + logits) x 1.2 + 1,024 (CUDA context)
+    weights      = P x w
+    optimizer    = trainable x 16 B       (fp32 adapter weight, gradient, two AdamW moments;
+                                          trainable counted from the shape and peft.r; full
+                                          fine-tuning: P x (w + 8), gradients in the weights' dtype)
+    activations  = B x T x L x (ACT_H x H + ACT_I x I) bytes        (what autograd keeps per
+                   token and layer, per method, measured: ACT below, docs/memory.md); with
+                   gradient checkpointing B x T x L x H x w plus one layer's worth;
+                   DoRA adds L x (adapted weight elements) x 4 bytes (its combined weights)
+    logits       = min(B x C, 4096) x min(V, 32768) x w + B x C x H x 4
+                   (TRL >= 1.16 scores completions through a chunked LM head: one
+                   4096-token x 32768-vocabulary tile and the fp32 gradient of the last hidden
+                   states; the full B x T x V logits are never materialised)
+    generation   = G x T x L x 2 x KV x w (KV cache) + G x prompt x 3 x I x w (one layer's
+                   MLP during prefill) + G x V x 4 x 2 (the last position's logits, sampled)
+    total        = (weights + optimizer + max(activations + logits, generation)) x 1.2
+                   + 1,024 MiB (CUDA context)
 
-P is read from the model name ("...-1.5B", "Qwen2.5-7B-Instruct": the number before a
-"B"); the built-in tiny models count as 1M parameters; an unknown name counts as 1.5B.
+Generation runs under no_grad before the loss's forward, so its memory and the training
+activations are not held at the same time.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from perl_cli.architectures import Shape, model_shape
 
 CUDA_CONTEXT_MB = 1024
 SAFETY = 1.2
-VOCAB = 152_064
-BUILTIN_VOCAB = 64
+VOCAB = 152_064  # a Qwen2 vocabulary, for a model whose config is unknown
 DEFAULT_PARAMS = 1.5e9
 BUILTIN_PARAMS = 1e6
 MAX_BILLIONS = 10_000  # larger "sizes" in a name are not parameter counts: use the default
-METHOD_FACTOR = {"vera": 0.05, "ia3": 0.05, "ln_tuning": 0.05, "dora": 1.1, "adalora": 1.5}
 _SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])")
 _MB = 1024 * 1024
 
+# Bytes autograd keeps per token and layer for the loss's backward, as (ACT_H x hidden +
+# ACT_I x intermediate), by method: measured with saved-tensor hooks on one layer of the
+# 1.5B shape, bf16 base under bf16 autocast as TRL runs on a GPU (docs/memory.md). Adapters
+# keep fp32 copies of their inputs; IA3/MiSS/LN tuning little more than the frozen base.
+ACT = {
+    "lora": (41.0, 12.5), "adalora": (55.0, 17.0), "vera": (36.0, 14.5), "ia3": (27.5, 10.5),
+    "miss": (27.5, 10.5), "ln_tuning": (8.0, 6.0), "full": (29.0, 8.0),
+}
+# DoRA also keeps, per forward and whatever the token count, the combined weight W + s·BA of
+# every adapted module for its norm's backward: about two bf16 copies (4 bytes per weight
+# element; 8 on a CPU without autocast, measured: 9.7 GB at 64 tokens on the 1.5B shape).
+DORA_BYTES_PER_WEIGHT = 4.0
+# TRL's chunked LM head (trl.kernels.chunked_logprob): tokens x vocabulary per tile.
+LOGIT_TILE_TOKENS = 4096
+LOGIT_TILE_VOCAB = 32_768
+FULL_METHODS = {"full"}
 
-def model_parameters(name: str) -> float:
+
+@dataclass(frozen=True)
+class Estimate:
+    """The terms of the estimate in MiB, and the total the scheduler reserves."""
+
+    weights: float
+    optimizer: float
+    activations: float
+    logits: float
+    generation: float
+    source: str
+    parameters: int
+    trainable: int
+
+    @property
+    def peak(self) -> float:
+        """weights + optimizer + the larger of training and generation (MiB, no safety, no context)."""
+        return self.weights + self.optimizer + max(self.activations + self.logits, self.generation)
+
+    @property
+    def total_mb(self) -> int:
+        return int(round(self.peak * SAFETY + CUDA_CONTEXT_MB))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "peak": self.peak, "total_mb": self.total_mb}
+
+
+def guessed_parameters(name: str) -> float:
+    """The parameter count a model's name suggests ("...-1.5B"); an unknown name counts as 1.5B."""
     if name.startswith("builtin:"):
         return BUILTIN_PARAMS
     match = _SIZE_RE.search(name.rsplit("/", 1)[-1])
@@ -49,26 +105,130 @@ def model_parameters(name: str) -> float:
     return billions * 1e9 if billions is not None and 0 < billions <= MAX_BILLIONS else DEFAULT_PARAMS
 
 
+def _builtin_shape(name: str) -> Shape | None:
+    """The shape of a built-in tiny model, from its recipe (models.py imports no torch)."""
+    from perl_cli.models import BUILTIN_MODELS, BUILTIN_PREFIX, CHARSET
+
+    recipe = BUILTIN_MODELS.get(name.removeprefix(BUILTIN_PREFIX))
+    if recipe is None:
+        return None
+    return Shape(
+        hidden_size=recipe.hidden_size, intermediate_size=recipe.ffn_size, num_layers=recipe.num_layers,
+        num_heads=recipe.num_heads, num_kv_heads=recipe.num_kv_heads, head_dim=recipe.hidden_size // recipe.num_heads,
+        vocab_size=len(CHARSET) + 2, tied_embeddings=True, qkv_bias=True,
+    )
+
+
+def _guessed_shape(params: float) -> Shape:
+    """A Qwen2-like shape of about `params` parameters, for a model whose config is unknown."""
+    layers = 28
+    hidden_x_layers = 30_000 * (params / 1e9) ** (2 / 3)  # 1.5B: ~39,000 (real: 1536 x 28 = 43,008)
+    hidden = max(64, int(hidden_x_layers / layers) // 64 * 64)
+    return Shape(
+        hidden_size=hidden, intermediate_size=int(hidden * 35 / 6) // 64 * 64, num_layers=layers,
+        num_heads=max(1, hidden // 128), num_kv_heads=max(1, hidden // 128 // 6), head_dim=128,
+        vocab_size=VOCAB, tied_embeddings=False, qkv_bias=True,
+    )
+
+
+def resolve_shape(name: str) -> tuple[str, Shape, int]:
+    """(where the shape came from, shape, parameter count) of model `name`."""
+    if name.startswith("builtin:") and not name.startswith("builtin:shape:"):
+        shape = _builtin_shape(name)
+        if shape is not None:
+            return "built-in recipe", shape, shape.parameters()
+    found = model_shape(name)
+    if found is not None:
+        return found[0], found[1], found[1].parameters()
+    params = guessed_parameters(name)
+    return "guessed from the name", _guessed_shape(params), int(params)
+
+
+def model_parameters(name: str) -> float:
+    """Parameters of model `name`: from its config.json when one is known, else guessed from the name."""
+    return float(resolve_shape(name)[2])
+
+
+def _targeted(shape: Shape, peft: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    modules = shape.linear_shapes()
+    targets = peft.get("target_modules", "all-linear")
+    if isinstance(targets, list):
+        chosen = {m: s for m, s in modules.items() if any(str(t).split(".")[-1] == m for t in targets)}
+        return chosen or modules  # names of another architecture: count every module
+    return modules
+
+
+def trainable_parameters(shape: Shape, peft: dict[str, Any], max_steps: int | None = None) -> int:
+    """Parameters the optimizer updates, from the shape (every layer; peft.layers is not applied)."""
+    method = str(peft.get("type", "lora"))
+    layers = shape.num_layers
+    if method in FULL_METHODS:
+        return shape.parameters()
+    if method == "ln_tuning":
+        return (2 * layers + 1) * shape.hidden_size
+    modules = _targeted(shape, peft)
+    r = int(peft.get("r") or 16)
+    if method == "ia3":  # keys, values (outputs) and the down projection (input)
+        lin = shape.linear_shapes()
+        return layers * (lin["k_proj"][1] + lin["v_proj"][1] + lin["down_proj"][0])
+    if method == "vera":  # lambda_d (r) and lambda_b (out) per module
+        return layers * sum(r + out for _, out in modules.values())
+    if method == "miss":  # one shared r x out block per module
+        return layers * sum(r * out for _, out in modules.values())
+    if method == "adalora":
+        from perl_cli.methods import adalora_schedule
+
+        r = adalora_schedule(peft, int(max_steps or 1000))["init_r"]
+        return layers * sum(r * (i + o) + r for i, o in modules.values())
+    lora = layers * sum(r * (i + o) for i, o in modules.values())
+    if method == "dora":
+        lora += layers * sum(o for _, o in modules.values())
+    return lora
+
+
+def estimate(config: dict[str, Any]) -> Estimate:
+    """Every term of the memory estimate of a resolved config (module docstring)."""
+    model, peft, train = config["model"], config["peft"], config["training"]
+    name = str(model["model_name_or_path"])
+    source, shape, params = resolve_shape(name)
+    w = 4 if model.get("dtype") == "float32" else 2
+    method = str(peft.get("type", "lora"))
+    trainable = trainable_parameters(shape, peft, train.get("max_steps"))
+    optimizer = trainable * (w + 8) if method in FULL_METHODS else trainable * 16
+
+    batch = int(train["per_device_train_batch_size"])
+    prompt, completion = int(train["max_prompt_length"]), int(train["max_completion_length"])
+    tokens = batch * (prompt + completion)
+    h, i, layers = shape.hidden_size, shape.intermediate_size, shape.num_layers
+    act_h, act_i = ACT.get(method, ACT["lora"])
+    per_layer = act_h * h + act_i * i
+    if train.get("gradient_checkpointing"):
+        activations = tokens * (layers * h * w + per_layer)
+    else:
+        activations = tokens * layers * per_layer
+    if method == "dora":
+        weights_adapted = sum(a * b for a, b in _targeted(shape, peft).values())
+        activations += (1 if train.get("gradient_checkpointing") else layers) * weights_adapted * DORA_BYTES_PER_WEIGHT
+    scored = batch * completion
+    logits = min(scored, LOGIT_TILE_TOKENS) * min(shape.vocab_size, LOGIT_TILE_VOCAB) * w + scored * h * 4
+
+    generations = batch * int(train.get("gradient_accumulation_steps") or 1)
+    kv_cache = generations * (prompt + completion) * layers * 2 * shape.kv_width * w
+    prefill = generations * prompt * 3 * i * w
+    sampling = generations * shape.vocab_size * 4 * 2
+    generation = kv_cache + prefill + sampling
+    return Estimate(
+        weights=params * w / _MB, optimizer=optimizer / _MB, activations=activations / _MB, logits=logits / _MB,
+        generation=generation / _MB, source=source, parameters=int(params), trainable=int(trainable),
+    )
+
+
 def estimate_mb(config: dict[str, Any]) -> int:
     """The GPU memory (MiB) a job with this resolved config needs; the override wins."""
     override = config.get("resources", {}).get("memory_mb")
     if override:
         return int(override)
-    model, peft, train = config["model"], config["peft"], config["training"]
-    params = model_parameters(model["model_name_or_path"])
-    weight_bytes = 4 if model.get("dtype") == "float32" else 2
-    weights = params * weight_bytes
-    trainable = params * 0.01 * peft["r"] / 16 * METHOD_FACTOR.get(peft["type"], 1.0)
-    optimizer = trainable * 16
-    tokens = train["per_device_train_batch_size"] * (train["max_prompt_length"] + train["max_completion_length"])
-    hidden_x_layers = 30_000 * (params / 1e9) ** (2 / 3)
-    activations = tokens * hidden_x_layers * 34 * 2
-    if train.get("gradient_checkpointing"):
-        activations /= 4
-    vocab = BUILTIN_VOCAB if model["model_name_or_path"].startswith("builtin:") else VOCAB
-    logits = tokens * vocab * 4
-    total = (weights + optimizer + activations + logits) * SAFETY / _MB + CUDA_CONTEXT_MB
-    return int(round(total))
+    return estimate(config).total_mb
 
 
 # Beyond this a model trains far too slowly on a CPU to be what the user meant (a 1.5B
