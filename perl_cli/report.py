@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import report_studies
+from perl_cli import plots, report_studies
 from perl_cli import state as st
 from perl_cli.config import IDENTITY_KEYS
 from perl_cli.experiments_view import ExperimentView, SuiteView, dig, disk_usage
@@ -496,14 +496,8 @@ def draw_plots(view: SuiteView, rows: list[Row], directory: Path, progress: Prog
         tell(f"drawing {filename}")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         try:
-            steps, layers, values = grid
             # One colour scale for every method's heatmap, so that colours compare across them.
-            image = ax.imshow(values, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high)
-            fig.colorbar(image, ax=ax, label="gradient norm (log10), same scale for every method")
-            ax.set_xlabel("step")
-            ax.set_ylabel("module")
-            _ticks(ax.set_xticks, ax.set_xticklabels, steps)
-            _ticks(ax.set_yticks, ax.set_yticklabels, layers)
+            plots.draw_gradient_heatmap(fig, ax, grid, vmin=low, vmax=high, shared=True)
             ax.set_title(f"{view.suite}: gradient norms, {label}", fontsize=10)
             fig.tight_layout()
             fig.savefig(directory / filename, dpi=110)
@@ -515,8 +509,7 @@ def draw_plots(view: SuiteView, rows: list[Row], directory: Path, progress: Prog
 
 def gradient_scale(grids: dict[str, tuple[list, list, list[list[float]]]]) -> tuple[float | None, float | None]:
     """(min, max) of the log10 gradient norms over every method's grid: the heatmaps' shared scale."""
-    values = [v for _, _, grid in grids.values() for line in grid for v in line if math.isfinite(v)]
-    return (min(values), max(values)) if values else (None, None)
+    return plots.value_range(grids.values())
 
 
 def _by_step(points: Iterable[tuple[float | None, float | None]]) -> tuple[list[float], list[float], list[float]]:
@@ -639,24 +632,16 @@ def _plot_axis(ax, rows: list[Row], attr: str) -> bool:
 
 
 def _plot_effective_rank(ax, rows: list[Row]) -> bool:
-    drawn = False
+    series = []
     for g in groups(rows):
-        series = [dict(_spectral_series(r)) for r in g.runs]
-        series = [x for x in series if x]
-        if not series:
+        runs = [dict(_spectral_series(r)) for r in g.runs]
+        runs = [x for x in runs if x]
+        if not runs:
             continue
-        common = set.intersection(*(set(x) for x in series))
-        steps, mean, _ = _by_step((s, x[s]) for x in series for s in common)
-        if not steps:
-            continue
-        ax.plot(steps, mean, marker=".", label=f"{g.label} ({len(series)} run{'s' if len(series) != 1 else ''})")
-        drawn = True
-    if drawn:
-        ax.set_xlabel("step")
-        ax.set_ylabel("effective rank (mean over layers and seeds)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    return drawn
+        common = set.intersection(*(set(x) for x in runs))
+        steps, mean, _ = _by_step((s, x[s]) for x in runs for s in common)
+        series.append((f"{g.label} ({len(runs)} run{'s' if len(runs) != 1 else ''})", steps, mean))
+    return plots.draw_effective_rank(ax, series)
 
 
 def _find(row: Row, names: tuple[str, ...]) -> Any:
@@ -667,22 +652,12 @@ def _find(row: Row, names: tuple[str, ...]) -> Any:
 
 def _history(row: Row, names: tuple[str, ...]) -> list[dict]:
     """Snapshots of a tracking file ({"method", "history": [{"step", "seconds", "layers": {...}}]})."""
-    data = _find(row, names)
-    history = data.get("history") if isinstance(data, dict) else None
-    return [h for h in history if isinstance(h, dict) and isinstance(h.get("layers"), dict)] if isinstance(history, list) else []
+    return plots.snapshots(_find(row, names))
 
 
 def _spectral_series(row: Row) -> list[tuple[float, float]]:
     """(step, effective rank averaged over the tracked layers) from spectral_history.json."""
-    out = []
-    for snap in _history(row, SPECTRAL_FILES):
-        values = [
-            v for layer in snap["layers"].values()
-            if isinstance(layer, dict) and (v := _number(layer.get("effective_rank"))) is not None
-        ]
-        if _number(snap.get("step")) is not None and values:
-            out.append((float(snap["step"]), statistics.fmean(values)))
-    return out
+    return plots.effective_rank_series(_history(row, SPECTRAL_FILES))
 
 
 def _gradient_grids(rows: list[Row]) -> dict[str, tuple[list, list, list[list[float]]]]:
@@ -698,33 +673,7 @@ def _gradient_grids(rows: list[Row]) -> dict[str, tuple[list, list, list[list[fl
     return grids
 
 
-def _gradient_grid(history: list[dict]) -> tuple[list, list, list[list[float]]] | None:
-    """A module's norm is the root sum of squares over its parameter kinds (A, B, ...)."""
-    table: dict[float, dict[str, float]] = {}
-    for snap in history:
-        step = _number(snap.get("step"))
-        if step is None:
-            continue
-        for module, kinds in snap["layers"].items():
-            norms = [v for v in (kinds.values() if isinstance(kinds, dict) else [kinds]) if _number(v) is not None]
-            if norms:
-                table.setdefault(step, {})[str(module)] = math.sqrt(sum(v * v for v in norms))
-    steps = sorted(table)
-    modules = list(dict.fromkeys(m for s in steps for m in table[s]))
-    if not steps or not modules:
-        return None
-    values = [
-        [math.log10(v) if (v := table[s].get(m)) else math.nan for s in steps]
-        for m in modules
-    ]
-    return [int(s) if s.is_integer() else s for s in steps], modules, values
-
-
-def _ticks(set_ticks, set_labels, labels: list, most: int = 12) -> None:
-    every = max(1, math.ceil(len(labels) / most))
-    positions = list(range(0, len(labels), every))
-    set_ticks(positions)
-    set_labels([str(labels[i]) for i in positions], fontsize=7)
+_gradient_grid = plots.gradient_grid
 
 
 # --- the command -------------------------------------------------------------------------
