@@ -252,6 +252,31 @@ def _train(root: Path, name: str, **overrides: Any) -> Path:
     return exp
 
 
+# The worker, with the shaped reward (so that adapters and gradients move), in its own process:
+# trackio reads TRACKIO_DIR once, when TRL imports it, and the worker sets it before that.
+SHAPED_WORKER = (
+    "import sys; sys.path.insert(0, sys.argv[2]); import training_support; from perl_cli import rewards; "
+    "rewards.reward_functions = training_support.shaped_reward_functions; "
+    "from perl_cli.train import run_experiment; sys.exit(run_experiment(sys.argv[1]))"
+)
+
+
+def _train_in_process_of_its_own(root: Path, name: str, **overrides: Any) -> Path:
+    from training_support import CACHE_DIR, make_config, write_experiment
+
+    config = make_config(name, training__max_steps=4, wandb__use_wandb=True, tracker__enable_spectral_tracking=True,
+                         tracker__enable_gradient_tracking=True, tracker__spectral_log_frequency=2,
+                         tracker__gradient_log_frequency=2, **overrides)
+    exp = write_experiment(root, config)
+    env = {k: v for k, v in os.environ.items() if k != "TRACKIO_DIR"}
+    env.update(PERL_CACHE_DIR=str(CACHE_DIR), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), WANDB_MODE="offline")
+    with open(exp / "train.log", "w") as log:
+        code = subprocess.run([sys.executable, "-c", SHAPED_WORKER, str(exp), str(ROOT / "tests")], stdout=log,
+                              stderr=log, env=env, timeout=600).returncode
+    assert code == 0, (exp / "train.log").read_text()[-3000:]
+    return exp
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """The same tiny experiment logged to W&B (offline) and to trackio (its database in the suite directory)."""
@@ -263,11 +288,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(rewards, "reward_functions", shaped_reward_functions)
         mp.setenv("WANDB_MODE", "offline")
-        mp.delenv("TRACKIO_DIR", raising=False)
-        return {
-            "wandb": _train(root, "wb"),
-            "trackio": _train(root, "tio", wandb__backend="trackio", wandb__log_gradient_images=False),
-        }
+        wandb_run = _train(root, "wb")
+    trackio_run = _train_in_process_of_its_own(root, "tio", wandb__backend="trackio", wandb__log_gradient_images=False)
+    return {"wandb": wandb_run, "trackio": trackio_run}
 
 
 def _json(path: Path) -> Any:
@@ -283,8 +306,9 @@ def _wandb_record(exp: Path) -> wandb_records.RunRecord:
 def _trackio(exp: Path) -> tuple[list[tuple[int, dict]], dict]:
     from perl_cli.tracking.dashboard_backends import trackio_config, trackio_rows
 
-    run = _json(exp / "eval.json")["trackio_run"]
-    directory, project = exp.parent / "trackio", _json(exp / "config.json")["wandb"]["project"]
+    ev = _json(exp / "eval.json")
+    run, directory, project = ev["trackio_run"], Path(ev["trackio_dir"]), ev["trackio_project"]
+    assert directory == exp.parent / "trackio"  # the suite directory, not the user's home
     return trackio_rows(directory, project, run), trackio_config(directory, project, run)
 
 

@@ -138,14 +138,22 @@ class TrackioBackend(Backend):
         self.section = section
         self.trackio: Any = None
         self.run: Any = None
-        self.directory = Path(os.environ.get("TRACKIO_DIR") or exp_dir.parent / TRACKIO_DIR_NAME)
+        self.directory = trackio_dir(exp_dir)
 
     def start(self, identity: Any) -> int | None:
-        # trackio reads TRACKIO_DIR when it is imported.
-        os.environ["TRACKIO_DIR"] = str(self.directory)
+        prepare_environment(self.exp_dir, {"wandb": self.section})
         import trackio
+        import trackio.utils
 
         self.trackio = trackio
+        actual = Path(trackio.utils.TRACKIO_DIR)
+        if actual.resolve() != self.directory.resolve():
+            # Imported before TRACKIO_DIR was set (TRL imports it): it writes where it was told then.
+            print(f"[perl] trackio: logging to {actual}, not {self.directory} (trackio was imported before "
+                  "TRACKIO_DIR was set)", flush=True)
+            self.directory = actual
+        print(f"[perl] trackio: dashboard with TRACKIO_DIR={self.directory} trackio show --project "
+              f"{identity.project}", flush=True)
         self.project = identity.project
         self.run_name = identity.run_id  # resume finds a run by its name: it must be unique
         recorded = trackio_last_step(self.directory, self.project, self.run_name)
@@ -176,6 +184,19 @@ class TrackioBackend(Backend):
     def finish(self, exit_code: int = 0) -> dict[str, Any]:
         self.trackio.finish()  # flushes the queued rows into the database
         return {"trackio_dir": str(self.directory), "trackio_project": self.project, "trackio_run": self.run_name}
+
+
+def trackio_dir(exp_dir: Path) -> Path:
+    """trackio's directory for an experiment: TRACKIO_DIR when set, else `trackio/` in the suite directory."""
+    return Path(os.environ.get("TRACKIO_DIR") or Path(exp_dir).parent / TRACKIO_DIR_NAME)
+
+
+def prepare_environment(exp_dir: Path, config: Any) -> None:
+    """Set TRACKIO_DIR for a trackio experiment. Must run before TRL is imported: TRL imports
+    trackio, and trackio reads TRACKIO_DIR once, when it is imported (the worker calls this first)."""
+    section = config.get("wandb") if isinstance(config, dict) else None
+    if isinstance(section, dict) and section.get("use_wandb") and section.get("backend") == "trackio":
+        os.environ["TRACKIO_DIR"] = str(trackio_dir(exp_dir))
 
 
 def trackio_db(directory: Path, project: str) -> Path:
