@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -376,6 +377,15 @@ def test_the_wandb_record_holds_spectra_gradients_memory_images_results_tags_and
     assert rec.summary["results/trainable_params"] == ev["trainable_params"]
     assert rec.summary["train/train_loss"] is not None and rec.exit_code == 0
     assert ev["wandb_dir"] == str(run_dir)
+
+
+@pytest.mark.slow
+def test_the_record_can_be_read_without_network_from_the_command_line(runs) -> None:
+    out = subprocess.run([sys.executable, "-m", "perl_cli.tracking.wandb_records", str(runs["wandb"] / "wandb")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "5 steps (0–4)" in out.stdout and "spectral_images" in out.stdout and "eval/accuracy_sampled = " in out.stdout
+    assert re.search(r"group [\d.]+[KMB]_lora\n", out.stdout), out.stdout
 
 
 def _shape(key: str) -> str:

@@ -396,7 +396,7 @@ class DashboardCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state_: Any, control: Any, **kwargs: Any) -> None:
         if state_.global_step < state_.max_steps:
-            self.close(0)  # stopped early (a signal): this attempt logs nothing more
+            self.close(143)  # stopped early (a stop signal): W&B marks the attempt failed until it resumes
         # Completed: the last row waits for the evaluation (`finish`).
 
     # --- the end ----------------------------------------------------------------------------
@@ -426,6 +426,8 @@ class DashboardCallback(TrainerCallback):
         finally:
             info = self.backend.finish(exit_code)
         atexit.unregister(self.close)
+        # PeRL's own share of the logging cost (the library's background work is not in it).
+        info.update(dashboard_seconds=round(self.seconds, 4), dashboard_image_seconds=round(self.image_seconds, 4))
         return info
 
 

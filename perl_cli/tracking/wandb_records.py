@@ -184,3 +184,43 @@ def last_step(wandb_dir: Path | str, run_id: str) -> int | None:
         if steps:
             best = max(steps) if best is None else max(best, max(steps))
     return best
+
+
+def describe(wandb_dir: Path | str) -> str:
+    """A plain-text account of every attempt's record under `wandb_dir` (see `main`)."""
+    lines = []
+    for path in run_files(wandb_dir):
+        rec = read_run(path)
+        families = sorted({k.split("/")[0] for k in rec.keys() if not k.startswith("_")})
+        steps = rec.steps
+        span = f"{len(steps)} steps ({steps[0]}–{steps[-1]})" if steps else "no steps"
+        lines += [
+            f"{path.parent.name}: run {rec.run_id}, project {rec.project}, group {rec.group}",
+            f"  tags: {', '.join(rec.tags)}",
+            f"  history: {span}, {len(rec.keys())} keys in {', '.join(families)}",
+        ]
+        held_out = [f"{k} = {v:.4g}" for k, v in sorted(rec.summary.items())
+                    if k.startswith("eval/") and isinstance(v, (int, float))]
+        lines.append("  summary: " + (", ".join(held_out) if held_out else "no held-out evaluation (yet)"))
+    return "\n".join(lines) or f"no W&B run records under {wandb_dir}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m perl_cli.tracking.wandb_records output/<suite>/<experiment>/wandb`: what an
+    offline run will upload, read without network or account."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m perl_cli.tracking.wandb_records EXPERIMENT_DIR/wandb", file=sys.stderr)
+        return 2
+    try:
+        print(describe(args[0]))
+    except (OSError, RecordError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
