@@ -208,6 +208,95 @@ def test_results_summary_holds_base_trained_sampled_greedy_with_se_and_nested_be
     assert not any("method" in k or "device" in k for k in s)
 
 
+# --- the callback's rows, with a backend that keeps them in memory ---------------------------
+
+
+class MemoryBackend:
+    """Records what the callback logs (the end-to-end tests below read the real libraries' files)."""
+
+    def __init__(self, name: str = "wandb", recorded: int | None = None, fail: bool = False) -> None:
+        self.name, self.recorded, self.fail = name, recorded, fail
+        self.rows: list[tuple[int, dict]] = []
+        self.summary: dict = {}
+        self.finished: int | None = None
+
+    def start(self, identity: Any) -> int | None:
+        if self.fail:
+            raise ConnectionError("no network")
+        return self.recorded
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.rows.append((step, dict(metrics)))
+
+    def histogram(self, values: list[float]) -> Any:
+        return ("hist", len(values))
+
+    def image(self, png: bytes, caption: str) -> Any:
+        return ("png", png[:4])
+
+    def summarize(self, values: dict, step: int | None) -> None:
+        self.summary.update(values)
+
+    def finish(self, exit_code: int = 0) -> dict:
+        self.finished = exit_code
+        return {}
+
+
+def _callback(backend: MemoryBackend):
+    from perl_cli.tracking.dashboard import DashboardCallback, Identity
+
+    ident = Identity("p", "exp", "exp-1", "1.5B_lora", ["lora"], {})
+    return DashboardCallback(backend, ident, on_gpu=False, spectral_images=False, gradient_images=False)
+
+
+class _State:
+    def __init__(self, step: int, max_steps: int = 3) -> None:
+        self.global_step, self.max_steps = step, max_steps
+
+
+def _train_steps(cb, steps: range, max_steps: int) -> None:
+    for step in steps:
+        cb.on_step_begin(None, _State(step - 1, max_steps), None)
+        cb.gradient(step, [{"step": step, "seconds": 0.0, "layers": {"layers.0.q": {"A": 1.0, "B": 2.0}}}])
+        cb.on_step_end(None, _State(step, max_steps), None)
+        cb.on_log(None, _State(step, max_steps), None, logs={"reward": 0.5, "loss": 0.1})
+    cb.on_train_end(None, _State(steps[-1], max_steps), None)
+
+
+def test_one_row_per_step_and_the_results_in_the_summary() -> None:
+    backend = MemoryBackend()
+    cb = _callback(backend)
+    _train_steps(cb, range(1, 4), 3)
+    assert [s for s, _ in backend.rows] == [1, 2]  # the last row waits for the evaluation
+    cb.finish({"accuracy_sampled": 0.5, "base_accuracy_sampled": 0.25})
+    assert [s for s, _ in backend.rows] == [1, 2, 3] and backend.finished == 0
+    assert all({"train/reward", "memory/cpu_rss_mb", "grad_norm/layers.0.q/B"} <= set(r) for _, r in backend.rows)
+    assert backend.summary["eval/gain_sampled"] == 0.25 and "eval/accuracy_sampled" not in backend.rows[-1][1]
+
+
+def test_trackio_gets_the_results_in_the_last_row() -> None:
+    backend = MemoryBackend("trackio")
+    cb = _callback(backend)
+    _train_steps(cb, range(1, 4), 3)
+    cb.finish({"accuracy_sampled": 0.5})
+    assert backend.rows[-1][0] == 3 and backend.rows[-1][1]["eval/accuracy_sampled"] == 0.5
+
+
+def test_steps_the_record_holds_are_not_logged_again_and_a_stop_closes_the_run() -> None:
+    backend = MemoryBackend(recorded=5)  # an attempt that died after step 5; the checkpoint was step 3
+    cb = _callback(backend)
+    _train_steps(cb, range(4, 8), 10)  # stopped by a signal after step 7
+    assert [s for s, _ in backend.rows] == [6, 7] and backend.finished == 143
+
+
+def test_a_dashboard_that_cannot_start_does_not_stop_training(capsys) -> None:
+    backend = MemoryBackend(fail=True)
+    cb = _callback(backend)
+    _train_steps(cb, range(1, 4), 3)
+    assert cb.finish({"accuracy_sampled": 0.5}) == {} and backend.rows == []
+    assert "could not start (ConnectionError: no network); training goes on" in capsys.readouterr().out
+
+
 # --- the schema -----------------------------------------------------------------------------
 
 

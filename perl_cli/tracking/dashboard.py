@@ -275,13 +275,21 @@ class DashboardCallback(TrainerCallback):
         if self.started:
             return
         self.started = True
-        self.recorded = self.backend.start(self.identity)
+        try:
+            self.recorded = self.backend.start(self.identity)
+        except Exception as exc:  # noqa: BLE001 - a dashboard that cannot start must not cost the run
+            print(f"[perl] warning: {self.backend.name} could not start ({type(exc).__name__}: {exc}); "
+                  "training goes on without the dashboard", flush=True)
+            self.closed = True
+            return
         atexit.register(self.close, 1)  # a failed or killed-by-exception worker still flushes
         if self.recorded is not None:
             print(f"[perl] {self.backend.name}: continuing run {self.identity.run_id}, which holds steps up to "
                   f"{self.recorded}", flush=True)
 
     def _wanted(self, step: int) -> bool:
+        if self.closed:
+            return False
         if self.recorded is not None and step <= self.recorded:
             if step not in self.skipped:
                 self.skipped.append(step)
@@ -388,7 +396,8 @@ class DashboardCallback(TrainerCallback):
         numbers = {k: v for k, v in logs.items() if _finite(v) is not None}
         if any(k in logs for k in _SUMMARY_KEYS):
             self._start()
-            self.backend.summarize({f"train/{k}": v for k, v in numbers.items()}, state_.global_step)
+            if not self.closed:
+                self.backend.summarize({f"train/{k}": v for k, v in numbers.items()}, state_.global_step)
             return
         row = {("eval/" + k[5:] if k.startswith("eval_") else f"train/{k}"): v for k, v in numbers.items()}
         row["train/global_step"] = state_.global_step
@@ -404,6 +413,8 @@ class DashboardCallback(TrainerCallback):
     def finish(self, results: dict[str, Any]) -> dict[str, Any]:
         """The held-out results into the run summary (and the last row, for trackio); close."""
         self._start()
+        if self.closed:
+            return {}
         summary = results_summary(results)
         step = self.pending_step if self.pending_step is not None else max(self.last_logged, 0)
         self.backend.summarize(summary, step)
