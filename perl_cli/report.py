@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import report_geometry, report_significance, report_studies
+from perl_cli import plots, report_geometry, report_significance, report_studies
 from perl_cli import state as st
 from perl_cli.experiments_view import SuiteView, disk_usage
 from perl_cli.report_model import (  # noqa: F401 - Row, load_rows, curve: the report's public names too
@@ -315,14 +315,8 @@ def draw_plots(view: SuiteView, rows: list[Row], directory: Path, progress: Prog
         tell(f"drawing {filename}")
         fig, ax = plt.subplots(figsize=(7, 4.5))
         try:
-            steps, layers, values = grid
             # One colour scale for every method's heatmap, so that colours compare across them.
-            image = ax.imshow(values, aspect="auto", origin="lower", cmap="viridis", vmin=low, vmax=high)
-            fig.colorbar(image, ax=ax, label="gradient norm (log10), same scale for every method")
-            ax.set_xlabel("step")
-            ax.set_ylabel("module")
-            _ticks(ax.set_xticks, ax.set_xticklabels, steps)
-            _ticks(ax.set_yticks, ax.set_yticklabels, layers)
+            plots.draw_gradient_heatmap(fig, ax, grid, vmin=low, vmax=high, shared=True)
             ax.set_title(f"{view.suite}: gradient norms, {label}", fontsize=10)
             fig.tight_layout()
             fig.savefig(directory / filename, dpi=110)
@@ -334,8 +328,7 @@ def draw_plots(view: SuiteView, rows: list[Row], directory: Path, progress: Prog
 
 def gradient_scale(grids: dict[str, tuple[list, list, list[list[float]]]]) -> tuple[float | None, float | None]:
     """(min, max) of the log10 gradient norms over every method's grid: the heatmaps' shared scale."""
-    values = [v for _, _, grid in grids.values() for line in grid for v in line if math.isfinite(v)]
-    return (min(values), max(values)) if values else (None, None)
+    return plots.value_range(grids.values())
 
 
 # Training curves are noisy (each logged value averages a few prompts): past this many logged
@@ -435,11 +428,11 @@ def _plot_axis(ax, rows: list[Row], attr: str) -> bool:
 
 
 def _plot_effective_rank(ax, rows: list[Row]) -> bool:
-    drawn = False
+    series = []
     for g in groups(rows):
-        series = [dict(_spectral_series(r)) for r in g.runs]
-        series = [x for x in series if x]
-        if not series:
+        runs = [dict(_spectral_series(r)) for r in g.runs]
+        runs = [x for x in runs if x]
+        if not runs:
             continue
         common = set.intersection(*(set(x) for x in series))
         steps, mean, _ = by_step((s, x[s]) for x in series for s in common)

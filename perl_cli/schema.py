@@ -164,6 +164,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "entity": Field(None, "str", "W&B entity", nullable=True),
         "offline": Field(False, "bool", "log offline (sync later with `wandb sync`)"),
         "tags": Field([], "str_list", "extra W&B tags"),
+        # What reaches the dashboard (perl_cli/tracking/dashboard.py); none of it changes results.
+        "backend": Field(
+            "wandb", "str", "dashboard to log to: wandb (Weights & Biases) or trackio (local, no account)",
+            choices=("wandb", "trackio"),
+        ),
+        "log_spectral_images": Field(True, "bool", "log singular-value and effective-rank images with each spectral snapshot"),
+        "log_gradient_images": Field(True, "bool", "log the gradient-norm heatmap with each gradient snapshot"),
     },
     "eval": {
         "enabled": Field(True, "bool", "evaluate on the held-out set at the end"),
@@ -210,6 +217,9 @@ ALIASES: dict[str, str] = {
 # A section given by its "off" switch is left out whole when switched off.
 FINGERPRINT_NEUTRAL: dict[str, Any] = {"peft.layers": "all"}
 FINGERPRINT_OFF_SECTIONS: dict[str, tuple[str, Any]] = {"ica": ("mode", "off")}
+# Settings never in the fingerprint: they change what the dashboard shows, not what is learned,
+# so changing them does not make a completed experiment stale.
+FINGERPRINT_EXCLUDED = frozenset({"wandb.backend", "wandb.log_spectral_images", "wandb.log_gradient_images"})
 
 # --- collapse stopping (issue 17) ---------------------------------------------------------
 # Off by default, and then outside the fingerprint: runs that finished before it existed stay
@@ -229,7 +239,10 @@ def fingerprint_view(settings: dict[str, Any]) -> dict[str, Any]:
         if off is not None and isinstance(values, dict) and values.get(off[0], off[1]) == off[1]:
             continue
         if isinstance(values, dict):
-            values = {k: v for k, v in values.items() if FINGERPRINT_NEUTRAL.get(f"{section}.{k}", ...) != v}
+            values = {
+                k: v for k, v in values.items()
+                if FINGERPRINT_NEUTRAL.get(f"{section}.{k}", ...) != v and f"{section}.{k}" not in FINGERPRINT_EXCLUDED
+            }
         out[section] = values
     return out
 

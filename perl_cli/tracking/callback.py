@@ -4,6 +4,8 @@ Writes `spectral_history.json` and `gradient_flow.json` (readable without torch,
 `perl report`) with `.pt` twins for torch users, atomically, into the experiment
 directory. Each snapshot records the seconds it took, so its overhead is measured.
 On resume, entries after the checkpoint's step are dropped, keeping histories continuous.
+Listeners (the dashboard, perl_cli/tracking/dashboard.py) get each snapshot as it is taken:
+`spectral(step, history)` and `gradient(step, history)`, so nothing is computed twice.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ BASE_MOVING_METHODS = ("pissa", "milora")
 
 
 class TrackingCallback(TrainerCallback):
-    def __init__(self, exp_dir: Path | str, tracker: dict[str, Any], method: str) -> None:
+    def __init__(self, exp_dir: Path | str, tracker: dict[str, Any], method: str, listeners: list[Any] | None = None) -> None:
         self.dir = Path(exp_dir)
+        self.listeners = list(listeners or [])
         self.spectral_every = tracker["spectral_log_frequency"] if tracker["enable_spectral_tracking"] else 0
         self.gradient_every = tracker["gradient_log_frequency"] if tracker["enable_gradient_tracking"] else 0
         self.method = method
@@ -65,6 +68,8 @@ class TrackingCallback(TrainerCallback):
             norms = gradients.gradient_norms(model)
             self.gradient.append({"step": step, "seconds": time.perf_counter() - started, "layers": norms})
             self._write(GRADIENT_FILE, self.gradient)
+            for listener in self.listeners:
+                listener.gradient(step, self.gradient)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.spectral_every and model is not None and state.global_step % self.spectral_every == 0:
@@ -80,6 +85,8 @@ class TrackingCallback(TrainerCallback):
         layers = spectral.snapshot(model, self.initial, self.base)
         self.spectral.append({"step": step, "seconds": time.perf_counter() - started, "layers": layers})
         self._write(SPECTRAL_FILE, self.spectral)
+        for listener in self.listeners:
+            listener.spectral(step, self.spectral)
 
     def _write(self, name: str, history: list[dict]) -> None:
         payload = {"method": self.method, "history": history}

@@ -6,7 +6,6 @@ torch, transformers, peft and TRL.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from perl_cli.methods import Method, build_adapter, get_method
 from perl_cli.models import BUILTIN_MODELS, is_builtin, load_model, load_tokenizer
 from perl_cli.placement import PlacementError
 from perl_cli.stats import head_mean, tail_mean
+from perl_cli.tracking.dashboard import make_callback as make_dashboard
 from perl_cli.train import callbacks as cb
 from perl_cli.train.artifacts import (
     BASE_EVAL_FILE,
@@ -55,6 +55,7 @@ class TrainingSession:
         self.trainable_params = 0
         self.train_seconds = 0.0
         self.ica_summary: dict[str, Any] = {}
+        self.dashboard: Any = None
 
     # --- setup -------------------------------------------------------------------------
 
@@ -229,42 +230,26 @@ class TrainingSession:
 
     # --- training ----------------------------------------------------------------------
 
-    def _report_to(self) -> list[str]:
-        w = self.config.get("wandb") or {}
-        if not w.get("use_wandb"):
-            return []
-        model_short = Path(str(self.config["model"]["model_name_or_path"]).removeprefix("builtin:")).name
-        name = str(self.config.get("name") or self.exp_dir.name)
-        env = {
-            "WANDB_PROJECT": str(w.get("project") or "perl"),
-            "WANDB_RUN_GROUP": f"{model_short}_{self.method.name}",
-            "WANDB_TAGS": ",".join([self.method.name, f"seed{self.seed}", *map(str, w.get("tags") or [])]),
-            "WANDB_NAME": name,
-            "WANDB_DIR": str(self.exp_dir),
-            # A resumed experiment continues the same W&B run.
-            "WANDB_RUN_ID": f"{name}-{self.config.get('fingerprint') or 'x'}",
-            "WANDB_RESUME": "allow",
-        }
-        if w.get("entity"):
-            env["WANDB_ENTITY"] = str(w["entity"])
-        if w.get("offline") or not os.environ.get("WANDB_API_KEY"):
-            env["WANDB_MODE"] = "offline"
-        os.environ.update(env)
-        return ["wandb"]
-
     def train(self, resume: Path | None) -> None:
         reward_funcs, weights = rewards.reward_functions(self.prompt_format)
         args = grpo_args(
-            self.config, self.exp_dir, on_gpu=self.on_gpu, report_to=self._report_to(), reward_weights=weights
+            self.config, self.exp_dir, on_gpu=self.on_gpu, report_to=[], reward_weights=weights
         )
         total = int(self.training["max_steps"])
         self.progress = cb.ProgressCallback(self.metrics_path, self.status, total)
         callbacks: list[Any] = [self.progress, self.stopper]
+        # W&B or trackio: logged by PeRL's own callback, not TRL's report_to (docs/architecture.md).
+        self.dashboard = make_dashboard(
+            self.exp_dir, self.config, self.method.name, self.method.uses_rank, self.total_params, self.on_gpu
+        )
         tracker = self.config.get("tracker") or {}
         if tracker.get("enable_spectral_tracking") or tracker.get("enable_gradient_tracking"):
             from perl_cli.tracking.callback import TrackingCallback
 
-            callbacks.append(TrackingCallback(self.exp_dir, tracker, self.method.name))
+            listeners = [self.dashboard] if self.dashboard else []
+            callbacks.append(TrackingCallback(self.exp_dir, tracker, self.method.name, listeners))
+        if self.dashboard:
+            callbacks.append(self.dashboard)  # before FailAtStep: a step's row is logged before it fires
         if self.training.get("stop_on_collapse"):
             from perl_cli.train.collapse_stop import StopOnCollapse
 
@@ -359,7 +344,7 @@ class TrainingSession:
         results.update(self.ica_summary)
         results["peak_memory_mb"] = peak_memory_mb(self.on_gpu)
         results["device"] = "cuda" if self.on_gpu else "cpu"
-        results.update(self._wandb_info())
+        results.update(self._wandb_info(results))
         return results
 
     @property
@@ -390,16 +375,6 @@ class TrainingSession:
             out["correct_quarter_means"] = learning.quarter_means(correct)
         return out
 
-    def _wandb_info(self) -> dict[str, Any]:
-        if "wandb" not in (self.trainer.args.report_to if self.trainer else []):
-            return {}
-        import wandb
-
-        run = wandb.run
-        if run is None:
-            return {}
-        info = {"wandb_dir": str(Path(run.dir).parent)}
-        if os.environ.get("WANDB_MODE") != "offline":
-            info["wandb_url"] = run.url
-        wandb.finish()
-        return info
+    def _wandb_info(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Held-out results into the dashboard's run summary; the run's directory (and URL)."""
+        return self.dashboard.finish(results) if self.dashboard else {}

@@ -114,6 +114,9 @@ def apply_runtime(config: Any) -> Any:
 
 def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: Any) -> int:
     started = time.time()
+    from perl_cli.tracking.dashboard_backends import prepare_environment
+
+    prepare_environment(exp_dir, config)  # before TRL is imported: it imports trackio
     from perl_cli.train.session import TrainingSession  # heavy imports happen here
 
     session = TrainingSession(exp_dir, config, status, stopper)
