@@ -37,9 +37,7 @@ from typing import Any
 Progress = Callable[[str, int | None, int | None], None]
 
 BUILTIN_PREFIX = "builtin:"
-PAD, EOS = "<pad>", "<eos>"
-# Every character a compact Countdown prompt or completion can contain.
-CHARSET = "0123456789 \n+-*/()=:<>abcdefghijklmnopqrstuvwxyz"
+from perl_cli.charset import CHARSET, EOS, PAD  # noqa: E402,F401  (re-exported: perl_cli.models.CHARSET)
 
 
 class ModelError(Exception):

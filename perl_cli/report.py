@@ -434,18 +434,11 @@ def _plot_effective_rank(ax, rows: list[Row]) -> bool:
         runs = [x for x in runs if x]
         if not runs:
             continue
-        common = set.intersection(*(set(x) for x in series))
-        steps, mean, _ = by_step((s, x[s]) for x in series for s in common)
-        if not steps:
-            continue
-        ax.plot(steps, mean, marker=".", label=f"{g.label} ({len(series)} run{'s' if len(series) != 1 else ''})")
-        drawn = True
-    if drawn:
-        ax.set_xlabel("step")
-        ax.set_ylabel("effective rank (mean over layers and seeds)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    return drawn
+        common = set.intersection(*(set(x) for x in runs))
+        steps, mean, _ = by_step((s, x[s]) for x in runs for s in common)
+        if steps:
+            series.append((f"{g.label} ({len(runs)} run{'s' if len(runs) != 1 else ''})", steps, mean))
+    return plots.draw_effective_rank(ax, series)
 
 
 def _spectral_series(row: Row) -> list[tuple[float, float]]:
