@@ -158,6 +158,7 @@ class TrainingSession:
         return {
             "num_samples": int(e.get("num_samples", 4)),
             "temperature": float(e.get("temperature", 1.0)),
+            "top_p": float(e.get("top_p", 1.0)),
             "max_new_tokens": int(e.get("max_new_tokens") or self.training["max_completion_length"]),
             "seed": self.seed,
         }
@@ -270,7 +271,10 @@ class TrainingSession:
         fail_hook = cb.FailAtStep.from_env(self.exp_dir)
         if fail_hook is not None:
             callbacks.append(fail_hook)
-        if self.method.reallocates_rank:
+        # peft.adalora_reallocation = false is upstream's AdaLoRA under TRL: neither the
+        # reallocation nor the orthogonality term (TRL calls neither).
+        as_peft_means = bool(self.peft_section.get("adalora_reallocation", True))
+        if self.method.reallocates_rank and as_peft_means:
             callbacks.append(cb.AdaLoraAllocator(self.model))  # last: after every save request
         optimizer = None
         if self.method.optimizer is not None:
@@ -284,7 +288,7 @@ class TrainingSession:
             processing_class=self.tokenizer,
             callbacks=callbacks,
             optimizers=(optimizer, None),
-            regulariser=self.method.regulariser,
+            regulariser=self.method.regulariser if as_peft_means else None,
         )
         # Counted on the optimizer, after every freezing step (LoRA-FA's optimizer freezes A).
         self.trainer.create_optimizer()
