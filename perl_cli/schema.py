@@ -55,6 +55,7 @@ PEFT_METHODS = (
     "miss",
     "ia3",
     "ln_tuning",
+    "hra",
 )
 
 SCHEMA: dict[str, dict[str, Field]] = {

@@ -207,3 +207,17 @@ def test_adalora_resumes_from_a_checkpoint_with_a_rank_pattern(tmp_path: Path, c
     assert run_experiment(exp) == 0, (exp / "status.json").read_text()
     ranks = json.loads((exp / "eval.json").read_text())["adalora_rank_pattern"]
     assert sum(ranks.values()) == 4 * len(ranks)
+
+
+def test_adalora_without_reallocation_is_upstream_s_adalora(tmp_path: Path, captured: dict[str, Any]) -> None:
+    """peft.adalora_reallocation = false: AdaLoRA as TRL runs it upstream, no reallocation, no regulariser."""
+    from perl_cli.train import run_experiment
+
+    config = make_config("ada_upstream", **_overrides("adalora"), peft__adalora_reallocation=False)
+    exp = write_experiment(tmp_path, config)
+    assert run_experiment(exp) == 0, (exp / "status.json").read_text()
+    results = json.loads((exp / "eval.json").read_text())
+    ranks = results["adalora_rank_pattern"]
+    assert ranks and set(ranks.values()) == {8}  # every layer keeps init_r: nothing was pruned
+    assert all("regulariser" not in r for r in read_metrics(exp))
+    assert captured["regulariser_grads"] == []
