@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import report_studies
+from perl_cli import report_provenance, report_studies
 from perl_cli import state as st
 from perl_cli.config import IDENTITY_KEYS
 from perl_cli.experiments_view import ExperimentView, SuiteView, dig, disk_usage
@@ -318,6 +318,7 @@ def summary_markdown(view: SuiteView, rows: list[Row], diagnoses: list, plots: l
     for attr, label in varying_axes(rows):
         lines += _axis_table(rows, attr, label)
     lines += report_studies.markdown(rows)  # placement / ICA suites: their own comparison
+    lines += report_provenance.markdown(rows)  # the environment once; warns on mixed library versions
     if plots:
         lines += ["## Plots", ""]
         for title, filename in plots:
@@ -781,11 +782,15 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
                 text, _ = build(view, draw=False, config_path=config_path, output=output, progress=tell)
                 bar.remove_task(task)
                 print(text)
+                for line in report_provenance.warning_lines(text):
+                    console.print(f"{name}: {line.replace('**', '')}", markup=False)
                 continue
             view.suite_dir.mkdir(parents=True, exist_ok=True)
             text, plots = build(view, draw=True, config_path=config_path, output=output, progress=tell)
             st.atomic_write_text(view.suite_dir / SUMMARY_FILE, text)
             bar.remove_task(task)
+            for line in report_provenance.warning_lines(text):
+                console.print(f"{name}: {line.replace('**', '')}", markup=False)
             console.print(
                 f"wrote {view.suite_dir / SUMMARY_FILE}"
                 + (f" and {len(plots)} plots ({', '.join(f for _, f in plots)})" if plots else " (no plot: no data yet)"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,15 @@ from perl_cli.train.worker import (
 )
 
 
+def quiet_known_deprecations() -> None:
+    """peft (get_peft_model) and TRL (generation, saving) still read transformers 5's
+    deprecated `is_gradient_checkpointing` alias; the FutureWarning it raises is theirs to
+    fix, says nothing about the run, and was printed into train.log again and again.
+    Only it is silenced (called when a session starts, so a test harness that resets the
+    warning filters between tests still gets it)."""
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 class TrainingSession:
     def __init__(self, exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: cb.StopOnSignal) -> None:
         self.exp_dir = exp_dir
@@ -58,6 +68,7 @@ class TrainingSession:
     # --- setup -------------------------------------------------------------------------
 
     def prepare(self, resume: Path | None) -> None:
+        quiet_known_deprecations()
         model_cfg = self.config["model"]
         name = str(model_cfg["model_name_or_path"])
         set_seed(self.seed)

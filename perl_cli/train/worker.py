@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from perl_cli import outcomes, state
+from perl_cli import outcomes, provenance, state
 from perl_cli.config import ConfigError  # one error type for an unrunnable config: exit 2
 from perl_cli.data import countdown
 from perl_cli.models import ModelError
@@ -104,6 +104,7 @@ def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: A
     started = time.time()
     from perl_cli.train.session import TrainingSession  # heavy imports happen here
 
+    provenance.record(exp_dir)  # what produced this run (after torch is imported: CUDA, GPUs)
     session = TrainingSession(exp_dir, config, status, stopper)
     resume = state.last_checkpoint(exp_dir)
     session.prepare(resume)
