@@ -82,10 +82,12 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 # Learning rate of the methods with few trainable parameters, as a multiple of the shared
 # `training.learning_rate`, unless an experiment sets the rate for the method explicitly
 # (like METHOD_DEFAULTS). Sources in docs/recipes.md ("Learning rates"):
-# VeRA: its paper tunes it ~10x LoRA's (e.g. 4e-3 vs 4e-4 for Llama instruction tuning),
-# the ratio PeRL's suites used already (core-1.5b 1e-4 vs 1e-5, demo 5e-3 vs 5e-4).
-# IA3 and LN tuning: a sweep on the demo (bench/lr_sweep.py).
-METHOD_LR_SCALE: dict[str, float] = {"vera": 10.0, "ia3": 10.0, "ln_tuning": 10.0}
+# VeRA: its paper (Kopiczko et al., ICLR 2024) tunes it about 10x LoRA's rate on the same
+# tasks, the ratio PeRL's suites used already (core-1.5b 1e-4 vs 1e-5, demo 5e-3 vs 5e-4).
+# IA3: its paper (Liu et al., 2022, T-Few) trains the vectors at 3e-3, an order of
+# magnitude above LoRA's usual rates. LN tuning: no source and no sweep yet (the shared
+# rate; docs/recipes.md says so).
+METHOD_LR_SCALE: dict[str, float] = {"vera": 10.0, "ia3": 10.0}
 
 # Methods whose upstream placement is peft's default for the architecture
 # (`peft.peft_default_targets = true`).

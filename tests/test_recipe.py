@@ -171,7 +171,7 @@ method = ["lora", "pissa", "milora", "vera", "ia3", "ln_tuning", "hra"]
 
 def test_few_parameter_methods_scale_the_shared_learning_rate(tmp_path: Path) -> None:
     got = {name: c["training"]["learning_rate"] for name, c in _expand(tmp_path, SUITE).items()}
-    for method in ("lora", "pissa", "milora", "hra"):
+    for method in ("lora", "pissa", "milora", "hra", "ln_tuning"):
         assert got[method] == 2e-5
     for method, scale in METHOD_LR_SCALE.items():
         assert got[method] == pytest.approx(2e-5 * scale), method
