@@ -245,3 +245,26 @@ def test_peft_default_targets_switch_uses_peft_s_placement(method: str) -> None:
     assert targets == {"q_proj", "v_proj"}, targets  # peft's default for Qwen2
     ours = _adapted(method, r=4).peft_config["default"].target_modules
     assert ours == "all-linear" or len(set(ours)) > 2
+
+
+def test_paper_suite_plans_with_upstream_s_values() -> None:
+    cfg = configlib.load(configlib.PACKAGED_CONFIG)
+    exps = {e.method: e.config for e in configlib.expand(cfg, "paper-1.5b")}
+    lora = exps["lora"]
+    assert (lora["peft"]["r"], lora["peft"]["lora_alpha"], lora["peft"]["lora_dropout"]) == (32, 64.0, 0.05)
+    assert (lora["training"]["epsilon"], lora["training"]["epsilon_high"]) == (0.2, 0.28)
+    assert configlib.prompts_per_step(lora) == 16
+    assert (lora["training"]["max_completion_length"], lora["training"]["max_prompt_length"]) == (16384, 512)
+    assert (lora["eval"]["temperature"], lora["eval"]["top_p"]) == (0.7, 0.9)
+    assert exps["pissa"]["peft"]["lora_dropout"] == 0.05 and exps["pissa"]["peft"]["pissa_niter"] == 4
+    assert exps["lora_plus"]["peft"]["lora_plus_ratio"] == 2.0
+    assert set(exps) == set(configlib.schema.PEFT_METHODS)
+
+
+def test_cpu_suites_cover_every_method_and_both_quirk_settings() -> None:
+    cfg = configlib.load(configlib.PACKAGED_CONFIG)
+    assert {e.method for e in configlib.expand(cfg, "all-methods")} == set(schema.PEFT_METHODS)
+    art = configlib.expand(cfg, "artifacts-demo")
+    on = [e for e in art if e.config["peft"]["adapter_dtype"] == "bfloat16"]
+    assert len(on) == 4 and all(e.config["peft"]["lora_dropout"] == 0.05 for e in on)
+    assert all(e.config["peft"]["lora_dropout"] == 0.0 for e in art if e not in on)
