@@ -453,11 +453,12 @@ def _paths(table: dict[str, dict[str, Any]]) -> set[str]:
 def _method_defaults(config: dict, explicit: set[str]) -> dict:
     """The method's own defaults (methods.METHOD_DEFAULTS) for the paths not in `explicit`.
 
-    e.g. PiSSA and MiLoRA use dropout 0 even when [base] sets lora_dropout = 0.05.
+    e.g. PiSSA and MiLoRA use dropout 0 even when [base] sets lora_dropout = 0.05, and
+    VeRA 10x the shared learning rate (methods.method_defaults).
     """
-    from perl_cli.methods import METHOD_DEFAULTS
+    from perl_cli.methods import method_defaults
 
-    own = METHOD_DEFAULTS.get(config["peft"]["type"], {})
+    own = method_defaults(config)
     for path, value in own.items():
         if path not in explicit:
             section, key = path.split(".", 1)

@@ -22,7 +22,17 @@ Method notes (docs/fairness.md has the rules that keep the methods comparable):
   freezes A and projects B's gradient (peft's LoRA-FA optimizer).
 * ``vera``, ``miss`` take r, dropout and target modules, but no alpha.
 * ``ia3`` and ``ln_tuning`` have no rank; "all-linear" means each method's standard
-  placement (IA3: keys, values and the FFN down projection; LN tuning: the norms).
+  placement (IA3: peft's default for the architecture, e.g. q/v and the FFN down
+  projection on Qwen2; LN tuning: the norms).
+* ``hra`` (Householder reflection adaptation, peft's ``HRAConfig``) multiplies each
+  weight by r Householder reflections; it takes r and target modules, no alpha and no
+  dropout.
+
+Upstream's quirks (docs/recipes.md) are switches of the peft section, all off by default:
+``adapter_dtype`` (base/bfloat16 adapters), ``dropout_on_svd_methods`` (PiSSA/MiLoRA
+take the shared dropout), ``adalora_reallocation = false`` (AdaLoRA as TRL runs it:
+no reallocation, no orthogonality term) and ``peft_default_targets`` (VeRA, IA3, MiSS,
+HRA on peft's default modules).
 
 Every method trains float32 tensors, whatever the base dtype (peft's default for
 adapters; `build_adapter` enforces it for MiLoRA and LN tuning, docs/fairness.md).
@@ -69,12 +79,47 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "milora": {"peft.lora_dropout": 0.0},
 }
 
+# Learning rate of the methods with few trainable parameters, as a multiple of the shared
+# `training.learning_rate`, unless an experiment sets the rate for the method explicitly
+# (like METHOD_DEFAULTS). Sources in docs/recipes.md ("Learning rates"):
+# VeRA: its paper (Kopiczko et al., ICLR 2024) tunes it about 10x LoRA's rate on the same
+# tasks, the ratio PeRL's suites used already (core-1.5b 1e-4 vs 1e-5, demo 5e-3 vs 5e-4).
+# IA3: its paper (Liu et al., 2022, T-Few) trains the vectors at 3e-3, an order of
+# magnitude above LoRA's usual rates. LN tuning: no source and no sweep yet (the shared
+# rate; docs/recipes.md says so).
+METHOD_LR_SCALE: dict[str, float] = {"vera": 10.0, "ia3": 10.0}
+
+# Methods whose upstream placement is peft's default for the architecture
+# (`peft.peft_default_targets = true`).
+PEFT_DEFAULT_PLACEMENT = ("vera", "ia3", "miss", "hra")
+
+
+def method_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """{"section.key": value} a method uses unless the experiment sets the key for it itself.
+
+    METHOD_DEFAULTS (PiSSA/MiLoRA dropout 0, unless `peft.dropout_on_svd_methods`) and
+    METHOD_LR_SCALE (the shared learning rate scaled for the method).
+    """
+    peft = config.get("peft", {})
+    method = peft.get("type")
+    out = dict(METHOD_DEFAULTS.get(method, {}))
+    if peft.get("dropout_on_svd_methods"):
+        out.pop("peft.lora_dropout", None)
+    scale = METHOD_LR_SCALE.get(method)
+    lr = config.get("training", {}).get("learning_rate")
+    if scale is not None and _is_number(lr):
+        out["training.learning_rate"] = float(lr) * scale
+    return out
+
 
 # --- shared pieces -------------------------------------------------------------------
 
 
-def _targets(peft: dict[str, Any]) -> str | list[str]:
+def _targets(peft: dict[str, Any]) -> str | list[str] | None:
+    """peft's target_modules; None = peft's default for the architecture (peft_default_targets)."""
     targets = peft.get("target_modules", ALL_LINEAR)
+    if targets is None:
+        return None
     return ALL_LINEAR if targets == ALL_LINEAR else list(targets)
 
 
@@ -173,10 +218,18 @@ def _ia3_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
     from peft import IA3Config
 
     targets = _targets(peft)
-    if targets == ALL_LINEAR:  # peft's per-architecture default placement
+    if targets in (ALL_LINEAR, None):  # peft's per-architecture default placement
         return IA3Config(task_type="CAUSAL_LM")
     feedforward = [t for t in targets if t.split(".")[-1] in _FEEDFORWARD_NAMES]
     return IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+
+
+def _hra_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft import HRAConfig
+
+    # r even: peft initialises HRA's reflections in pairs so that the product starts at
+    # the identity (the model equals the base at step 0); an odd r starts elsewhere.
+    return HRAConfig(r=int(peft["r"]), target_modules=_targets(peft), task_type="CAUSAL_LM")
 
 
 def _ln_tuning_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
@@ -309,11 +362,39 @@ def build_adapter(model: Any, peft: dict[str, Any], training: dict[str, Any]) ->
     from peft import get_peft_model
 
     method = get_method(peft["type"])
-    peft = {**peft, "target_modules": resolve_targets(model, peft)}
+    if peft.get("peft_default_targets") and method.name in PEFT_DEFAULT_PLACEMENT:
+        peft = {**peft, "target_modules": None}  # upstream: peft's default modules
+    else:
+        peft = {**peft, "target_modules": resolve_targets(model, peft)}
+    base_dtype = next(model.parameters()).dtype
     adapted = get_peft_model(model, method.build_config(peft, training))
     if method.custom_init is not None:
         method.custom_init(adapted, peft)
+    dtype = adapter_dtype(peft, base_dtype)
+    if dtype is not None:
+        cast_trainable(adapted, dtype)
     return adapted
+
+
+def adapter_dtype(peft: dict[str, Any], base_dtype: Any) -> Any:
+    """The torch dtype `peft.adapter_dtype` asks for, or None for PeRL's float32 rule."""
+    import torch
+
+    choice = peft.get("adapter_dtype", "float32")
+    if choice == "float32":
+        return None
+    return base_dtype if choice == "base" else torch.bfloat16
+
+
+def cast_trainable(model: Any, dtype: Any) -> None:
+    """Upstream's quirk: the trained tensors in `dtype` (e.g. its bf16 MiLoRA adapters).
+
+    Each optimizer step then lands in that precision: with bf16, small updates round
+    away (docs/fairness.md measured 79% of MiLoRA's entries unchanged after one step).
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 METHODS: dict[str, Method] = {
@@ -343,6 +424,7 @@ METHODS: dict[str, Method] = {
         Method("lora_plus", "LoRA with a larger learning rate for B", _lora(), optimizer=_loraplus_optimizer),
         Method("lora_fa", "LoRA with A frozen (memory-efficient)", _lora(), optimizer=_lorafa_optimizer),
         Method("miss", "MiSS shard-sharing adapter", _miss_config, uses_alpha=False),
+        Method("hra", "Householder reflection adaptation", _hra_config, uses_alpha=False, uses_dropout=False),
         Method("ia3", "learned rescaling vectors", _ia3_config, uses_rank=False, uses_alpha=False, uses_dropout=False),
         Method(
             "ln_tuning",
@@ -416,6 +498,16 @@ def validate_method_settings(
             problems.append(f"peft.pissa_niter must be an integer >= 0 (0 = exact SVD), got {niter!r}")
     if method == "adalora":
         problems += _validate_adalora(peft, max_steps)
+    if method == "hra" and _is_int(r) and r % 2:
+        problems.append(
+            f"peft.r must be even for hra, got {r}: peft starts HRA's reflections in pairs so that the adapted "
+            "model equals the base at step 0"
+        )
+    if peft.get("peft_default_targets") and method in PEFT_DEFAULT_PLACEMENT and peft.get("layers", "all") != "all":
+        problems.append(
+            f"peft.peft_default_targets with {method} places the adapter on peft's default modules of every layer; "
+            'set peft.layers = "all" or turn peft_default_targets off'
+        )
     return problems
 
 

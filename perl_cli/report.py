@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import plots, report_geometry, report_significance, report_studies
+from perl_cli import plots, report_geometry, report_provenance, report_significance, report_studies
 from perl_cli import state as st
 from perl_cli.experiments_view import SuiteView, disk_usage
 from perl_cli.report_model import (  # noqa: F401 - Row, load_rows, curve: the report's public names too
@@ -138,6 +138,7 @@ def summary_markdown(view: SuiteView, rows: list[Row], diagnoses: list, plots: l
         lines += _axis_table(rows, attr, label)
     for section in SECTIONS:
         lines += section.markdown(rows)
+    lines += report_provenance.markdown(rows)  # the environment once; warns on mixed library versions
     if plots:
         lines += ["## Plots", ""]
         for title, filename in plots:
@@ -578,11 +579,15 @@ def command(suite: str | None, *, config_path: Path | None, output: Path, stdout
                 text, _ = build(view, draw=False, config_path=config_path, output=output, progress=tell)
                 bar.remove_task(task)
                 print(text)
+                for line in report_provenance.warning_lines(text):
+                    console.print(f"{name}: {line.replace('**', '')}", markup=False)
                 continue
             view.suite_dir.mkdir(parents=True, exist_ok=True)
             text, plots = build(view, draw=True, config_path=config_path, output=output, progress=tell)
             st.atomic_write_text(view.suite_dir / SUMMARY_FILE, text)
             bar.remove_task(task)
+            for line in report_provenance.warning_lines(text):
+                console.print(f"{name}: {line.replace('**', '')}", markup=False)
             console.print(
                 f"wrote {view.suite_dir / SUMMARY_FILE}"
                 + (f" and {len(plots)} plots ({', '.join(f for _, f in plots)})" if plots else " (no plot: no data yet)"),

@@ -14,12 +14,19 @@ answer's length before parsing, the character set and parenthesis depth before
 ``ast.parse`` (which can raise ``RecursionError`` or ``MemoryError`` on deep nesting),
 the multiset of literals before any arithmetic. The tag is found with ``str.rfind``,
 so megabyte completions cost one linear scan and no regex backtracking.
+
+An answer may state its result: ``(2+3)*4 = 20``. The prompt asks for "an equation"
+and never forbids ``= target``, so the answer it invites is scored as meant: the left
+side is checked exactly as a bare expression would be (each number once, exact value
+equal to the target), and the right side must be a plain number equal to the target.
+One ``=`` at most; the left side holds the expression (``20 = 4*5`` is not accepted).
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import re
 from collections import Counter
 from fractions import Fraction
 
@@ -35,6 +42,9 @@ MAX_PAREN_DEPTH = 50
 MAX_LITERAL_DIGITS = 12
 
 _ALLOWED_CHARS = frozenset("0123456789+-*/() \t\n")
+EQUALS = "="
+# The stated result: digits, an optional sign and decimal part (a target may be 22.5).
+_RESULT_RE = re.compile(r"[+-]?[0-9]{1,%d}(?:\.[0-9]{1,%d})?" % (MAX_LITERAL_DIGITS, MAX_LITERAL_DIGITS))
 _BINARY_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 
 
@@ -74,6 +84,32 @@ def _is_well_formed_text(answer: str) -> bool:
     return (
         0 < len(answer) <= MAX_ANSWER_CHARS and all(ch in _ALLOWED_CHARS for ch in answer) and _paren_depth_ok(answer)
     )
+
+
+def split_result(answer: str) -> tuple[str, str | None] | None:
+    """(expression, stated result or None) of an answer; None when it has more than one ``=``."""
+    if answer.count(EQUALS) > 1:
+        return None
+    if EQUALS not in answer:
+        return answer, None
+    left, right = answer.split(EQUALS)
+    return left, right.strip()
+
+
+def stated_result(text: str) -> Fraction | None:
+    """The exact value of the number written after ``=``, or None if it is not a plain number."""
+    if not _RESULT_RE.fullmatch(text):
+        return None
+    return Fraction(text)
+
+
+def _is_well_formed_answer(answer: str) -> bool:
+    """An expression, optionally followed by ``= number``, that passes the lexical checks."""
+    sides = split_result(answer)
+    if sides is None:
+        return False
+    left, right = sides
+    return _is_well_formed_text(left) and (right is None or stated_result(right) is not None)
 
 
 def parse_equation(answer: str) -> ast.expr | None:
@@ -155,6 +191,8 @@ def exact_target(target: object) -> Fraction | None:
 def countdown_correct(completion: str, numbers: list[int], target: int) -> bool:
     """True when the last ``<answer>`` uses each of `numbers` once and equals `target`.
 
+    The answer may state its result (``expr = target``): the stated number must equal
+    the target too, and the expression is checked as if it stood alone.
     Never raises: anything malformed, hostile or oversized is simply not correct.
     """
     try:
@@ -164,7 +202,13 @@ def countdown_correct(completion: str, numbers: list[int], target: int) -> bool:
         goal = exact_target(target)
         if goal is None:
             return False
-        value = evaluate_answer(answer, list(numbers))
+        sides = split_result(answer)
+        if sides is None:
+            return False
+        expression, result = sides
+        if result is not None and stated_result(result) != goal:
+            return False
+        value = evaluate_answer(expression, list(numbers))
         return value is not None and value == goal
     except Exception:  # the contract is "never raises", whatever the inputs are
         return False
@@ -173,7 +217,8 @@ def countdown_correct(completion: str, numbers: list[int], target: int) -> bool:
 def has_answer_format(completion: str, *, require_think: bool = False) -> bool:
     """True when the completion ends with one well-formed ``<answer>`` block.
 
-    Well-formed means: the block's content uses only the equation alphabet, nothing but
+    Well-formed means: the block's content uses only the equation alphabet (optionally
+    followed by ``= number``, the form `countdown_correct` accepts), nothing but
     whitespace follows ``</answer>``, and (for the chat format, where the model reasons
     first) a ``</think>`` closes the reasoning before the answer.
     """
@@ -188,7 +233,7 @@ def has_answer_format(completion: str, *, require_think: bool = False) -> bool:
             return False
         if require_think and completion.rfind(THINK_CLOSE, 0, start) < 0:
             return False
-        return _is_well_formed_text(completion[start + len(ANSWER_OPEN) : close])
+        return _is_well_formed_answer(completion[start + len(ANSWER_OPEN) : close])
     except Exception:
         return False
 

@@ -55,6 +55,7 @@ PEFT_METHODS = (
     "miss",
     "ia3",
     "ln_tuning",
+    "hra",
 )
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -197,6 +198,61 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
 }
 
+# --- The paper's recipe (issue 21): upstream's training keys and its quirks as switches ---
+# One block so that it merges cleanly; docs/recipes.md says what each one reproduces.
+SCHEMA["training"].update(
+    {
+        "mask_truncated_completions": Field(
+            False, "bool", "leave completions cut at max_completion_length out of the loss (DAPO; TRL's name)"
+        ),
+        "top_entropy_quantile": Field(
+            1.0, "float", "train only on the top quantile of tokens by entropy (1.0 = every token; TRL's name)",
+            between(0, 1),
+        ),
+        "vllm_mode": Field(
+            "colocate", "str", "vLLM beside the trainer on the same GPU (colocate) or a separate `trl vllm-serve` (server)",
+            choices=("colocate", "server"),
+        ),
+        "vllm_gpu_memory_utilization": Field(
+            0.3, "float", "share of each GPU's memory vLLM may take in colocate mode (upstream: 0.4)",
+            lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+        ),
+    }
+)
+SCHEMA["eval"]["top_p"] = Field(1.0, "float", "nucleus sampling for sampled pass@1 (upstream: 0.9)", between(0.01, 1))
+SCHEMA["peft"].update(
+    {
+        "adapter_dtype": Field(
+            "float32", "str",
+            "dtype of the trained adapter tensors: float32 (PeRL), base (the base weights' dtype, as upstream's MiLoRA "
+            "on a bf16 GPU run) or bfloat16 (that rounding on a CPU too)",
+            choices=("float32", "base", "bfloat16"),
+        ),
+        "dropout_on_svd_methods": Field(
+            False, "bool", "PiSSA/MiLoRA take the shared lora_dropout like upstream (PeRL: 0; docs/fairness.md)"
+        ),
+        "adalora_reallocation": Field(
+            True, "bool", "AdaLoRA reallocates rank every step with its orthogonality term; false = upstream under TRL (neither)"
+        ),
+        "peft_default_targets": Field(
+            False, "bool", "VeRA, IA3, MiSS and HRA use peft's default modules for the architecture (upstream), not target_modules"
+        ),
+    }
+)
+# At these values the new keys leave fingerprints as they were before they existed.
+FINGERPRINT_NEUTRAL_RECIPE: dict[str, Any] = {
+    "training.mask_truncated_completions": False,
+    "training.top_entropy_quantile": 1.0,
+    "training.vllm_mode": "colocate",
+    "training.vllm_gpu_memory_utilization": 0.3,
+    "eval.top_p": 1.0,
+    "peft.adapter_dtype": "float32",
+    "peft.dropout_on_svd_methods": False,
+    "peft.adalora_reallocation": True,
+    "peft.peft_default_targets": False,
+}
+# --- end of the paper's recipe block ---------------------------------------------------------------
+
 # Short names for matrix axes, `when` conditions and experiment-name templates.
 ALIASES: dict[str, str] = {
     "method": "peft.type",
@@ -215,7 +271,7 @@ ALIASES: dict[str, str] = {
 # Settings that, at these values, are left out of the fingerprint: experiments that
 # finished before the setting existed keep their fingerprint (and are not `stale`).
 # A section given by its "off" switch is left out whole when switched off.
-FINGERPRINT_NEUTRAL: dict[str, Any] = {"peft.layers": "all"}
+FINGERPRINT_NEUTRAL: dict[str, Any] = {"peft.layers": "all", **FINGERPRINT_NEUTRAL_RECIPE}
 FINGERPRINT_OFF_SECTIONS: dict[str, tuple[str, Any]] = {"ica": ("mode", "off")}
 # Settings never in the fingerprint: they change what the dashboard shows, not what is learned,
 # so changing them does not make a completed experiment stale.

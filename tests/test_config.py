@@ -146,7 +146,7 @@ def test_when_rules_extras_and_only_exclude(tmp_path: Path) -> None:
     exps = {e.name: e for e in configlib.expand(cfg, "mini")}
     assert set(exps) == {"lora_r16_s1", "lora_r16_s2", "vera_r16_s1", "vera_r64_s2", "custom_lora_r32_s42"}
     assert exps["vera_r64_s2"].learning_rate == 1e-3
-    assert exps["vera_r16_s1"].learning_rate == 1e-5
+    assert exps["vera_r16_s1"].learning_rate == pytest.approx(1e-4)  # VeRA: 10x the shared rate (METHOD_LR_SCALE)
     assert exps["custom_lora_r32_s42"].max_steps == 2000 and exps["lora_r16_s1"].max_steps == 10
     only = configlib.expand(cfg, "mini", only=["lora_r16_s1", "vera_r16_s1"], exclude=["vera_r16_s1"])
     assert [e.name for e in only] == ["lora_r16_s1"]

@@ -57,7 +57,8 @@ def test_shipped_suites_resolve_pissa_dropout_to_zero() -> None:
     seen = set()
     for suite in cfg.suite_names():
         for e in configlib.expand(cfg, suite):
-            if e.method in ("pissa", "milora"):
+            # Suites that reproduce upstream's quirk on purpose say so with the switch.
+            if e.method in ("pissa", "milora") and not e.config["peft"].get("dropout_on_svd_methods"):
                 assert e.config["peft"]["lora_dropout"] == 0.0, e.name
                 seen.add(e.method)
     assert seen == {"pissa", "milora"}

@@ -180,3 +180,36 @@ def test_adalora_resumes_from_a_checkpoint_with_a_rank_pattern(tmp_path: Path, c
     assert run_experiment(exp) == 0, (exp / "status.json").read_text()
     ranks = json.loads((exp / "eval.json").read_text())["adalora_rank_pattern"]
     assert sum(ranks.values()) == 4 * len(ranks)
+
+
+def test_adalora_without_reallocation_is_upstream_s_adalora(tmp_path: Path, captured: dict[str, Any]) -> None:
+    """peft.adalora_reallocation = false: AdaLoRA as TRL runs it upstream, no reallocation, no regulariser."""
+    from perl_cli.train import run_experiment
+
+    config = make_config("ada_upstream", **_overrides("adalora"), peft__adalora_reallocation=False)
+    exp = write_experiment(tmp_path, config)
+    assert run_experiment(exp) == 0, (exp / "status.json").read_text()
+    results = json.loads((exp / "eval.json").read_text())
+    ranks = results["adalora_rank_pattern"]
+    assert ranks and set(ranks.values()) == {8}  # every layer keeps init_r: nothing was pruned
+    assert all("regulariser" not in r for r in read_metrics(exp))
+    assert captured["regulariser_grads"] == []
+
+
+def test_run_records_provenance_and_no_checkpointing_deprecation(tmp_path: Path, captured: dict[str, Any]) -> None:
+    """provenance.json names the stack; transformers' `is_gradient_checkpointing` FutureWarning,
+    raised by peft and TRL at start and at each save, no longer reaches train.log."""
+    import warnings
+    from importlib import metadata
+
+    from perl_cli.train import run_experiment
+
+    config = make_config("prov", training__max_steps=2, training__save_steps=1, eval__enabled=False)
+    exp = write_experiment(tmp_path, config)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")  # every warning that would reach the worker's stderr
+        assert run_experiment(exp) == 0, (exp / "status.json").read_text()
+    recorded = json.loads((exp / "provenance.json").read_text())
+    assert recorded["trl"] == metadata.version("trl") and recorded["torch"] == metadata.version("torch")
+    assert recorded["cuda"] == torch.version.cuda
+    assert not [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]

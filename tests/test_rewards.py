@@ -37,7 +37,20 @@ NUMS = [3, 7, 9]
         ("<answer>-3+7+9</answer>", NUMS, 13, False),  # unary minus is not an operator here
         ("<answer>+3+7+9</answer>", NUMS, 19, False),  # nor unary plus
         ("<answer>7.0*3+9</answer>", NUMS, 30, False),  # floats are not integers
-        ("<answer>7*3+9=30</answer>", NUMS, 30, False),
+        ("<answer>7*3+9=30</answer>", NUMS, 30, True),  # the stated result equals the target
+        ("<answer>(9 - 3) * 7 = 42</answer>", NUMS, 42, True),
+        ("<answer>7*3+9 = 30\n</answer>", NUMS, 30, True),
+        ("<answer>5*9/2 = 22.5</answer>", [5, 9, 2], 22.5, True),
+        ("<answer>7*3+9 = 31</answer>", NUMS, 31, False),  # the stated result is right, the expression is not
+        ("<answer>7*3+9 = 31</answer>", NUMS, 30, False),  # the expression is right, the stated result is not
+        ("<answer>7*3 = 21</answer>", NUMS, 21, False),  # a number unused on the left
+        ("<answer>30 = 7*3+9</answer>", NUMS, 30, False),  # the expression goes on the left
+        ("<answer>7*3+9 = 30 = 30</answer>", NUMS, 30, False),  # one = at most
+        ("<answer>7*3+9 = 3*10</answer>", NUMS, 30, False),  # the right side is a number, not an expression
+        ("<answer>7*3+9 =</answer>", NUMS, 30, False),
+        ("<answer>= 30</answer>", NUMS, 30, False),
+        ("<answer>7*3+9 == 30</answer>", NUMS, 30, False),
+        ("<answer>7*3+9 = ٣٠</answer>", NUMS, 30, False),  # ASCII digits only
         ("<answer>3**2+7+9</answer>", NUMS, 25, False),  # no powers
         ("<answer>7//3+9</answer>", NUMS, 11, False),  # no floor division
         ("<answer>7%3+9</answer>", NUMS, 10, False),
@@ -147,6 +160,9 @@ def test_sums_and_products_of_given_numbers_are_correct(numbers: list[int], data
 def test_format_rewards() -> None:
     good = "<answer>7*3+9</answer>"
     assert rewards.format_reward([good, good + " trailing", "no tags", "<answer>a+b</answer>"]) == [1.0, 0.0, 0.0, 0.0]
+    # The form countdown_correct accepts is well formed; two results or a non-number are not.
+    stated = ["<answer>7*3+9 = 30</answer>", "<answer>7*3+9 = 30 = 30</answer>", "<answer>7*3+9 = x</answer>"]
+    assert rewards.format_reward(stated) == [1.0, 0.0, 0.0]
     assert rewards.think_format_reward(["reason</think><answer>7*3+9</answer>", good]) == [1.0, 0.0]
 
 
@@ -189,3 +205,49 @@ def test_a_sum_never_meets_a_target_off_by_a_fraction(numbers: list[int], offset
     shown = float(target) if as_float else target
     assert not countdown_correct(f"<answer>{equation}</answer>", numbers, shown)  # type: ignore[arg-type]
     assert countdown_correct(f"<answer>{equation}</answer>", numbers, float(sum(numbers)))  # type: ignore[arg-type]
+
+
+def _sum_or_product(numbers: list[int], ops: list[str]) -> tuple[str, int]:
+    """An equation over `numbers` and its value (products bind tighter), computed without eval."""
+    equation = str(numbers[0]) + "".join(f"{op}{n}" for op, n in zip(ops, numbers[1:], strict=True))
+    total, term = 0, numbers[0]
+    for op, n in zip(ops, numbers[1:], strict=True):
+        if op == "*":
+            term *= n
+        else:
+            total, term = total + term, n
+    return equation, total + term
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 100), min_size=2, max_size=4),
+    st.data(),
+    st.integers(-3, 3),
+    st.sampled_from(["=", " = ", " =", "= "]),
+)
+def test_a_stated_result_is_correct_exactly_when_it_and_the_expression_meet_the_target(
+    numbers: list[int], data: st.DataObject, shift: int, equals: str
+) -> None:
+    ops = data.draw(st.lists(st.sampled_from("+*"), min_size=len(numbers) - 1, max_size=len(numbers) - 1))
+    equation, value = _sum_or_product(numbers, ops)
+    stated = value + shift
+    completion = f"<answer>{equation}{equals}{stated}</answer>"
+    for target in (value, stated):
+        # Correct iff both sides meet the target: the bare expression's verdict, and the stated number.
+        bare = countdown_correct(f"<answer>{equation}</answer>", numbers, target)
+        assert countdown_correct(completion, numbers, target) is (bare and stated == target)
+    assert rewards.format_reward([completion]) == [1.0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(list("0123456789+-*/() =.")), max_size=300).map("".join), st.integers(-5, 100))
+def test_answers_with_equals_never_raise_and_need_a_correct_left_side(body: str, target: int) -> None:
+    start = time.perf_counter()
+    verdict = countdown_correct(f"<answer>{body}</answer>", NUMS, target)
+    assert verdict in (True, False)
+    assert time.perf_counter() - start < HANG_LIMIT_S
+    if verdict and "=" in body:
+        left, right = body.split("=")
+        assert countdown_correct(f"<answer>{left}</answer>", NUMS, target)
+        assert Fraction(right.strip()) == target

@@ -24,6 +24,7 @@ def _generate(
     sample: bool,
     num_samples: int,
     temperature: float,
+    top_p: float = 1.0,
 ) -> list[str]:
     import torch
 
@@ -36,7 +37,7 @@ def _generate(
         "eos_token_id": tokenizer.eos_token_id,
     }
     if sample:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=num_samples)
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=num_samples)
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     with torch.no_grad():
@@ -54,6 +55,7 @@ def evaluate_accuracy(
     temperature: float,
     max_new_tokens: int,
     seed: int,
+    top_p: float = 1.0,
 ) -> dict[str, float]:
     """``accuracy_greedy`` and ``accuracy_sampled`` (mean over `num_samples` per problem), each
     with its standard error over problems (``*_se``), and the per-problem results
@@ -80,7 +82,8 @@ def evaluate_accuracy(
         for start in range(0, len(problems), EVAL_BATCH_PROMPTS):
             batch = problems[start : start + EVAL_BATCH_PROMPTS]
             chunk = texts[start : start + EVAL_BATCH_PROMPTS]
-            common = {"add_special_tokens": special, "max_new_tokens": max_new_tokens, "temperature": temperature}
+            common = {"add_special_tokens": special, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                      "top_p": top_p}
             greedy = _generate(model, tokenizer, chunk, sample=False, num_samples=1, **common)
             sampled = _generate(model, tokenizer, chunk, sample=True, num_samples=num_samples, **common)
             for i, problem in enumerate(batch):

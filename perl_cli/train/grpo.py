@@ -73,6 +73,11 @@ def grpo_args(
         # Gradient checkpointing is called activation checkpointing in transformers 5.
         "activation_checkpointing": bool(t.get("gradient_checkpointing")),
         "use_vllm": bool(t.get("use_vllm")),
+        # The paper's recipe keys (schema's issue-21 block), TRL's names and defaults.
+        "mask_truncated_completions": bool(t.get("mask_truncated_completions", False)),
+        "top_entropy_quantile": float(t.get("top_entropy_quantile", 1.0)),
+        "vllm_mode": t.get("vllm_mode", "colocate"),
+        "vllm_gpu_memory_utilization": float(t.get("vllm_gpu_memory_utilization", 0.3)),
         "use_liger_kernel": bool(t.get("use_liger_kernel")),
         "report_to": report_to,
         # Progress goes to train.log as one line per log step, not as tqdm redraws.

@@ -7,6 +7,7 @@ torch, transformers, peft and TRL.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,15 @@ from perl_cli.train.status import StatusWriter
 from perl_cli.train.trainer import MethodGRPOTrainer, optimizer_trainable_params
 
 
+def quiet_known_deprecations() -> None:
+    """peft (get_peft_model) and TRL (generation, saving) still read transformers 5's
+    deprecated `is_gradient_checkpointing` alias; the FutureWarning it raises is theirs to
+    fix, says nothing about the run, and was printed into train.log again and again.
+    Only it is silenced (called when a session starts, so a test harness that resets the
+    warning filters between tests still gets it)."""
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 class TrainingSession:
     def __init__(self, exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: cb.StopOnSignal) -> None:
         self.exp_dir = exp_dir
@@ -60,6 +70,7 @@ class TrainingSession:
     # --- setup -------------------------------------------------------------------------
 
     def prepare(self, resume: Path | None) -> None:
+        quiet_known_deprecations()
         model_cfg = self.config["model"]
         name = str(model_cfg["model_name_or_path"])
         set_seed(self.seed)
@@ -157,6 +168,7 @@ class TrainingSession:
         return {
             "num_samples": int(e.get("num_samples", 4)),
             "temperature": float(e.get("temperature", 1.0)),
+            "top_p": float(e.get("top_p", 1.0)),
             "max_new_tokens": int(e.get("max_new_tokens") or self.training["max_completion_length"]),
             "seed": self.seed,
         }
@@ -258,7 +270,10 @@ class TrainingSession:
         fail_hook = cb.FailAtStep.from_env(self.exp_dir)
         if fail_hook is not None:
             callbacks.append(fail_hook)
-        if self.method.reallocates_rank:
+        # peft.adalora_reallocation = false is upstream's AdaLoRA under TRL: neither the
+        # reallocation nor the orthogonality term (TRL calls neither).
+        as_peft_means = bool(self.peft_section.get("adalora_reallocation", True))
+        if self.method.reallocates_rank and as_peft_means:
             callbacks.append(cb.AdaLoraAllocator(self.model))  # last: after every save request
         optimizer = None
         if self.method.optimizer is not None:
@@ -272,7 +287,7 @@ class TrainingSession:
             processing_class=self.tokenizer,
             callbacks=callbacks,
             optimizers=(optimizer, None),
-            regulariser=self.method.regulariser,
+            regulariser=self.method.regulariser if as_peft_means else None,
         )
         # Counted on the optimizer, after every freezing step (LoRA-FA's optimizer freezes A).
         self.trainer.create_optimizer()

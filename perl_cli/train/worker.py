@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from perl_cli import collapse, outcomes, state, worker_lock
+from perl_cli import collapse, outcomes, provenance, state, worker_lock
 from perl_cli.config import ConfigError  # one error type for an unrunnable config: exit 2
 from perl_cli.data import countdown
 from perl_cli.models import ModelError
@@ -119,6 +119,7 @@ def _run(exp_dir: Path, config: dict[str, Any], status: StatusWriter, stopper: A
     prepare_environment(exp_dir, config)  # before TRL is imported: it imports trackio
     from perl_cli.train.session import TrainingSession  # heavy imports happen here
 
+    provenance.record(exp_dir)  # what produced this run (after torch is imported: CUDA, GPUs)
     session = TrainingSession(exp_dir, config, status, stopper)
     resume = state.last_checkpoint(exp_dir)
     status.update(resumed_from=_checkpoint_step(resume))  # readers and tests see where this attempt began
