@@ -44,7 +44,7 @@ MAX_LITERAL_DIGITS = 12
 _ALLOWED_CHARS = frozenset("0123456789+-*/() \t\n")
 EQUALS = "="
 # The stated result: digits, an optional sign and decimal part (a target may be 22.5).
-_RESULT_RE = re.compile(r"[+-]?[0-9]{1,%d}(?:\.[0-9]{1,%d})?" % (MAX_LITERAL_DIGITS, MAX_LITERAL_DIGITS))
+_RESULT_RE = re.compile(r"[+-]?[0-9]{1,%d}(?:\.[0-9]{1,%d})?" % (MAX_LITERAL_DIGITS, MAX_LITERAL_DIGITS))  # noqa: UP031
 _BINARY_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 
 
