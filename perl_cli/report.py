@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import report_studies
+from perl_cli import report_benchmarks, report_studies
 from perl_cli import state as st
 from perl_cli.config import IDENTITY_KEYS
 from perl_cli.experiments_view import ExperimentView, SuiteView, dig, disk_usage
@@ -318,6 +318,7 @@ def summary_markdown(view: SuiteView, rows: list[Row], diagnoses: list, plots: l
     for attr, label in varying_axes(rows):
         lines += _axis_table(rows, attr, label)
     lines += report_studies.markdown(rows)  # placement / ICA suites: their own comparison
+    lines += report_benchmarks.markdown(rows)  # math suites: the benchmark table (issue 16)
     if plots:
         lines += ["## Plots", ""]
         for title, filename in plots:

@@ -55,6 +55,7 @@ PEFT_METHODS = (
     "miss",
     "ia3",
     "ln_tuning",
+    "full",  # full fine-tuning (issue 16): no adapter, every parameter
 )
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -182,6 +183,30 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "percentile": Field(98.0, "float", "neurons scoring at or above this percentile are selected", between(0, 100)),
         "sample_prompts": Field(64, "int", "training prompts the base model is run over to compute the mask", at_least(1)),
     },
+    # --- the math task and benchmark evaluation (issue 16) ---------------------------
+    "task": {
+        "name": Field(
+            "countdown", "str",
+            "what the model learns: countdown (equations, <answer> tags) or math (word problems, \\boxed{} answers)",
+            choices=("countdown", "math"),
+        ),
+        "problem_column": Field("problem", "str", "math: the column holding the problem text"),
+        "answer_column": Field("answer", "str", "math: the column holding the reference answer"),
+        "split": Field("train", "str", "math: the dataset split to train on (hub datasets and directories)"),
+        "subset": Field(None, "str", "math: the dataset's configuration (subset) name", nullable=True),
+        "system_prompt": Field("", "str", "math, chat prompts: the system message (empty: none)"),
+        "instruction": Field(
+            "Please reason step by step, and put your final answer within \\boxed{}.", "str",
+            "math, chat prompts: appended to each problem",
+        ),
+        "chat_template": Field(
+            None, "str", "math, chat prompts: a Jinja chat template replacing the tokenizer's", nullable=True
+        ),
+        "benchmarks": Field(
+            [], "str_list",
+            "benchmarks evaluated after training (names from `perl plan --benchmarks`); never part of the fingerprint",
+        ),
+    },
     "resources": {
         "memory_mb": Field(None, "int", "GPU memory a job needs (default: estimated)", at_least(1), nullable=True),
     },
@@ -203,13 +228,16 @@ ALIASES: dict[str, str] = {
     "targets": "peft.target_modules",
     "layers": "peft.layers",
     "ica": "ica.mode",
+    "task": "task.name",
 }
 
 # Settings that, at these values, are left out of the fingerprint: experiments that
 # finished before the setting existed keep their fingerprint (and are not `stale`).
 # A section given by its "off" switch is left out whole when switched off.
 FINGERPRINT_NEUTRAL: dict[str, Any] = {"peft.layers": "all"}
-FINGERPRINT_OFF_SECTIONS: dict[str, tuple[str, Any]] = {"ica": ("mode", "off")}
+FINGERPRINT_OFF_SECTIONS: dict[str, tuple[str, Any]] = {"ica": ("mode", "off"), "task": ("name", "countdown")}
+# Settings that never change what is trained (what is evaluated afterwards): always left out.
+FINGERPRINT_EXCLUDED: frozenset[str] = frozenset({"task.benchmarks"})
 
 
 def fingerprint_view(settings: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +248,10 @@ def fingerprint_view(settings: dict[str, Any]) -> dict[str, Any]:
         if off is not None and isinstance(values, dict) and values.get(off[0], off[1]) == off[1]:
             continue
         if isinstance(values, dict):
-            values = {k: v for k, v in values.items() if FINGERPRINT_NEUTRAL.get(f"{section}.{k}", ...) != v}
+            values = {
+                k: v for k, v in values.items()
+                if FINGERPRINT_NEUTRAL.get(f"{section}.{k}", ...) != v and f"{section}.{k}" not in FINGERPRINT_EXCLUDED
+            }
         out[section] = values
     return out
 

@@ -12,6 +12,7 @@ The formula (all sizes in MiB; P = base-model parameters):
                                                    method: 0.05 for VeRA/IA3/LN tuning,
                                                    1.1 for DoRA, 1.5 for AdaLoRA's initial rank)
     optimizer    = trainable x 16 bytes            (fp32 weight + grad + two AdamW moments)
+    full FT      = trainable = P, weights = P x 4 (float32; x 2 with a reference model, beta > 0)
     activations  = batch x (prompt + completion) x H x 34 bytes x 2   (training + generation)
                    with H = hidden x layers ~= 30,000 x (P / 1e9)^(2/3); divided by 4 with
                    gradient checkpointing
@@ -59,6 +60,11 @@ def estimate_mb(config: dict[str, Any]) -> int:
     weight_bytes = 4 if model.get("dtype") == "float32" else 2
     weights = params * weight_bytes
     trainable = params * 0.01 * peft["r"] / 16 * METHOD_FACTOR.get(peft["type"], 1.0)
+    if peft["type"] == "full":
+        # Every parameter trains in float32 (weights + grad + two AdamW moments = 16 bytes)
+        # and replaces the half-precision weights; a reference model (beta > 0) adds one copy.
+        trainable = params
+        weights = params * 4 * (2 if train.get("beta") else 1)
     optimizer = trainable * 16
     tokens = train["per_device_train_batch_size"] * (train["max_prompt_length"] + train["max_completion_length"])
     hidden_x_layers = 30_000 * (params / 1e9) ** (2 / 3)
