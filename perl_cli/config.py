@@ -211,6 +211,7 @@ def load(path: Path | str | None = None) -> ConfigFile:
         if not isinstance(description, str):
             raise ConfigError(f"{path}{_line(cfg, 'description')}: suites.{name}.description must be a string, e.g. description = \"rank sweep\".")
     cfg.suites = suites
+    _check_benchmarks(cfg)
     base = data.get("base", {})
     _check_settings(cfg, base, "base")
     return cfg
@@ -293,6 +294,18 @@ def expand(
         _attach_benchmarks(cfg, config, f"experiment '{name}' of suite '{suite}'")
         experiments.append(Experiment(name, suite, config, fingerprint(config)))
     return experiments
+
+
+def _check_benchmarks(cfg: ConfigFile) -> None:
+    """`[benchmarks.NAME]` tables are checked when the file is read, asked for or not."""
+    if "benchmarks" not in cfg.data:
+        return
+    from perl_cli import benchmarks
+
+    try:
+        benchmarks.definitions(cfg.data["benchmarks"])
+    except benchmarks.BenchmarkError as exc:
+        raise ConfigError(f"{cfg.path}: {exc}. Fix the [benchmarks] table.") from None
 
 
 def _attach_benchmarks(cfg: ConfigFile, config: dict, what: str) -> None:
