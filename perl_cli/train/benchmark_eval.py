@@ -77,7 +77,9 @@ def evaluate_benchmark(
     partial = out_dir / f".{bench.name}.partial.jsonl"
     key = {"spec": spec, "fingerprint": fingerprint, "problems": len(problems)}
     done = {r["index"]: r for r in _read_partial(partial, key)}
-    if not done:
+    if done:
+        print(f"[perl] benchmark {bench.name}: continuing after {len(done)} of {len(problems)} problems", flush=True)
+    else:
         state.atomic_write_text(partial, json.dumps({"key": key}) + "\n")
     texts = [mathdata.render_prompt(p, prompt_format, tokenizer, task_section) for p in problems]
     special = prompt_format != CHAT
