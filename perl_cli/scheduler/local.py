@@ -51,7 +51,7 @@ from perl_cli.config import ConfigError, ConfigFile, Experiment
 from perl_cli.experiments_view import OVERRIDES_KEY, Expectations, read_records
 from perl_cli.logtail import tail_bytes
 from perl_cli.scheduler import gpus as gpulib
-from perl_cli.scheduler import handoff, planning
+from perl_cli.scheduler import handoff, jobkinds, planning
 from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.cancel import CANCEL_FILE, read_cancel_request
 from perl_cli.scheduler.handles import AdoptedHandle, ChildHandle
@@ -59,7 +59,6 @@ from perl_cli.scheduler.lock import LockHeld, RunLock
 from perl_cli.scheduler.memory import CPU_MAX_PARAMS, estimate_mb, too_big_for_cpu
 from perl_cli.scheduler.processes import find_live_workers, kill_leftover_group
 from perl_cli.scheduler.progress import PlainReporter, RichReporter, make_reporter, read_progress
-from perl_cli.scheduler import jobkinds
 from perl_cli.scheduler.slots import Placed, choose_slot
 from perl_cli.scheduler.slurm import SlurmBackend, SlurmOptions, slurm_tasks_in_flight
 from perl_cli.ui import human_bytes, human_seconds

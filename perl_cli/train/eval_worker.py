@@ -92,7 +92,7 @@ def run(exp_dir: Path) -> int:
         return outcomes.EXIT_OK
     except Interrupted:
         code = outcomes.EXIT_SIGINT if stopper.received == signal.SIGINT else outcomes.EXIT_SIGTERM
-        print(f"[perl] evaluation interrupted; `perl eval` continues it from the last saved batch", flush=True)
+        print("[perl] evaluation interrupted; `perl eval` continues it from the last saved batch", flush=True)
         status.finish(state.INTERRUPTED, code, step=step)
         return code
     except BaseException as exc:  # noqa: BLE001 - every failure must end in status.json
