@@ -251,3 +251,34 @@ def test_full_method_trains_every_parameter() -> None:
                                  "target_modules": "all-linear", "layers": "all"}, {"max_steps": 10})
     assert full is model
     assert sum(p.numel() for p in full.parameters() if p.requires_grad) == total
+
+
+# --- the report's benchmark table ------------------------------------------------------
+
+
+def test_report_table_means_over_seeds_with_se_and_percent_of_full(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from suite_fixtures import write_experiment
+    from typer.testing import CliRunner
+
+    from perl_cli.cli import app
+
+    path = _toml(tmp_path, (BASE % 'benchmarks = ["tiny-math"]').replace("seed = [1]", "seed = [1, 2]"))
+    out = tmp_path / "output"
+    # avg@4 by (method, seed); full is the reference
+    values = {("lora", 1): 0.30, ("lora", 2): 0.40, ("full", 1): 0.50, ("full", 2): 0.70}
+    for exp in config.expand(config.load(path), "s"):
+        d = write_experiment(out / "s", exp, eval_accuracy=0.3)
+        v = values[(exp.method, exp.seed)]
+        summary = {"problems": 200, "n": 4, "avg@4": v, "avg@4_se": 0.03, "pass@1": v, "pass@1_se": 0.03,
+                   "pass@4": min(1.0, v + 0.2), "pass@4_se": 0.02, "greedy": v, "greedy_se": 0.035}
+        (d / "benchmarks").mkdir()
+        (d / "benchmarks" / "tiny-math.json").write_text(json.dumps({"summary": summary, "problems": []}))
+    result = CliRunner().invoke(app, ["report", "s", "--stdout", "--config", str(path), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    table = text[text.index("## Benchmarks"):]
+    se = lambda a, b: abs(a - b) / 2 / math.sqrt(2) * 100  # sd of two values / sqrt(2), in %  # noqa: E731
+    assert f"| full | 2/2 | 60.0 ± {se(0.5, 0.7):.1f} | 60.0 ± {se(0.5, 0.7):.1f} | 100.0 |" in table
+    assert f"| lora | 2/2 | 35.0 ± {se(0.3, 0.4):.1f} | 35.0 ± {se(0.3, 0.4):.1f} | {100 * 0.35 / 0.6:.1f} |" in table
+    assert "tiny-math pass@4" in table and "tiny-math greedy" in table
