@@ -278,7 +278,7 @@ def test_report_table_means_over_seeds_with_se_and_percent_of_full(tmp_path: Pat
     assert result.exit_code == 0, result.output
     text = result.output
     table = text[text.index("## Benchmarks"):]
-    se = lambda a, b: abs(a - b) / 2 / math.sqrt(2) * 100  # sd of two values / sqrt(2), in %  # noqa: E731
+    se = lambda a, b: abs(a - b) / 2 * 100  # sd of two values is |a-b|/sqrt(2); SE = sd/sqrt(2); in %  # noqa: E731
     assert f"| full | 2/2 | 60.0 ± {se(0.5, 0.7):.1f} | 60.0 ± {se(0.5, 0.7):.1f} | 100.0 |" in table
     assert f"| lora | 2/2 | 35.0 ± {se(0.3, 0.4):.1f} | 35.0 ± {se(0.3, 0.4):.1f} | {100 * 0.35 / 0.6:.1f} |" in table
     assert "tiny-math pass@4" in table and "tiny-math greedy" in table
