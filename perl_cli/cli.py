@@ -231,6 +231,28 @@ def run(
     raise typer.Exit(scheduler.run_suite(options))
 
 
+@app.command(name="eval", rich_help_panel="Run")
+@user_errors
+def eval_(
+    suite: SuiteArg = None,
+    benchmarks: Annotated[str | None, typer.Option("--benchmarks", help="Comma-separated benchmarks to evaluate (default: each experiment's task.benchmarks), e.g. aime24,math500.", show_default=False)] = None,
+    only: OnlyOpt = None,
+    exclude: ExcludeOpt = None,
+    gpus: Annotated[str | None, typer.Option("--gpus", help="Comma-separated GPU indices to use (default: all).", show_default=False)] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Evaluations at a time (CPU; with GPUs a cap on the total).", show_default=False)] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU, ignoring GPUs.")] = False,
+    config: ConfigOpt = None,
+    output: OutputOpt = Path("output"),
+) -> None:
+    """Evaluate a suite's completed experiments on benchmarks (resumes a stopped evaluation)."""
+    from perl_cli import eval_command
+
+    if suite is None:
+        fail("which suite? Give its name, e.g. `perl eval math-demo`.")
+    raise typer.Exit(eval_command.run(suite, benchmarks=benchmarks, only=only, exclude=exclude, gpus=gpus, jobs=jobs,
+                                      cpu=cpu, config=config, output=output))
+
+
 @app.command(rich_help_panel="Run")
 @user_errors
 def cancel(

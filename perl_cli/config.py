@@ -47,7 +47,7 @@ SUITE_KEYS = {"description", "name", "base", "matrix", "when", "experiments", "r
 # `[suites.X.run]`: the suite's defaults for `perl run` flags (the command line wins),
 # e.g. the demo runs two single-threaded CPU jobs at a time. name -> smallest value.
 RUN_DEFAULT_KEYS = {"jobs": 1, "jobs_per_gpu": 1, "retries": 0, "stall_timeout": 15}
-TOP_KEYS = {"base", "suites", "slurm"}
+TOP_KEYS = {"base", "suites", "slurm", "benchmarks"}  # [benchmarks.NAME]: perl_cli/benchmarks.py
 # `[slurm]` (every suite) and `[suites.X.slurm]` (one suite): defaults for `perl run --backend
 # slurm` options (the command line wins). key -> (type, smallest value for whole numbers).
 SLURM_DEFAULT_KEYS: dict[str, tuple[type, int]] = {
@@ -55,7 +55,7 @@ SLURM_DEFAULT_KEYS: dict[str, tuple[type, int]] = {
     "gpus_per_job": (int, 0), "cpus_per_job": (int, 1), "array_parallelism": (int, 1), "args": (dict, 0),
 }
 # Keys of the resolved config that are identity, not settings: kept out of the fingerprint.
-IDENTITY_KEYS = ("name", "suite", "fingerprint")
+IDENTITY_KEYS = ("name", "suite", "fingerprint", "benchmark_specs")
 
 
 class ConfigError(Exception):
@@ -211,6 +211,7 @@ def load(path: Path | str | None = None) -> ConfigFile:
         if not isinstance(description, str):
             raise ConfigError(f"{path}{_line(cfg, 'description')}: suites.{name}.description must be a string, e.g. description = \"rank sweep\".")
     cfg.suites = suites
+    _check_benchmarks(cfg)
     base = data.get("base", {})
     _check_settings(cfg, base, "base")
     return cfg
@@ -290,8 +291,34 @@ def expand(
             continue
         config = _method_defaults(_merge(config, overrides), explicit | _paths(overrides))
         _validate_resolved(cfg, config, f"experiment '{name}' of suite '{suite}'")
+        _attach_benchmarks(cfg, config, f"experiment '{name}' of suite '{suite}'")
         experiments.append(Experiment(name, suite, config, fingerprint(config)))
     return experiments
+
+
+def _check_benchmarks(cfg: ConfigFile) -> None:
+    """`[benchmarks.NAME]` tables are checked when the file is read, asked for or not."""
+    if "benchmarks" not in cfg.data:
+        return
+    from perl_cli import benchmarks
+
+    try:
+        benchmarks.definitions(cfg.data["benchmarks"])
+    except benchmarks.BenchmarkError as exc:
+        raise ConfigError(f"{cfg.path}: {exc}. Fix the [benchmarks] table.") from None
+
+
+def _attach_benchmarks(cfg: ConfigFile, config: dict, what: str) -> None:
+    """The definitions of the benchmarks an experiment asks for, as config.json's `benchmark_specs`."""
+    from perl_cli import benchmarks
+
+    names = config.get("task", {}).get("benchmarks") or []
+    if not names:
+        return
+    try:
+        config["benchmark_specs"] = benchmarks.resolve(names, benchmarks.definitions(cfg.data.get("benchmarks")))
+    except benchmarks.BenchmarkError as exc:
+        raise ConfigError(f"{cfg.path}: {what}: {exc}.") from None
 
 
 def prompts_per_step(config: dict[str, Any]) -> float:
@@ -538,6 +565,9 @@ def settings_problems(config: dict[str, Any]) -> list[str]:
     ))
     problems += ica_problems(config)
     problems += architectures.name_problems(str(config["model"]["model_name_or_path"]))
+    from perl_cli.data.tasks import task_problems
+
+    problems += task_problems(config)
     completions = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
     if completions % t["num_generations"]:
         problems.append(

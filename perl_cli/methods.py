@@ -67,6 +67,8 @@ class Method:
     reallocates_rank: bool = False
     regulariser: Callable[[Any], Any] | None = None
     """peft model -> scalar tensor added to the loss of every optimizer step."""
+    full: bool = False
+    """Full fine-tuning: no adapter; every parameter trains and the checkpoint is the whole model."""
 
 
 # Settings a method uses instead of the shared ones, unless an experiment sets them for
@@ -77,6 +79,9 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # the model differ from the base at step 0, and TRL samples rollouts in train mode.
     "pissa": {"peft.lora_dropout": 0.0},
     "milora": {"peft.lora_dropout": 0.0},
+    # Every weight moves: the usual RLVR full fine-tuning rate (1e-6, as in DAPO and the
+    # PeRL paper), a tenth of the adapters' 1e-5.
+    "full": {"training.learning_rate": 1e-6},
 }
 
 # Learning rate of the methods with few trainable parameters, as a multiple of the shared
@@ -362,6 +367,8 @@ def build_adapter(model: Any, peft: dict[str, Any], training: dict[str, Any]) ->
     from peft import get_peft_model
 
     method = get_method(peft["type"])
+    if method.full:
+        return full_model(model)
     if peft.get("peft_default_targets") and method.name in PEFT_DEFAULT_PLACEMENT:
         peft = {**peft, "target_modules": None}  # upstream: peft's default modules
     else:
@@ -395,6 +402,22 @@ def cast_trainable(model: Any, dtype: Any) -> None:
     for param in model.parameters():
         if param.requires_grad and param.is_floating_point() and param.dtype != dtype:
             param.data = param.data.to(dtype)
+
+
+def full_model(model: Any) -> Any:
+    """The model itself with every parameter trainable and in float32 (the same precision
+    every adapter trains in; docs/fairness.md), for full fine-tuning."""
+    import torch
+
+    for param in model.parameters():
+        param.requires_grad_(True)
+        if param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+def _no_adapter(peft: dict[str, Any], training: dict[str, Any]) -> None:
+    return None
 
 
 METHODS: dict[str, Method] = {
@@ -435,6 +458,8 @@ METHODS: dict[str, Method] = {
             uses_alpha=False,
             uses_dropout=False,
         ),
+        Method("full", "full fine-tuning: every parameter, no adapter", _no_adapter, uses_rank=False,
+               uses_alpha=False, uses_dropout=False, full=True),
     )
 }
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
@@ -480,7 +505,8 @@ def validate_method_settings(
     dropout = peft.get("lora_dropout", 0.0)
     if spec.uses_dropout and not (_is_number(dropout) and 0 <= dropout < 1):
         problems.append(f"peft.lora_dropout must be in [0, 1), got {dropout!r}")
-    problems += placement_problems(method, peft, model_name)
+    if not spec.full:
+        problems += placement_problems(method, peft, model_name)
 
     if method == "lora_plus":
         ratio = peft.get("lora_plus_ratio")

@@ -110,6 +110,16 @@ BUILTIN_MODELS: dict[str, TinyRecipe] = {
 }
 
 
+def _register_math_model() -> None:
+    """builtin:tiny-math (perl_cli/models_math.py), kept in its own module."""
+    from perl_cli.models_math import TINY_MATH
+
+    BUILTIN_MODELS["tiny-math"] = TINY_MATH  # type: ignore[assignment]
+
+
+_register_math_model()
+
+
 def usable_cpus() -> int | None:
     """The CPUs this process may run on (its affinity: a Slurm or taskset allocation), else os.cpu_count()."""
     try:
@@ -288,7 +298,10 @@ def builtin_model_path(name: str, progress: Progress | None = None) -> Path:
             torch.set_num_threads(usable_cpus() or threads)
             try:
                 with torch.random.fork_rng(devices=[]):
-                    _build(recipe, tmp, progress)
+                    if hasattr(recipe, "build"):  # a recipe that builds itself (models_math.py)
+                        recipe.build(tmp, progress)
+                    else:
+                        _build(recipe, tmp, progress)
             finally:
                 torch.set_num_threads(threads)
             if final.exists():  # a leftover without a recipe file is an aborted build

@@ -13,7 +13,7 @@ import os
 import sys
 
 # Kept in step with cli.py's commands by a test (importing Typer here would slow git's perl calls).
-COMMANDS = frozenset({"plan", "run", "status", "diagnose", "report", "watch", "cancel", "logs", "version"})
+COMMANDS = frozenset({"plan", "run", "status", "diagnose", "report", "watch", "cancel", "logs", "version", "eval"})
 # Flags that mean "PeRL" rather than "Perl" when they come first (`--version`, `-h`, `-v` stay Perl's).
 OUR_FLAGS = frozenset({"--help", "--install-completion", "--show-completion", "--perl-version"})
 _MARKER = b"perl_cli"

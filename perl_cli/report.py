@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import plots, report_geometry, report_provenance, report_significance, report_studies
+from perl_cli import plots, report_benchmarks, report_geometry, report_provenance, report_significance, report_studies
 from perl_cli import state as st
 from perl_cli.experiments_view import SuiteView, disk_usage
 from perl_cli.report_model import (  # noqa: F401 - Row, load_rows, curve: the report's public names too
@@ -139,6 +139,7 @@ def summary_markdown(view: SuiteView, rows: list[Row], diagnoses: list, plots: l
     for section in SECTIONS:
         lines += section.markdown(rows)
     lines += report_provenance.markdown(rows)  # the environment once; warns on mixed library versions
+    lines += report_benchmarks.markdown(rows)  # math suites: the benchmark table (issue 16)
     if plots:
         lines += ["## Plots", ""]
         for title, filename in plots:

@@ -56,6 +56,7 @@ PEFT_METHODS = (
     "ia3",
     "ln_tuning",
     "hra",
+    "full",  # full fine-tuning (issue 16): no adapter, every parameter
 )
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -190,6 +191,30 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "percentile": Field(98.0, "float", "neurons scoring at or above this percentile are selected", between(0, 100)),
         "sample_prompts": Field(64, "int", "training prompts the base model is run over to compute the mask", at_least(1)),
     },
+    # --- the math task and benchmark evaluation (issue 16) ---------------------------
+    "task": {
+        "name": Field(
+            "countdown", "str",
+            "what the model learns: countdown (equations, <answer> tags) or math (word problems, \\boxed{} answers)",
+            choices=("countdown", "math"),
+        ),
+        "problem_column": Field("problem", "str", "math: the column holding the problem text"),
+        "answer_column": Field("answer", "str", "math: the column holding the reference answer"),
+        "split": Field("train", "str", "math: the dataset split to train on (hub datasets and directories)"),
+        "subset": Field(None, "str", "math: the dataset's configuration (subset) name", nullable=True),
+        "system_prompt": Field("", "str", "math, chat prompts: the system message (empty: none)"),
+        "instruction": Field(
+            "Please reason step by step, and put your final answer within \\boxed{}.", "str",
+            "math, chat prompts: appended to each problem",
+        ),
+        "chat_template": Field(
+            None, "str", "math, chat prompts: a Jinja chat template replacing the tokenizer's", nullable=True
+        ),
+        "benchmarks": Field(
+            [], "str_list",
+            "benchmarks evaluated after training (names from `perl plan --benchmarks`); never part of the fingerprint",
+        ),
+    },
     "resources": {
         "memory_mb": Field(None, "int", "GPU memory a job needs (default: estimated)", at_least(1), nullable=True),
     },
@@ -266,16 +291,18 @@ ALIASES: dict[str, str] = {
     "targets": "peft.target_modules",
     "layers": "peft.layers",
     "ica": "ica.mode",
+    "task": "task.name",
 }
 
 # Settings that, at these values, are left out of the fingerprint: experiments that
 # finished before the setting existed keep their fingerprint (and are not `stale`).
 # A section given by its "off" switch is left out whole when switched off.
 FINGERPRINT_NEUTRAL: dict[str, Any] = {"peft.layers": "all", **FINGERPRINT_NEUTRAL_RECIPE}
-FINGERPRINT_OFF_SECTIONS: dict[str, tuple[str, Any]] = {"ica": ("mode", "off")}
+FINGERPRINT_OFF_SECTIONS: dict[str, tuple[str, Any]] = {"ica": ("mode", "off"), "task": ("name", "countdown")}
 # Settings never in the fingerprint: they change what the dashboard shows, not what is learned,
 # so changing them does not make a completed experiment stale.
-FINGERPRINT_EXCLUDED = frozenset({"wandb.backend", "wandb.log_spectral_images", "wandb.log_gradient_images"})
+FINGERPRINT_EXCLUDED = frozenset({"wandb.backend", "wandb.log_spectral_images", "wandb.log_gradient_images",
+                                  "task.benchmarks"})  # what is evaluated afterwards
 
 # --- collapse stopping (issue 17) ---------------------------------------------------------
 # Off by default, and then outside the fingerprint: runs that finished before it existed stay

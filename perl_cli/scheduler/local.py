@@ -50,7 +50,7 @@ from perl_cli import outcomes, state
 from perl_cli.config import ConfigError, ConfigFile, Experiment, matching
 from perl_cli.experiments_view import OVERRIDES_KEY, Expectations, read_records
 from perl_cli.logtail import tail_bytes
-from perl_cli.scheduler import endings, handoff, planning, requests
+from perl_cli.scheduler import endings, handoff, jobkinds, planning, requests
 from perl_cli.scheduler import gpus as gpulib
 from perl_cli.scheduler.aggregate import write_run_status
 from perl_cli.scheduler.handles import AdoptedHandle, ChildHandle
@@ -109,6 +109,10 @@ class RunOptions:
     slurm: SlurmOptions | None = None  # --backend slurm: submit array tasks instead of running workers here
     explicit: frozenset[str] = frozenset()  # the flags given on the command line (a running run keeps its own)
     notify: str | None = None  # --notify: a shell command run with the end-of-run summary
+    # `perl eval`: the jobs evaluate completed experiments instead of training (jobkinds.py).
+    kind: str = jobkinds.TRAIN
+    eval_benchmarks: dict[str, dict[str, Any]] | None = None  # --benchmarks specs; None: each experiment's own
+    eval_worker_cmd: Sequence[str] = jobkinds.DEFAULT_EVAL_WORKER_CMD
 
 
 @dataclass
@@ -130,6 +134,8 @@ class Job:
     killed: bool = False
     stall_killed: bool = False  # killed by the scheduler for a heartbeat older than the stall timeout
     kill_at: float | None = None  # monotonic time to SIGKILL a worker cancelled by `perl cancel --only`
+    kind: str = jobkinds.TRAIN  # what the worker does: train, or eval (its command and input files)
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)  # eval jobs: the specs to evaluate
 
     @property
     def name(self) -> str:
@@ -217,7 +223,7 @@ class LocalRunner:
                 lock.acquire()
                 break
             except LockHeld as exc:
-                if self.opts.slurm is not None or attempt == HANDOVER_ATTEMPTS - 1:
+                if self.opts.slurm is not None or self.opts.kind != jobkinds.TRAIN or attempt == HANDOVER_ATTEMPTS - 1:
                     raise RunError(str(exc)) from None
                 code = self._hand_over(exc)
                 if code is not None:
@@ -420,7 +426,7 @@ class LocalRunner:
         return str(max(1, (os.cpu_count() or 1) // self._capacity()))
 
     def _command(self, job: Job) -> list[str]:
-        return [*self.opts.worker_cmd, str(job.dir)]
+        return jobkinds.command(job.kind, job.dir, self.opts.worker_cmd, self.opts.eval_worker_cmd)
 
     def _env_overrides(self, gpu: int | None) -> dict[str, str]:
         env = {
@@ -561,7 +567,10 @@ class LocalRunner:
     def _run_locked(self) -> int:
         requests.sweep(self.suite_dir)  # what an ended run took and never answered, requests nobody waits for
         live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
-        jobs, refusals = self._classify(live)
+        if self.opts.kind == jobkinds.EVAL:
+            jobs, refusals = self._classify_eval(live), []
+        else:
+            jobs, refusals = self._classify(live)
         if refusals:
             self._write_aggregate(force=True)
             raise RunError(self._refusal_message(refusals))
@@ -650,11 +659,12 @@ class LocalRunner:
             r.info(f"GPUs{fake}: " + ", ".join(f"{i} {g.name} {g.memory_free_mb:,}/{g.memory_total_mb:,} MB free" for i, g in self.gpus.items())
                    + f"; {self.opts.jobs_per_gpu} job(s) per GPU.")
         adopt = sum(j.action == "adopt" for j in jobs)
-        parts = [f"{len(jobs) - adopt} to run"]
+        evaluating = self.opts.kind == jobkinds.EVAL
+        parts = [f"{len(jobs) - adopt} to {'evaluate' if evaluating else 'run'}"]
         if adopt:
             parts.append(f"{adopt} still running from an earlier `perl run` (adopted)")
         if self.skipped:
-            parts.append(f"{len(self.skipped)} already completed (skipped)")
+            parts.append(f"{len(self.skipped)} already {'evaluated' if evaluating else 'completed'} (skipped)")
         r.info(f"suite {self.opts.suite} → {self.suite_dir}: " + ", ".join(parts) + ".")
         for line in self._kept_lines():
             r.info(line)
@@ -797,8 +807,20 @@ class LocalRunner:
                 f"the chosen GPUs is {best:,} MB (used by other processes); it starts when that frees up."
             )
 
+    def _classify_eval(self, live: dict[Path, tuple[int, float | None]]) -> list[Job]:
+        """`perl eval`: an eval job per completed experiment with benchmarks left to do (jobkinds.plan_eval)."""
+        plans, skipped, done = jobkinds.plan_eval(self.opts.experiments, self.suite_dir, self.opts.eval_benchmarks, live)
+        for name, reason in skipped:
+            print(f"not evaluated: {name}: {reason}")
+        self.skipped += done
+        return [Job(p.exp, self.suite_dir / p.exp.name, estimate_mb(p.exp.config), action="resume", tries_left=0,
+                    kind=jobkinds.EVAL, benchmarks=p.specs) for p in plans]
+
     def _prepare_dir(self, job: Job) -> None:
-        """The experiment directory and its config.json, as the worker will read it."""
+        """The experiment directory and what its worker reads: config.json (train) or the eval request."""
+        if job.kind == jobkinds.EVAL:
+            jobkinds.prepare_eval(job.dir, job.benchmarks)  # config.json stays what training ran with
+            return
         job.dir.mkdir(parents=True, exist_ok=True)
         config = job.exp.resolved()
         if self.opts.overrides:
@@ -838,6 +860,8 @@ class LocalRunner:
         cmd = self._command(job)
         env = {**self.environ, **self._env_overrides(gpu)}
         how = {"resume": "resuming from its last checkpoint", "adopt": ""}.get(job.action, "from the start")
+        if job.kind == jobkinds.EVAL:
+            how = f"evaluating {', '.join(job.benchmarks)}"
         state.append_log_mark(job.dir, f"attempt {job.attempt} on {job.gpu_label} ({how}): {shlex.join(cmd)}")
         with open(job.dir / state.LOG_FILE, "ab") as log:
             proc = subprocess.Popen(
@@ -1102,7 +1126,10 @@ class LocalRunner:
 
     def _dry_run(self) -> int:
         live = find_live_workers(self.suite_dir) if self.suite_dir.exists() else {}
-        jobs, refusals = self._classify(live)
+        if self.opts.kind == jobkinds.EVAL:
+            jobs, refusals = self._classify_eval(live), []
+        else:
+            jobs, refusals = self._classify(live)
         out: Callable[[str], None] = print
         if self.opts.slurm is not None:
             for line in SlurmBackend(self, self.opts.slurm).describe(jobs):

@@ -63,3 +63,28 @@ def adapter_size(model: Any, exp_dir: Path) -> int:
 
 def _weights_size(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and p.name.startswith("adapter_model"))
+
+
+FULL_MODEL_DIR = "full_model"  # method = "full": the trained model, loadable with from_pretrained
+
+
+def save_full_model(model: Any, tokenizer: Any, exp_dir: Path) -> int:
+    """Full fine-tuning's checkpoint: the whole model (and tokenizer) in exp_dir/full_model,
+    written in a temporary directory that replaces it at once; returns the weights' bytes."""
+    final = exp_dir / FULL_MODEL_DIR
+    tmp = exp_dir / ".full_model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    size = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file() and p.name.endswith(".safetensors"))
+    for path in tmp.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    old = exp_dir / ".full_model.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return size

@@ -7,7 +7,6 @@ from typing import Any
 
 from perl_cli.data import countdown
 from perl_cli.learning import mean as _mean
-from perl_cli.rewards import countdown_correct
 from perl_cli.stats import standard_error  # the report's definition, one copy
 
 # Prompts per generate() call; sampled calls multiply this by the samples per problem.
@@ -56,6 +55,7 @@ def evaluate_accuracy(
     max_new_tokens: int,
     seed: int,
     top_p: float = 1.0,
+    task: Any = None,
 ) -> dict[str, float]:
     """``accuracy_greedy`` and ``accuracy_sampled`` (mean over `num_samples` per problem), each
     with its standard error over problems (``*_se``), and the per-problem results
@@ -70,7 +70,11 @@ def evaluate_accuracy(
 
     was_training = model.training
     model.eval()
-    texts = [countdown.render_prompt(p, prompt_format, tokenizer) for p in problems]
+    if task is None:  # Countdown, for callers from before the task interface
+        from perl_cli.data.tasks import CountdownTask
+
+        task = CountdownTask({})
+    texts = [task.render_prompt(p, prompt_format, tokenizer) for p in problems]
     # Chat templates already contain the special tokens; plain prompts are tokenized
     # exactly as GRPOTrainer tokenizes them.
     special = prompt_format != countdown.CHAT
@@ -87,10 +91,9 @@ def evaluate_accuracy(
             greedy = _generate(model, tokenizer, chunk, sample=False, num_samples=1, **common)
             sampled = _generate(model, tokenizer, chunk, sample=True, num_samples=num_samples, **common)
             for i, problem in enumerate(batch):
-                nums, target = list(problem.numbers), problem.target
-                greedy_hits.append(float(countdown_correct(greedy[i], nums, target)))
+                greedy_hits.append(float(task.correct(greedy[i], problem)))
                 group = sampled[i * num_samples : (i + 1) * num_samples]
-                sampled_rates.append(sum(countdown_correct(c, nums, target) for c in group) / num_samples)
+                sampled_rates.append(sum(task.correct(c, problem) for c in group) / num_samples)
     model.train(was_training)
     return {
         "accuracy_greedy": _mean(greedy_hits),

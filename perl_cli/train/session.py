@@ -15,11 +15,11 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback, set_seed
 
-from perl_cli import ica, learning, rewards, state
+from perl_cli import ica, learning, state
 from perl_cli.config import ConfigError
-from perl_cli.data import countdown
+from perl_cli.data import countdown, tasks
 from perl_cli.methods import Method, build_adapter, get_method
-from perl_cli.models import BUILTIN_MODELS, is_builtin, load_model, load_tokenizer
+from perl_cli.models import BUILTIN_MODELS, TinyRecipe, is_builtin, load_model, load_tokenizer
 from perl_cli.placement import PlacementError
 from perl_cli.stats import head_mean, tail_mean
 from perl_cli.tracking.dashboard import make_callback as make_dashboard
@@ -30,6 +30,7 @@ from perl_cli.train.artifacts import (
     adapter_size,
     atomic_save_adapter,
     peak_memory_mb,
+    save_full_model,
 )
 from perl_cli.train.evaluate import evaluate_accuracy
 from perl_cli.train.grpo import grpo_args
@@ -75,14 +76,19 @@ class TrainingSession:
         name = str(model_cfg["model_name_or_path"])
         set_seed(self.seed)
         self.tokenizer = load_tokenizer(model_cfg, progress=self.status.phase)
+        self.task = tasks.for_config(self.config)
         self.prompt_format = countdown.resolve_prompt_format(self.config["dataset"].get("prompt_format", "auto"), name)
+        template = (self.config.get("task") or {}).get("chat_template")
+        if template and self.task.name == tasks.MATH:
+            self.tokenizer.chat_template = template
         if self.prompt_format == countdown.CHAT and not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
                 f"dataset.prompt_format is chat but the tokenizer of {name!r} has no chat template; "
                 'use a chat/instruct model or set dataset.prompt_format = "compact"'
             )
-        splits = countdown.load_splits(self.config["dataset"])
-        self._warn_if_warm_start_saw_eval(name)
+        splits = self.task.load_splits()
+        if self.task.name == tasks.COUNTDOWN:
+            self._warn_if_warm_start_saw_eval(name)
         self.train_problems = self._fit_prompts(splits.train, "training")
         self.eval_problems = self._fit_prompts(splits.eval, "held-out")
         print(
@@ -109,7 +115,10 @@ class TrainingSession:
         if self.training.get("gradient_checkpointing"):
             model.enable_input_require_grads()  # checkpointed PEFT layers need input grads
         self.model = model
-        self.total_params = int(model.get_nb_trainable_parameters()[1])
+        self.total_params = (
+            sum(p.numel() for p in model.parameters()) if self.method.full
+            else int(model.get_nb_trainable_parameters()[1])
+        )
         if float(self.training.get("beta", 0.0)) > 0 and self.method.needs_weight_conversion_on_save:
             print(
                 f"[perl] warning: beta > 0 with {self.method.name}: TRL's reference model is the adapter-disabled "
@@ -122,7 +131,7 @@ class TrainingSession:
         """The tiny model's warm start excludes a held-out prefix of the default split only."""
         d = self.config["dataset"]
         recipe = BUILTIN_MODELS.get(model_name.removeprefix("builtin:"))
-        if not is_builtin(model_name) or recipe is None or not recipe.sft_steps:
+        if not is_builtin(model_name) or not isinstance(recipe, TinyRecipe) or not recipe.sft_steps:
             return
         default_split = (recipe.split_seed, recipe.num_count, recipe.min_number, recipe.max_number)
         this_split = (d.get("split_seed"), d.get("num_count"), d.get("min_number"), d.get("max_number"))
@@ -137,7 +146,7 @@ class TrainingSession:
                 flush=True,
             )
 
-    def _fit_prompts(self, problems: list[countdown.Problem], which: str) -> list[countdown.Problem]:
+    def _fit_prompts(self, problems: list[Any], which: str) -> list[Any]:
         """Drop problems whose prompt exceeds max_prompt_length tokens.
 
         TRL 1.16 no longer truncates prompts; cutting tokens off a Countdown prompt
@@ -146,7 +155,7 @@ class TrainingSession:
         limit = int(self.training.get("max_prompt_length") or 0)
         if not limit or not problems:
             return problems
-        texts = [countdown.render_prompt(p, self.prompt_format, self.tokenizer) for p in problems]
+        texts = [self.task.render_prompt(p, self.prompt_format, self.tokenizer) for p in problems]
         special = self.prompt_format != countdown.CHAT
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
         kept = [p for p, n in zip(problems, lengths, strict=True) if n <= limit]
@@ -183,7 +192,7 @@ class TrainingSession:
             return saved
         t0 = time.time()
         result = evaluate_accuracy(
-            model, self.tokenizer, self.eval_problems, self.prompt_format, **self._eval_settings()
+            model, self.tokenizer, self.eval_problems, self.prompt_format, **self._eval_settings(), task=self.task
         )
         result["fingerprint"] = self.config.get("fingerprint")
         state.atomic_write_json(path, result)
@@ -204,7 +213,7 @@ class TrainingSession:
             self.ica_summary = {"ica_seconds": mask["seconds"], "ica_reused": True}
         else:
             problems = ica.sample(self.train_problems, settings["sample_prompts"], self.seed)
-            texts = [countdown.render_prompt(p, self.prompt_format, self.tokenizer) for p in problems]
+            texts = [self.task.render_prompt(p, self.prompt_format, self.tokenizer) for p in problems]
             try:
                 mask = ica.compute_mask(
                     model, self.tokenizer, texts, settings, add_special_tokens=self.prompt_format != countdown.CHAT
@@ -243,7 +252,7 @@ class TrainingSession:
     # --- training ----------------------------------------------------------------------
 
     def train(self, resume: Path | None) -> None:
-        reward_funcs, weights = rewards.reward_functions(self.prompt_format)
+        reward_funcs, weights = self.task.reward_functions(self.prompt_format)
         args = grpo_args(
             self.config, self.exp_dir, on_gpu=self.on_gpu, report_to=[], reward_weights=weights
         )
@@ -278,7 +287,7 @@ class TrainingSession:
         optimizer = None
         if self.method.optimizer is not None:
             optimizer = self.method.optimizer(self.model, self.peft_section, self.training)
-        train_ds = Dataset.from_list(countdown.to_records(self.train_problems, self.prompt_format))
+        train_ds = Dataset.from_list(self.task.to_records(self.train_problems, self.prompt_format))
         self.trainer = MethodGRPOTrainer(
             model=self.model,
             reward_funcs=reward_funcs,
@@ -334,7 +343,8 @@ class TrainingSession:
         if self.config["eval"].get("enabled", True):
             t0 = time.time()
             trained = evaluate_accuracy(
-                self.model, self.tokenizer, self.eval_problems, self.prompt_format, **self._eval_settings()
+                self.model, self.tokenizer, self.eval_problems, self.prompt_format, **self._eval_settings(),
+                task=self.task,
             )
             results.update(trained)
             results["eval_seconds"] = time.time() - t0
@@ -347,10 +357,16 @@ class TrainingSession:
                 results.update(learning.held_out_gains(trained, self.base_eval))
         # The adapter's own size at its rank; PiSSA/MiLoRA also keep the converted file
         # (rank 2r, applies to the original base), whose size is reported separately.
-        results["adapter_size_bytes"] = adapter_size(self.model, self.exp_dir)
-        saved = atomic_save_adapter(self.model, self.exp_dir, **save_kwargs)
-        if self.method.needs_weight_conversion_on_save:
-            results["converted_adapter_size_bytes"] = saved
+        if self.method.full:
+            # The checkpoint is the whole model, in its own directory (its config.json
+            # must not replace the experiment's).
+            results["adapter_size_bytes"] = save_full_model(self.model, self.tokenizer, self.exp_dir)
+        else:
+            results["adapter_size_bytes"] = adapter_size(self.model, self.exp_dir)
+            saved = atomic_save_adapter(self.model, self.exp_dir, **save_kwargs)
+            if self.method.needs_weight_conversion_on_save:
+                results["converted_adapter_size_bytes"] = saved
+        results.update(self._benchmarks())
         results.update(self._reward_summary())
         step_seconds = self.progress.step_seconds if self.progress else []
         results["seconds_per_step"] = sum(step_seconds) / len(step_seconds) if step_seconds else None
@@ -367,6 +383,20 @@ class TrainingSession:
         """perl_cli/collapse.Collapse when training.stop_on_collapse stopped the run, else None."""
         stop = getattr(self, "collapse_stop", None)
         return stop.verdict if stop is not None else None
+
+    def _benchmarks(self) -> dict[str, Any]:
+        """The suite's benchmarks (task.benchmarks) on the trained model: benchmarks/<name>.json."""
+        specs = self.config.get("benchmark_specs") or {}
+        if not specs:
+            return {}
+        from perl_cli.train.benchmark_eval import run_benchmarks
+
+        self.status.phase("benchmarks")
+        return {"benchmarks": run_benchmarks(
+            self.model, self.tokenizer, specs, self.exp_dir, prompt_format=self.prompt_format,
+            task_section=self.config.get("task") or {}, seed=self.seed, fingerprint=self.config.get("fingerprint"),
+            stop=lambda: self.stopper.received is not None, phase=self.status.phase,
+        )}
 
     def _reward_summary(self) -> dict[str, Any]:
         """Mean training reward over the first and last 10% of logged steps."""

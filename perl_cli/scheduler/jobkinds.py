@@ -1,0 +1,85 @@
+"""What kind of work a scheduler job is: training an experiment, or evaluating it.
+
+The local run loop (local.py) launches, watches, records and resumes every job the same
+way; a job's kind decides only its command and the files it is given before launch:
+
+* ``train`` — `python -m perl_cli.train DIR`, given config.json (what `perl run` does);
+* ``eval`` — `python -m perl_cli.train.eval_worker DIR`, given eval_request.json (the
+  benchmark specs asked for); what `perl eval` does to completed experiments.
+
+`plan_eval` decides, from the files alone, which experiments an evaluation job is for.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perl_cli import benchmarks, state
+from perl_cli.config import Experiment
+from perl_cli.experiments_view import read_records
+
+TRAIN, EVAL = "train", "eval"
+EVAL_REQUEST_FILE = "eval_request.json"  # perl_cli/train/eval_worker.REQUEST_FILE
+DEFAULT_EVAL_WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "perl_cli.train.eval_worker")
+
+
+def command(kind: str, exp_dir: Path, train_cmd: Sequence[str], eval_cmd: Sequence[str]) -> list[str]:
+    return [*(eval_cmd if kind == EVAL else train_cmd), str(exp_dir)]
+
+
+def prepare_eval(exp_dir: Path, specs: dict[str, dict[str, Any]]) -> None:
+    """The evaluation job's input: which benchmarks, with which settings."""
+    state.atomic_write_json(exp_dir / EVAL_REQUEST_FILE, {"benchmarks": specs})
+
+
+@dataclass
+class EvalPlan:
+    exp: Experiment
+    specs: dict[str, dict[str, Any]]  # the benchmarks still to do (a stopped one continues)
+
+
+def plan_eval(
+    experiments: Sequence[Experiment], suite_dir: Path, asked: dict[str, dict[str, Any]] | None,
+    live: dict[Path, Any],
+) -> tuple[list[EvalPlan], list[tuple[str, str]], list[str]]:
+    """(evaluations to run, (name, reason) not evaluated, names already evaluated).
+
+    An experiment is evaluated when its training is complete with the fingerprint the
+    config gives now (an evaluation stopped midway leaves it `interrupted` with its
+    request: that counts too), and some asked benchmark has no result for it yet.
+    `asked` (--benchmarks) replaces each experiment's own task.benchmarks.
+    """
+    plans: list[EvalPlan] = []
+    skipped: list[tuple[str, str]] = []
+    done: list[str] = []
+    for exp in experiments:
+        exp_dir = suite_dir / exp.name
+        records = read_records(exp_dir)
+        if records.problem:
+            skipped.append((exp.name, f"unreadable ({records.problem})"))
+            continue
+        status = records.status or {}
+        if exp_dir in live or (status.get("host") in (None, state.hostname())
+                               and state.process_alive(status.get("pid"), status.get("pid_start_time"))):
+            skipped.append((exp.name, "has a live worker (training or evaluating)"))
+            continue
+        current = state.effective_state(status, exp.fingerprint)
+        stopped_eval = current == state.INTERRUPTED and (exp_dir / EVAL_REQUEST_FILE).exists() \
+            and (exp_dir / state.EVAL_FILE).exists() and records.fingerprint == exp.fingerprint
+        if current != state.COMPLETED and not stopped_eval:
+            skipped.append((exp.name, f"not completed ({current}): `perl run` it first"))
+            continue
+        specs = asked if asked is not None else (exp.config.get("benchmark_specs") or {})
+        if not specs:
+            skipped.append((exp.name, "no benchmarks (set task.benchmarks or pass --benchmarks)"))
+            continue
+        todo = {n: s for n, s in specs.items() if not benchmarks.is_done(exp_dir, n, s, exp.fingerprint)}
+        if todo:
+            plans.append(EvalPlan(exp, todo))
+        else:
+            done.append(exp.name)
+    return plans, skipped, done
