@@ -37,7 +37,7 @@ from typing import Any
 Progress = Callable[[str, int | None, int | None], None]
 
 BUILTIN_PREFIX = "builtin:"
-from perl_cli.charset import CHARSET, EOS, PAD  # noqa: E402,F401  (re-exported: perl_cli.models.CHARSET)
+from perl_cli.builtin_parts import CHARSET, EOS, PAD, _tiny_config, cache_dir  # noqa: E402,F401  (re-exported)
 
 
 class ModelError(Exception):
@@ -128,10 +128,6 @@ def usable_cpus() -> int | None:
         return os.cpu_count()
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("PERL_CACHE_DIR") or Path.home() / ".cache" / "perl").expanduser()
-
-
 def is_builtin(name: str) -> bool:
     return name.startswith(BUILTIN_PREFIX)
 
@@ -160,24 +156,6 @@ def build_char_tokenizer() -> Any:
 
 
 # --- building a built-in model -------------------------------------------------------
-
-
-def _tiny_config(recipe: TinyRecipe, vocab_size: int, pad_id: int, eos_id: int) -> Any:
-    from transformers import Qwen2Config
-
-    return Qwen2Config(
-        vocab_size=vocab_size,
-        hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.ffn_size,
-        num_hidden_layers=recipe.num_layers,
-        num_attention_heads=recipe.num_heads,
-        num_key_value_heads=recipe.num_kv_heads,
-        max_position_embeddings=recipe.max_positions,
-        tie_word_embeddings=True,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-        bos_token_id=eos_id,
-    )
 
 
 def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe, progress: Progress | None = None) -> None:

@@ -61,7 +61,7 @@ class TinyMathRecipe:
         import torch
         from transformers import Qwen2ForCausalLM
 
-        from perl_cli.models import _tiny_config
+        from perl_cli.builtin_parts import _tiny_config
 
         tokenizer = math_tokenizer()
         torch.manual_seed(self.seed)
@@ -81,7 +81,7 @@ def math_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    from perl_cli.models import EOS, PAD
+    from perl_cli.builtin_parts import EOS, PAD
 
     vocab = {PAD: 0, EOS: 1}
     for ch in MATH_CHARSET:

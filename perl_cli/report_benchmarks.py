@@ -64,11 +64,11 @@ def _cell(runs: list[dict[str, Any]], name: str, key: str) -> tuple[float | None
 
 
 def markdown(rows: list[Any]) -> list[str]:
-    from perl_cli import report
+    from perl_cli import report_model
 
     table = []
     names: list[str] = []
-    for group in report.groups(rows):
+    for group in report_model.groups(rows):
         runs = [run_benchmarks(r) for r in group.runs]
         runs = [r for r in runs if r]
         if not runs:

@@ -51,7 +51,7 @@ def _tokenizer(vocab_size: int) -> Any:
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
-    from perl_cli.charset import CHARSET, EOS, PAD
+    from perl_cli.builtin_parts import CHARSET, EOS, PAD
 
     vocab = {PAD: 0, EOS: 1}
     for ch in CHARSET:

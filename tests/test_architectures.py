@@ -205,7 +205,9 @@ def test_full_fine_tuning_counts_gradients_and_moments() -> None:
     config["peft"]["type"] = "full"
     est = memory.estimate(config)
     assert est.trainable == 1_777_088_000
-    assert round(est.optimizer) == round(1_777_088_000 * (2 + 8) / 2**20)
+    # Every parameter in float32 (methods.full_model): fp32 weights, plus fp32 gradient and two moments.
+    assert round(est.weights) == round(1_777_088_000 * 4 / 2**20)
+    assert round(est.optimizer) == round(1_777_088_000 * 12 / 2**20)
 
 
 def test_plan_json_shows_each_experiments_estimate_from_the_config() -> None:

@@ -35,6 +35,10 @@ STEPS = 2
 # Methods whose update has no low-rank form: the spectral snapshot records no layer for them.
 NO_SPECTRUM = {"ia3", "ln_tuning", "miss"}
 FULL_METHODS = {"full"}  # methods that train the embeddings and the head too
+# Full fine-tuning at these widths trains 560M float32 parameters (about 9 GB with AdamW) on the
+# CPU: too big for CI; its save and reload are tested end to end on a tiny model
+# (tests/test_math_e2e.py) and its memory terms in tests/test_architectures.py.
+ADAPTER_METHODS = [m for m in METHOD_NAMES if m not in FULL_METHODS]
 CUDA_MISSING = "CUDA is not available (torch.cuda.is_available() is False): the gpu tests need a CUDA GPU"
 
 
@@ -151,7 +155,7 @@ def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytes
 
 @pytest.mark.slow
 @pytest.mark.realshape
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
 def test_method_at_real_shape_on_cpu(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict) -> None:
     _run_real_shape(method, "cpu", tmp_path, monkeypatch, bases)
 
@@ -159,6 +163,6 @@ def test_method_at_real_shape_on_cpu(method: str, tmp_path: Path, monkeypatch: p
 @pytest.mark.gpu
 @pytest.mark.realshape
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_MISSING)
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
 def test_method_at_real_shape_on_gpu(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict) -> None:
     _run_real_shape(method, "cuda", tmp_path, monkeypatch, bases)

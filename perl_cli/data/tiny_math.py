@@ -88,7 +88,7 @@ def digest() -> str:
 
 def builtin_files() -> dict[str, Path]:
     """The paths of train.jsonl and test.jsonl, written on first use (atomically)."""
-    from perl_cli.models import cache_dir
+    from perl_cli.builtin_parts import cache_dir
 
     root = cache_dir() / "data" / f"tiny-math-{digest()}"
     files = {name: root / f"{name}.jsonl" for name in ("train", "test")}

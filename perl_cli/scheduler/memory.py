@@ -16,7 +16,8 @@ at once), w = bytes per weight (2 for bf16/fp16/auto, 4 for float32):
     weights      = P x w
     optimizer    = trainable x 16 B       (fp32 adapter weight, gradient, two AdamW moments;
                                           trainable counted from the shape and peft.r; full
-                                          fine-tuning: P x (w + 8), gradients in the weights' dtype)
+                                          fine-tuning: weights P x 4 (float32, + P x w for a
+                                          reference model when beta > 0), optimizer P x 12)
     activations  = B x T x L x (ACT_H x H + ACT_I x I) bytes        (what autograd keeps per
                    token and layer, per method, measured: ACT below, docs/memory.md); with
                    gradient checkpointing B x T x L x H x w plus one layer's worth;
@@ -194,7 +195,14 @@ def estimate(config: dict[str, Any]) -> Estimate:
     w = 4 if model.get("dtype") == "float32" else 2
     method = str(peft.get("type", "lora"))
     trainable = trainable_parameters(shape, peft, train.get("max_steps"))
-    optimizer = trainable * (w + 8) if method in FULL_METHODS else trainable * 16
+    optimizer = trainable * 16
+    weights = params * w
+    if method in FULL_METHODS:
+        # Full fine-tuning trains every parameter in float32 (methods.full_model, like every
+        # adapter: docs/fairness.md): fp32 weights replace the half-precision ones, plus an fp32
+        # gradient and two AdamW moments (12 B); a reference model (beta > 0) keeps the original.
+        weights = params * 4 + (params * w if float(train.get("beta") or 0) > 0 else 0)
+        optimizer = trainable * 12
 
     batch = int(train["per_device_train_batch_size"])
     prompt, completion = int(train["max_prompt_length"]), int(train["max_completion_length"])
@@ -218,7 +226,7 @@ def estimate(config: dict[str, Any]) -> Estimate:
     sampling = generations * shape.vocab_size * 4 * 2
     generation = kv_cache + prefill + sampling
     return Estimate(
-        weights=params * w / _MB, optimizer=optimizer / _MB, activations=activations / _MB, logits=logits / _MB,
+        weights=weights / _MB, optimizer=optimizer / _MB, activations=activations / _MB, logits=logits / _MB,
         generation=generation / _MB, source=source, parameters=int(params), trainable=int(trainable),
     )
 
