@@ -125,6 +125,13 @@ def test_scancel_of_a_running_task_then_perl_run_resumes_from_its_checkpoint(tmp
     stopped = state.read_status(exp)
     assert stopped["exit_code"] == 143  # the worker got SIGTERM and saved a checkpoint
     assert state.last_checkpoint(exp).name == f"checkpoint-{stopped['step']}"
+    # The worker records `interrupted` before its Slurm task has finished exiting; while Slurm
+    # still has the task, a new `perl run` watches it instead of submitting a second one (issue 24).
+    from perl_cli.scheduler import slurm_cli
+
+    task = task_of(tmp_path, "lora_s1")
+    wait_until(lambda: (slurm_cli.task_states([task]) or {}).get(task) not in slurm_cli.ACTIVE_STATES,
+               timeout=60, what="Slurm to let the cancelled task go")
 
     result = perl(tmp_path, "--backend", "slurm", "--wait", env={**env, "PERL_FAKE_STEP_SECONDS": "0.01"}, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

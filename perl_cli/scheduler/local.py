@@ -575,6 +575,8 @@ class LocalRunner:
             self._write_aggregate(force=True)
             raise RunError(self._refusal_message(refusals))
         if self.opts.slurm is not None:
+            # The run answers for every experiment asked for (submitted now, in flight or done).
+            self.run_experiments = {e.name: e for e in self.opts.experiments}
             return self._run_slurm(jobs)
         self._check_fit(jobs)
         self.run_names = [j.name for j in jobs]
