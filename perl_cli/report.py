@@ -462,40 +462,11 @@ def _gradient_grids(rows: list[Row]) -> dict[str, tuple[list, list, list[list[fl
     grids = {}
     for g in groups(rows):
         for r in g.runs:
-            grid = _gradient_grid(tracking_history(r, GRADIENT_FILES))
+            grid = plots.gradient_grid(tracking_history(r, GRADIENT_FILES))
             if grid:
                 grids[g.label] = grid
                 break
     return grids
-
-
-def _gradient_grid(history: list[dict]) -> tuple[list, list, list[list[float]]] | None:
-    """A module's norm is the root sum of squares over its parameter kinds (A, B, ...)."""
-    table: dict[float, dict[str, float]] = {}
-    for snap in history:
-        step = number(snap.get("step"))
-        if step is None:
-            continue
-        for module, kinds in snap["layers"].items():
-            norms = [v for v in (kinds.values() if isinstance(kinds, dict) else [kinds]) if number(v) is not None]
-            if norms:
-                table.setdefault(step, {})[str(module)] = math.sqrt(sum(v * v for v in norms))
-    steps = sorted(table)
-    modules = list(dict.fromkeys(m for s in steps for m in table[s]))
-    if not steps or not modules:
-        return None
-    values = [
-        [math.log10(v) if (v := table[s].get(m)) else math.nan for s in steps]
-        for m in modules
-    ]
-    return [int(s) if s.is_integer() else s for s in steps], modules, values
-
-
-def _ticks(set_ticks, set_labels, labels: list, most: int = 12) -> None:
-    every = max(1, math.ceil(len(labels) / most))
-    positions = list(range(0, len(labels), every))
-    set_ticks(positions)
-    set_labels([str(labels[i]) for i in positions], fontsize=7)
 
 
 # --- the command -------------------------------------------------------------------------
