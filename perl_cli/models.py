@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -37,7 +36,17 @@ from typing import Any
 Progress = Callable[[str, int | None, int | None], None]
 
 BUILTIN_PREFIX = "builtin:"
-from perl_cli.builtin_parts import CHARSET, EOS, PAD, _tiny_config, cache_dir  # noqa: E402,F401  (re-exported)
+from perl_cli.builtin_parts import (  # noqa: E402,F401  (CHARSET, EOS, PAD, cache_dir re-exported)
+    CHARSET,
+    EOS,
+    PAD,
+    _tiny_config,
+    build_model,
+    cache_dir,
+    char_tokenizer,
+    library_versions,
+    warm_start,
+)
 
 
 class ModelError(Exception):
@@ -82,21 +91,16 @@ def build_code_digest() -> str:
     another torch) is never reused: a changed build gets a new directory, not a stale model.
     """
     import inspect
-    from importlib import metadata
 
     from perl_cli.data import countdown
 
     parts = [
         inspect.getsource(f)
-        for f in (build_char_tokenizer, _tiny_config, _warm_start, _build, countdown.generate_problems,
-                  countdown.split_problems, countdown.compact_prompt, countdown.compact_completion)
+        for f in (char_tokenizer, build_char_tokenizer, _tiny_config, warm_start, build_model, _sft_pairs, _build,
+                  countdown.generate_problems, countdown.split_problems, countdown.compact_prompt,
+                  countdown.compact_completion)
     ]
-    for lib in ("torch", "transformers", "tokenizers"):
-        try:
-            parts.append(f"{lib}=={metadata.version(lib)}")
-        except metadata.PackageNotFoundError:
-            parts.append(f"{lib} missing")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+    return hashlib.sha256("\n".join(parts + library_versions()).encode()).hexdigest()[:12]
 
 
 BUILTIN_MODELS: dict[str, TinyRecipe] = {
@@ -136,32 +140,15 @@ def is_builtin(name: str) -> bool:
 
 
 def build_char_tokenizer() -> Any:
-    """A fast tokenizer with one token per character and no normalisation.
-
-    Loaded through PreTrainedTokenizerFast (not AutoTokenizer, which would pick
-    Qwen2's class from the model config and replace the pre-tokenizer, losing spaces
-    and newlines).
-    """
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {PAD: 0, EOS: 1}
-    for ch in CHARSET:
-        vocab[ch] = len(vocab)
-    # A BPE with no merges splits text into single characters; Fuse joins them back
-    # without inserting spaces on decode.
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None, ignore_merges=True))
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, padding_side="left")
+    """One token per character of CHARSET (builtin_parts.char_tokenizer says why)."""
+    return char_tokenizer(CHARSET)
 
 
 # --- building a built-in model -------------------------------------------------------
 
 
-def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe, progress: Progress | None = None) -> None:
-    """Supervised training on (prompt, solution) pairs, loss on the completion only."""
-    import torch
-
+def _sft_pairs(recipe: TinyRecipe) -> list[tuple[str, str]]:
+    """The warm start's (prompt, solution) pairs: the training split of the built-in problems."""
     from perl_cli.data import countdown
 
     splits = countdown.split_problems(
@@ -177,58 +164,11 @@ def _warm_start(model: Any, tokenizer: Any, recipe: TinyRecipe, progress: Progre
         data_size=None,
         seed=recipe.split_seed,
     )
-    prompts = [tokenizer.encode(countdown.compact_prompt(p)) for p in splits.train]
-    answers = [tokenizer.encode(countdown.compact_completion(p)) + [tokenizer.eos_token_id] for p in splits.train]
-    width = max(len(a) + len(b) for a, b in zip(prompts, answers, strict=True))
-    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    labels = torch.full_like(ids, -100)
-    mask = torch.zeros_like(ids)
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        seq = p + a
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(p) : len(seq)] = torch.tensor(a)
-        mask[i, : len(seq)] = 1
-
-    gen = torch.Generator().manual_seed(recipe.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.sft_lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / recipe.sft_steps))
-    )
-    model.train()
-    started = time.time()
-    for step in range(recipe.sft_steps):
-        batch = torch.randint(0, len(prompts), (recipe.sft_batch_size,), generator=gen)
-        out = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch])
-        out.loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if progress is not None:
-            progress("warm start", step + 1, recipe.sft_steps)
-        if (step + 1) % 100 == 0:
-            print(
-                f"[perl] warm start {step + 1}/{recipe.sft_steps} loss {out.loss.item():.3f} "
-                f"({time.time() - started:.0f}s)",
-                flush=True,
-            )
-    model.eval()
+    return [(countdown.compact_prompt(p), countdown.compact_completion(p)) for p in splits.train]
 
 
 def _build(recipe: TinyRecipe, out_dir: Path, progress: Progress | None = None) -> None:
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    tokenizer = build_char_tokenizer()
-    torch.manual_seed(recipe.seed)
-    config = _tiny_config(recipe, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    if recipe.sft_steps:
-        _warm_start(model, tokenizer, recipe, progress)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "perl_recipe.json").write_text(json.dumps(asdict(recipe), indent=2, sort_keys=True) + "\n")
+    build_model(recipe, build_char_tokenizer(), lambda: _sft_pairs(recipe), out_dir, progress)
 
 
 @contextlib.contextmanager

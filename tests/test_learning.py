@@ -117,10 +117,10 @@ def test_model_cache_entry_changes_with_the_build_code(monkeypatch) -> None:
     recipe = models.BUILTIN_MODELS["tiny-countdown"]
     before = recipe.digest()
 
-    def other_warm_start(model, tokenizer, recipe):  # a changed warm start
+    def other_warm_start(model, tokenizer, pairs, **settings):  # a changed warm start
         return None
 
-    monkeypatch.setattr(models, "_warm_start", other_warm_start)
+    monkeypatch.setattr(models, "warm_start", other_warm_start)
     assert recipe.digest() != before
 
 
