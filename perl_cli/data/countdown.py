@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perl_cli.data.splits import DataError, Splits, split_problems  # noqa: F401  (re-exported: one rule for every task)
+
 BUILTIN_NAME = "builtin:countdown"
 HUB_NAME = "Jiayi-Pan/Countdown-Tasks-3to4"
 
@@ -48,10 +50,6 @@ USER_PROMPT = (
 )
 
 
-class DataError(Exception):
-    """A dataset that cannot be loaded or used; the message says how to fix it."""
-
-
 @dataclass(frozen=True)
 class Problem:
     numbers: tuple[int, ...]
@@ -62,12 +60,6 @@ class Problem:
     def key(self) -> tuple[tuple[int, ...], int]:
         """Problem identity: the multiset of numbers and the target."""
         return (tuple(sorted(self.numbers)), self.target)
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: list[Problem]
-    eval: list[Problem]
 
 
 # --- the built-in generator ------------------------------------------------------
@@ -197,33 +189,6 @@ def _load_hub(name: str) -> list[Problem]:
             "dataset_name_or_path at a local .jsonl/.parquet file, or use builtin:countdown."
         ) from exc
     return _rows_to_problems(ds, name)
-
-
-def _dedupe(problems: Iterable[Problem]) -> list[Problem]:
-    seen: dict[tuple, Problem] = {}
-    for p in problems:
-        seen.setdefault(p.key, p)
-    return list(seen.values())
-
-
-def split_problems(problems: list[Problem], *, eval_size: int, data_size: int | None, seed: int) -> Splits:
-    """De-duplicate, shuffle by `seed`, hold out `eval_size`, keep `data_size` for training."""
-    unique = _dedupe(problems)
-    unique.sort(key=lambda p: p.key)  # independent of source order
-    random.Random(seed).shuffle(unique)
-    if eval_size < 0 or eval_size >= len(unique):
-        raise DataError(f"dataset.eval_size={eval_size} leaves no training problems out of {len(unique)} distinct")
-    held_out, train = unique[:eval_size], unique[eval_size:]
-    if data_size is not None:
-        if data_size < 1:
-            raise DataError(f"dataset.data_size must be >= 1 or null, got {data_size}")
-        if data_size > len(train):
-            raise DataError(
-                f"dataset.data_size={data_size} but only {len(train)} distinct training problems "
-                f"exist after holding out {eval_size}; lower data_size or use null (all)"
-            )
-        train = train[:data_size]
-    return Splits(train=train, eval=held_out)
 
 
 def load_splits(dataset: dict[str, Any]) -> Splits:

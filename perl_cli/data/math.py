@@ -16,13 +16,13 @@ with whitespace collapsed) after de-duplication, so no held-out problem is train
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perl_cli.data.countdown import CHAT, COMPACT, DataError
+from perl_cli.data.countdown import CHAT, COMPACT
+from perl_cli.data.splits import DataError, Splits, split_problems  # noqa: F401  (re-exported)
 
 BUILTIN_NAME = "builtin:math"
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -40,10 +40,7 @@ class MathProblem:
         return " ".join(self.problem.split())
 
 
-@dataclass(frozen=True)
-class MathSplits:
-    train: list[MathProblem]
-    eval: list[MathProblem]
+MathSplits = Splits  # the same rule as Countdown: data/splits.py
 
 
 def _answer_text(value: Any) -> str | None:
@@ -115,25 +112,6 @@ def load_problems(name: str, task: dict[str, Any]) -> list[MathProblem]:
         raise DataError(f"unknown built-in math dataset {name!r}; the built-in one is {BUILTIN_NAME!r}")
     rows = load_rows(name, split=str(task.get("split") or "train"), subset=task.get("subset"))
     return rows_to_problems(rows, name, str(task.get("problem_column") or "problem"), str(task.get("answer_column") or "answer"))
-
-
-def split_problems(problems: Sequence[MathProblem], *, eval_size: int, data_size: int | None, seed: int) -> MathSplits:
-    unique: dict[str, MathProblem] = {}
-    for p in problems:
-        unique.setdefault(p.key, p)
-    ordered = sorted(unique.values(), key=lambda p: p.key)
-    random.Random(seed).shuffle(ordered)
-    if eval_size < 0 or eval_size >= len(ordered):
-        raise DataError(f"dataset.eval_size={eval_size} leaves no training problems out of {len(ordered)} distinct")
-    held_out, train = ordered[:eval_size], ordered[eval_size:]
-    if data_size is not None:
-        if data_size > len(train):
-            raise DataError(
-                f"dataset.data_size={data_size} but only {len(train)} distinct training problems exist after holding "
-                f"out {eval_size}; lower data_size or use null (all)"
-            )
-        train = train[:data_size]
-    return MathSplits(train=train, eval=held_out)
 
 
 def load_splits(dataset: dict[str, Any], task: dict[str, Any]) -> MathSplits:
