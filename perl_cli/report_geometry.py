@@ -103,13 +103,15 @@ def plot(ax: Any, rows: list[Row]) -> bool:
     ax.set_xlabel("step")
     ax.set_ylabel("share of ΔW's energy in the subspace")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7, title="solid: top-k, dashed: bottom-k, dotted: chance", title_fontsize=7)
+    # Below the axes, not on them: the lines span the whole height (PiSSA high, MiLoRA low).
+    ax.legend(fontsize=7, title="solid: top-k, dashed: bottom-k, dotted: chance", title_fontsize=7,
+              loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.grid(alpha=0.3)
     return True
 
 
 def plots(rows: list[Row]) -> list[tuple[str, str, Any]]:
-    return [("Update geometry: ΔW's energy in the base weight's top-k and bottom-k singular subspaces", PLOT, plot)]
+    return [("Update geometry: ΔW's energy in the base's top-k / bottom-k subspaces", PLOT, plot)]
 
 
 def data(rows: list[Row]) -> dict[str, Any] | None:
