@@ -124,14 +124,6 @@ def _register_math_model() -> None:
 _register_math_model()
 
 
-def usable_cpus() -> int | None:
-    """The CPUs this process may run on (its affinity: a Slurm or taskset allocation), else os.cpu_count()."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
-        return os.cpu_count()
-
-
 def is_builtin(name: str) -> bool:
     return name.startswith(BUILTIN_PREFIX)
 
@@ -209,11 +201,14 @@ def builtin_model_path(name: str, progress: Progress | None = None) -> Path:
         try:
             import torch
 
-            # Seeded inside; forking keeps the caller's RNG stream untouched. The build
-            # uses every core it may (a Slurm task: its allocation, not the node's):
-            # parallel workers are waiting on this lock, not computing.
+            # Seeded inside; forking keeps the caller's RNG stream untouched. One thread:
+            # a built-in model's matrices are too small for torch to gain from more, and
+            # with other work on the cores OpenMP's barriers wait on descheduled threads
+            # (tiny-math's warm start, 100 steps: 213 s with 2 threads beside three busy
+            # processes, 12.6 s with 1; quiet, 2 threads built tiny-countdown at ~5 steps/s,
+            # 1 thread under that load at ~8). The weights do not depend on it.
             threads = torch.get_num_threads()
-            torch.set_num_threads(usable_cpus() or threads)
+            torch.set_num_threads(1)
             try:
                 with torch.random.fork_rng(devices=[]):
                     if hasattr(recipe, "build"):  # a recipe that builds itself (models_math.py)
