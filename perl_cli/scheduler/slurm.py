@@ -24,6 +24,7 @@ from perl_cli import outcomes, state
 from perl_cli.scheduler import endings, slurm_cli
 from perl_cli.scheduler.handles import SlurmTaskHandle
 from perl_cli.scheduler.slurm_cli import SlurmError
+from perl_cli.stats import number
 
 SUBMITIT_DIR = ".slurm"  # inside the suite directory: submitit's pickles and logs (hidden from readers)
 
@@ -199,10 +200,6 @@ def rerun_args(status: dict) -> list[str]:
     return ["--backend", "slurm"] if slurm or status.get("backend") == "slurm" else []
 
 
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 @dataclass
 class _Dir:
     dir: Path
@@ -325,7 +322,7 @@ def seen_by_slurm(statuses: dict[str, dict]) -> dict[str, dict[str, Any]]:
     """
     now = state.now()
     tasks = {name: str(_task_id(s)) for name, s in statuses.items() if _may_be_in_slurm(s)
-             and (s.get("state") not in outcomes.TERMINAL or now - (_num(s.get("ended")) or now) < READ_ENDED_S)}
+             and (s.get("state") not in outcomes.TERMINAL or now - (number(s.get("ended")) or now) < READ_ENDED_S)}
     if not tasks:
         return {}
     states = _task_states_for_readers(frozenset(tasks.values()))
