@@ -18,7 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-from test_scheduler import SUITE, env_for, launches, perl, perl_args, start_perl, wait_until, write_config
+from test_scheduler import (
+    SUITE,
+    env_for,
+    launches,
+    perl,
+    perl_args,
+    start_perl,
+    tmpfs_at,
+    wait_until,
+    write_config,
+)
 
 from perl_cli import state
 
@@ -466,15 +476,7 @@ def test_8_a_hand_off_with_a_directory_named_add_in_the_suite_works(tmp_path: Pa
 @pytest.fixture
 def read_only_output(tmp_path: Path):
     """A tmpfs with a finished suite on it, remounted read-only (root only)."""
-    mount = tmp_path / "out"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"READ-ONLY TEST NOT RUN: cannot mount a tmpfs here ({done.stderr.strip()}); run as root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from tmpfs_at(tmp_path / "out", "4m", "READ-ONLY TEST NOT RUN")
 
 
 def test_8_run_and_report_on_a_read_only_output_are_usage_errors(tmp_path: Path, read_only_output: Path) -> None:
