@@ -57,10 +57,10 @@ def ica_problems(config: dict[str, Any]) -> list[str]:
             "ica.mode = key/complement masks neurons with hooks on the trained model, which vLLM's generation "
             'would not apply: set training.use_vllm = false or ica.mode = "off"'
         )
-    from perl_cli.models import BUILTIN_MODELS, BUILTIN_PREFIX
+    from perl_cli.models import builtin_recipe
 
     name = str(config["model"]["model_name_or_path"])
-    recipe = BUILTIN_MODELS.get(name.removeprefix(BUILTIN_PREFIX)) if name.startswith(BUILTIN_PREFIX) else None
+    recipe = builtin_recipe(name)
     if recipe is not None and ica.get("components", 0) > recipe.ffn_size:
         problems.append(
             f"ica.components = {ica['components']} exceeds the {recipe.ffn_size} MLP neurons per layer of {name}"

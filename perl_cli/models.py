@@ -128,6 +128,11 @@ def is_builtin(name: str) -> bool:
     return name.startswith(BUILTIN_PREFIX)
 
 
+def builtin_recipe(name: str) -> TinyRecipe | None:
+    """The recipe of a built-in model ("builtin:<name>"); None for any other model (builtin:shape: included)."""
+    return BUILTIN_MODELS.get(name.removeprefix(BUILTIN_PREFIX)) if is_builtin(name) else None
+
+
 # --- the character-level tokenizer ---------------------------------------------------
 
 

@@ -105,9 +105,9 @@ def placement_problems(method: str, peft: dict[str, Any], model_name: str | None
 def builtin_layer_count(model_name: str) -> int | None:
     """The layer count of a built-in (or builtin:shape:) model, known without loading it; None for other models."""
     from perl_cli.architectures import shape_layers
-    from perl_cli.models import BUILTIN_MODELS, BUILTIN_PREFIX
+    from perl_cli.models import builtin_recipe
 
-    recipe = BUILTIN_MODELS.get(model_name.removeprefix(BUILTIN_PREFIX)) if model_name.startswith(BUILTIN_PREFIX) else None
+    recipe = builtin_recipe(model_name)
     return recipe.num_layers if recipe is not None else shape_layers(model_name)
 
 

@@ -34,7 +34,8 @@ class Busy(Exception):
     """Another live worker holds the experiment; the message names it."""
 
 
-def _holder(fd: int) -> dict:
+def read_holder(fd: int) -> dict:
+    """The JSON record a lock file's holder wrote into it ({} when unreadable); the run lock's too."""
     try:
         data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):
@@ -67,7 +68,7 @@ def acquire(exp_dir: Path | str, *, inheritable: bool = False) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _holder(fd)
+        holder = read_holder(fd)
         os.close(fd)
         who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
         raise Busy(f"another worker ({who}) is running experiment {Path(exp_dir).name} in {exp_dir}; "

@@ -18,7 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
-from test_scheduler import SUITE, env_for, launches, perl, perl_args, start_perl, wait_until, write_config
+from test_scheduler import (
+    SUITE,
+    env_for,
+    launches,
+    perl,
+    perl_args,
+    start_perl,
+    tmpfs_at,
+    wait_until,
+    write_config,
+)
 
 from perl_cli import state
 
@@ -306,7 +316,7 @@ def _in_thread(target) -> tuple[threading.Thread, list]:
 def test_6a_two_simultaneous_hand_offs_both_arrive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: request_add was an unlocked read-modify-write of one file: two requesters that
     read it before either wrote (forced here with a barrier) overwrote each other."""
-    from perl_cli.scheduler.local import LocalRunner
+    from perl_cli.scheduler.session import RunSession
 
     write_config(tmp_path, steps=6, methods=("lora", "vera", "dora"), seeds=(1,))
     env = env_for(tmp_path, gpus="[]", PERL_FAKE_PLAN=hold(tmp_path, lora_s1={"hold_at": 2}))
@@ -323,8 +333,8 @@ def test_6a_two_simultaneous_hand_offs_both_arrive(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(state, "atomic_write_json", write)
     env.pop("PERL_FAKE_PLAN")
-    a, got_a = _in_thread(lambda: LocalRunner(_options(tmp_path, ["vera_s1"], env)).run())
-    b, got_b = _in_thread(lambda: LocalRunner(_options(tmp_path, ["dora_s1"], env)).run())
+    a, got_a = _in_thread(lambda: RunSession(_options(tmp_path, ["vera_s1"], env)).run())
+    b, got_b = _in_thread(lambda: RunSession(_options(tmp_path, ["dora_s1"], env)).run())
     a.join(BUSY * 2)
     b.join(BUSY * 2)
     assert got_a == [0] and got_b == [0]
@@ -339,7 +349,7 @@ def test_6b_a_hand_off_written_while_the_run_reads_another_is_not_deleted(tmp_pa
     """Before: the run read `.add`, then deleted it: a second hand-off written in between was
     deleted too, yet its requester was told it had been picked up. The run (in this process)
     is held right after it read the first request until the second one is written."""
-    from perl_cli.scheduler.local import LocalRunner
+    from perl_cli.scheduler.session import RunSession
 
     write_config(tmp_path, steps=6, methods=("lora", "vera", "dora"), seeds=(1,))
     env = env_for(tmp_path, gpus="[]", PERL_FAKE_PLAN=hold(tmp_path, lora_s1={"hold_at": 2}))
@@ -360,13 +370,13 @@ def test_6b_a_hand_off_written_while_the_run_reads_another_is_not_deleted(tmp_pa
 
     monkeypatch.setattr(state, "load_json", load)
     monkeypatch.setattr(state, "atomic_write_json", write)
-    runner, got_run = _in_thread(lambda: LocalRunner(_options(tmp_path, ["lora_s1"], env)).run())
+    runner, got_run = _in_thread(lambda: RunSession(_options(tmp_path, ["lora_s1"], env)).run())
     wait_until(lambda: at_step(tmp_path, "lora_s1", 2) and scheduler_state(tmp_path).get("running") == ["lora_s1"],
                BUSY, "lora at its barrier")
     plain = {k: v for k, v in env.items() if k != "PERL_FAKE_PLAN"}
-    a, got_a = _in_thread(lambda: LocalRunner(_options(tmp_path, ["vera_s1"], plain)).run())
+    a, got_a = _in_thread(lambda: RunSession(_options(tmp_path, ["vera_s1"], plain)).run())
     assert first_read.wait(BUSY)
-    b, got_b = _in_thread(lambda: LocalRunner(_options(tmp_path, ["dora_s1"], plain)).run())
+    b, got_b = _in_thread(lambda: RunSession(_options(tmp_path, ["dora_s1"], plain)).run())
     a.join(BUSY * 2)
     b.join(BUSY * 2)
     assert got_a == [0] and got_b == [0]
@@ -466,15 +476,7 @@ def test_8_a_hand_off_with_a_directory_named_add_in_the_suite_works(tmp_path: Pa
 @pytest.fixture
 def read_only_output(tmp_path: Path):
     """A tmpfs with a finished suite on it, remounted read-only (root only)."""
-    mount = tmp_path / "out"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"READ-ONLY TEST NOT RUN: cannot mount a tmpfs here ({done.stderr.strip()}); run as root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from tmpfs_at(tmp_path / "out", "4m", "READ-ONLY TEST NOT RUN")
 
 
 def test_8_run_and_report_on_a_read_only_output_are_usage_errors(tmp_path: Path, read_only_output: Path) -> None:

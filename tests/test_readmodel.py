@@ -160,7 +160,7 @@ def test_random_bytes_in_metrics_do_not_break_report(mixed) -> None:
 
 def test_run_refuses_an_unreadable_experiment_without_fresh(mixed, tmp_path: Path) -> None:
     from perl_cli.scheduler import RunOptions, run_suite
-    from perl_cli.scheduler.local import RunError
+    from perl_cli.scheduler.jobs import RunError
 
     cfg_path, out, exps = mixed
     (victim(out) / st.STATUS_FILE).write_text('{"state": "completed", "fing')

@@ -1,7 +1,7 @@
 """Arbitrary request files fed to a run session (issue 22): nothing runs outside the suite,
 nothing queued is lost, every request is answered and every answer is true.
 
-A real `LocalRunner` (the local run session) with a queue and a running job serves a spool
+A real run session (`RunSession`) whose local backend has a queue and a running job serves a spool
 full of whatever Hypothesis writes: bytes, any JSON, hand-offs built from valid experiments
 with hostile names, forged fingerprints, wrong settings or suites, cancel patterns.
 """
@@ -21,8 +21,9 @@ from test_scheduler import SUITE, write_config
 from perl_cli import config, state
 from perl_cli.names import name_problem
 from perl_cli.scheduler import requests
-from perl_cli.scheduler.local import LocalRunner, RunOptions
+from perl_cli.scheduler.jobs import RunOptions
 from perl_cli.scheduler.progress import make_reporter
+from perl_cli.scheduler.session import RunSession
 
 HOSTILE_NAMES = ["../escaped", "../other-suite/x", "/abs", "a/b", ".hidden", "-flag", "..", "x.old-1", "", "a" * 300,
                  "lora_s1", "dora_s2", "new_one", "ünï", "nul\0byte"]
@@ -80,21 +81,21 @@ def request_file(draw, valid: list[dict]) -> bytes:
     return json.dumps(body).encode()
 
 
-def session(cfg: config.ConfigFile, root: Path) -> LocalRunner:
+def session(cfg: config.ConfigFile, root: Path) -> RunSession:
     """A run session mid-run: lora_s1 and lora_s2 queued, vera_s1 running (stopping)."""
     whole = config.expand(cfg, SUITE)
     opts = RunOptions(suite=SUITE, experiments=[e for e in whole if e.name in ("lora_s1", "lora_s2", "vera_s1")],
                       suite_experiments=whole, output=root / "out", config_file=cfg, tty=False, environ={})
-    runner = LocalRunner(opts)
+    runner = RunSession(opts)
     runner.reporter = make_reporter(3, tty=False)
-    jobs, refusals = runner._classify({})
+    jobs, refusals = runner.planner.classify({})
     assert not refusals
     for job in jobs:
         if job.name == "vera_s1":
             job.stop_sent = True
-            runner.running[job.name] = job
+            runner.backend.running[job.name] = job
         else:
-            runner.queue.append(job)
+            runner.backend.queue.append(job)
     runner.run_names = [j.name for j in jobs]
     runner.run_experiments = {j.name: j.exp for j in jobs}
     runner.suite_dir.mkdir(parents=True)
@@ -115,7 +116,7 @@ def test_arbitrary_request_files_never_run_outside_the_suite_nor_lose_the_queue(
         ids = [f"{i:03d}-req" for i in range(len(files))]
         for rid, content in zip(ids, files, strict=True):
             (spool / f"{rid}{requests.REQUEST_SUFFIX}").write_bytes(content)
-        runner._serve_requests()
+        runner.backend.serve_requests()
 
         # Every request answered, none left behind.
         assert sorted(p.name for p in spool.iterdir()) == [f"{rid}{requests.REPLY_SUFFIX}" for rid in ids]
@@ -123,24 +124,47 @@ def test_arbitrary_request_files_never_run_outside_the_suite_nor_lose_the_queue(
         results = [r for reply in replies for r in reply["results"]]
         # Nothing queued is lost: still queued, or its cancellation is in an answer.
         cancelled = {r["name"] for r in results if r["outcome"] == requests.CANCELLED}
-        queued = [j.name for j in runner.queue]
+        queued = [j.name for j in runner.backend.queue]
         for name in ("lora_s1", "lora_s2"):
             assert name in queued or name in cancelled
-        assert "vera_s1" in runner.running
+        assert "vera_s1" in runner.backend.running
         # Nothing outside the suite: every job's directory is a child of the suite directory,
         # its name a valid one, its fingerprint that of its settings.
-        for job in [*runner.queue, *runner.running.values()]:
+        for job in [*runner.backend.queue, *runner.backend.running.values()]:
             assert name_problem(job.name) is None
             assert job.dir.parent == runner.suite_dir and job.exp.suite == SUITE
             assert job.exp.fingerprint == config.fingerprint(job.exp.config)
         assert sorted(p.name for p in root.iterdir()) == ["out"]
         assert sorted(p.name for p in (root / "out").iterdir()) == [SUITE]
         assert {p.name for p in runner.suite_dir.iterdir()} <= {requests.SPOOL_DIR}  # serving runs nothing
-        # The answers are true: what they say was queued is in the queue, exactly once.
+        # The answers are true: what they say was queued is in the queue, exactly once, unless a
+        # later request in the same batch cancelled it (and said so).
         said_queued = [r["name"] for r in results if r["outcome"] == requests.QUEUED]
         for name in said_queued:
-            assert queued.count(name) == 1
+            assert queued.count(name) == 1 or (name in cancelled and name not in queued)
         assert len(queued) == len(set(queued))
         event(f"queued by a request: {bool(said_queued)}; cancelled: {bool(cancelled)}; "
               f"refused: {any(r['outcome'] == requests.REFUSED for r in results)}")
         assert all(state.read_status(runner.suite_dir / n) is None for n in queued)
+
+
+def test_a_hand_off_then_a_cancel_of_everything_in_one_batch_answers_both_truly(cfg: config.ConfigFile,
+                                                                                  tmp_path: Path) -> None:
+    """The case Hypothesis found: a request queues dora_s1, the next one (served in the same tick)
+    cancels `*`. The first answer says queued, the second says cancelled, and the queue is empty."""
+    valid = {e["name"]: e for e in (e.resolved() for e in config.expand(cfg, SUITE))}
+    runner = session(cfg, tmp_path)
+    spool = requests.spool_dir(runner.suite_dir)
+    spool.mkdir()
+    bodies = [{"version": 1, "suite": SUITE, "kind": "add", "overrides": [], "experiments": [valid["dora_s1"]]},
+              {"version": 1, "suite": SUITE, "kind": "cancel", "patterns": ["*"]}]
+    for i, body in enumerate(bodies):
+        (spool / f"{i:03d}-req{requests.REQUEST_SUFFIX}").write_text(json.dumps(body))
+    runner.backend.serve_requests()
+    added, cancelled = (json.loads((spool / f"{i:03d}-req{requests.REPLY_SUFFIX}").read_text())["results"]
+                        for i in range(2))
+    assert [(r["name"], r["outcome"]) for r in added] == [("dora_s1", requests.QUEUED)]
+    assert {r["name"]: r["outcome"] for r in cancelled} == {n: requests.CANCELLED for n in
+                                                            ("vera_s1", "lora_s1", "lora_s2", "dora_s1")}
+    assert not runner.backend.queue and "vera_s1" in runner.backend.running
+    assert "dora_s1" in runner.run_experiments  # the run still answers for it (interrupted)

@@ -105,6 +105,19 @@ def max_overlap(rows: list[dict]) -> int:
     return best
 
 
+def tmpfs_at(mount: Path, size: str, not_run: str):
+    """Mount a tmpfs of `size` at `mount` for a test (unmounted afterwards); skips, loudly saying
+    `not_run`, where mounting is not allowed (not root)."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"{not_run}: cannot mount a tmpfs here ({done.stderr.strip()}); run as root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

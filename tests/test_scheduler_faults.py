@@ -7,11 +7,10 @@ root. Where mounting is not allowed it is skipped with the reason printed.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from test_scheduler import SUITE, env_for, launches, perl, statuses, write_config
+from test_scheduler import SUITE, env_for, launches, perl, statuses, tmpfs_at, write_config
 from typer.testing import CliRunner
 
 from perl_cli.cli import app
@@ -50,15 +49,7 @@ def test_stall_timeout_below_three_heartbeats_is_a_usage_error() -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path):
     """A 1 MiB tmpfs mounted at tmp_path/out (unmounted afterwards)."""
-    mount = tmp_path / "out"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"DISK-FULL TEST NOT RUN: cannot mount a tmpfs here ({done.stderr.strip()}); run as root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from tmpfs_at(tmp_path / "out", "1m", "DISK-FULL TEST NOT RUN")
 
 
 def fill(mount: Path, leave_bytes: int) -> Path:

@@ -494,7 +494,7 @@ def test_a_submission_that_times_out_is_confirmed_with_slurm_not_reported_refuse
 
 def test_unreachable_and_refused_are_told_apart() -> None:
     from perl_cli.scheduler import slurm_cli
-    from perl_cli.scheduler.slurm import _refusal
+    from perl_cli.scheduler.slurm_backend import _refusal
 
     down = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
     slow = "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"

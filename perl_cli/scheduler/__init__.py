@@ -4,19 +4,16 @@
     code = run_suite(RunOptions(suite="demo", experiments=exps, output=Path("output")))
 
 `run_suite` returns the exit code (0 all completed, 1 some failed, 130 interrupted) and
-raises `RunError` (a ConfigError: exit 2) when it refuses to start. Modules: gpus.py
-(NVML inventory, PERL_FAKE_GPUS), memory.py (the memory estimate), lock.py (the run
-lock), local.py (slots, placement, launching, retries, adoption), handles.py (one
-interface to a running job: local child, adopted process, Slurm task), slurm.py,
-slurm_task.py and slurm_cli.py (the Slurm backend), cancel.py (`perl cancel`),
-requests.py and handoff.py (requests to a running run: hand-off, cancel by name),
-processes.py (finding and signalling workers), aggregate.py (run_status.json),
-progress.py (output). What an ending means: perl_cli/outcomes.py.
+raises `RunError` (a ConfigError: exit 2) when it refuses to start. session.py is the run
+session both backends share (lock, hand-off, plan, run_status.json, exit code, summary);
+local.py (worker processes here) and slurm_backend.py (array tasks) are its backends, behind
+jobs.Backend. The module map is in docs/architecture.md. What an ending means:
+perl_cli/outcomes.py.
 """
 
 from perl_cli.scheduler.aggregate import build_run_status, write_run_status
 from perl_cli.scheduler.cancel import cancel_suite
-from perl_cli.scheduler.local import (
+from perl_cli.scheduler.jobs import (
     DEFAULT_STALL_TIMEOUT_S,
     DEFAULT_WORKER_CMD,
     EXIT_FAILED,
@@ -24,8 +21,8 @@ from perl_cli.scheduler.local import (
     EXIT_OK,
     RunError,
     RunOptions,
-    run_suite,
 )
+from perl_cli.scheduler.session import run_suite
 from perl_cli.scheduler.slurm import SlurmOptions
 from perl_cli.scheduler.slurm import options_from as slurm_options
 from perl_cli.state import RUNTIME_KEY

@@ -1,7 +1,8 @@
 """What kind of work a scheduler job is: training an experiment, or evaluating it.
 
-The local run loop (local.py) launches, watches, records and resumes every job the same
-way; a job's kind decides only its command and the files it is given before launch:
+The backends launch, watch, record and resume every job the same way; a job's kind
+decides only its command (`command`, used by the local backend) and the files it is given
+before launch (session.RunSession.prepare_dir, for both backends):
 
 * ``train`` — `python -m perl_cli.train DIR`, given config.json (what `perl run` does);
 * ``eval`` — `python -m perl_cli.train.eval_worker DIR`, given eval_request.json (the

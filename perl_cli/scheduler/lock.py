@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from perl_cli import state
+from perl_cli.worker_lock import read_holder
 
 
 class LockHeld(Exception):
@@ -34,7 +35,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holder = read_holder(fd)
             os.close(fd)
             raise LockHeld(_held_message(self.path, holder)) from None
         pid = os.getpid()
@@ -66,14 +67,6 @@ class RunLock:
         self.release()
 
 
-def _read_holder(fd: int) -> dict:
-    try:
-        data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _held_message(path: Path, holder: dict) -> str:
     suite_dir = path.parent
     pid = holder.get("pid", "?")
@@ -97,7 +90,7 @@ def holder(suite_dir: Path) -> dict | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_holder(fd) or {"pid": None}
+            return read_holder(fd) or {"pid": None}
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

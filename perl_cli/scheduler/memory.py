@@ -108,9 +108,9 @@ def guessed_parameters(name: str) -> float:
 
 def _builtin_shape(name: str) -> Shape | None:
     """The shape of a built-in tiny model, from its recipe (models.py imports no torch)."""
-    from perl_cli.models import BUILTIN_MODELS, BUILTIN_PREFIX, CHARSET
+    from perl_cli.models import CHARSET, builtin_recipe
 
-    recipe = BUILTIN_MODELS.get(name.removeprefix(BUILTIN_PREFIX))
+    recipe = builtin_recipe(name)
     if recipe is None:
         return None
     return Shape(

@@ -7,7 +7,7 @@ A job goes to the GPU with a free slot whose free memory, minus what jobs starte
 within the settle period have reserved (NVML does not show a new job's memory yet;
 fake GPUs never do, so there a job reserves its estimate for as long as it runs), fits
 the job's estimate: the most free memory first, then the fewest jobs, then the lowest
-index. Unit-tested in tests/test_slots.py; the local runner feeds it its inventory.
+index. Unit-tested in tests/test_slots.py; the local backend feeds it its inventory (machine.py).
 """
 
 from __future__ import annotations

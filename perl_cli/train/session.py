@@ -19,7 +19,7 @@ from perl_cli import ica, learning, state
 from perl_cli.config import ConfigError
 from perl_cli.data import countdown, tasks
 from perl_cli.methods import Method, build_adapter, get_method
-from perl_cli.models import BUILTIN_MODELS, TinyRecipe, is_builtin, load_model, load_tokenizer
+from perl_cli.models import TinyRecipe, builtin_recipe, load_model, load_tokenizer
 from perl_cli.placement import PlacementError
 from perl_cli.stats import head_mean, tail_mean
 from perl_cli.tracking.dashboard import make_callback as make_dashboard
@@ -130,8 +130,8 @@ class TrainingSession:
     def _warn_if_warm_start_saw_eval(self, model_name: str) -> None:
         """The tiny model's warm start excludes a held-out prefix of the default split only."""
         d = self.config["dataset"]
-        recipe = BUILTIN_MODELS.get(model_name.removeprefix("builtin:"))
-        if not is_builtin(model_name) or not isinstance(recipe, TinyRecipe) or not recipe.sft_steps:
+        recipe = builtin_recipe(model_name)
+        if not isinstance(recipe, TinyRecipe) or not recipe.sft_steps:
             return
         default_split = (recipe.split_seed, recipe.num_count, recipe.min_number, recipe.max_number)
         this_split = (d.get("split_seed"), d.get("num_count"), d.get("min_number"), d.get("max_number"))
