@@ -23,6 +23,7 @@ from perl_cli.stats import eval_se, number, tail_mean
 
 # Tracking files the worker writes (perl_cli/tracking/callback.py), JSON twins readable without torch.
 SPECTRAL_FILES = ("spectral_history.json", "spectral_logs/spectral_history.json", "spectral_history_final.json")
+CLIPPED_KEY = "completions/clipped_ratio"  # TRL 1.x logs it per step; metrics.jsonl keeps the name
 GRADIENT_FILES = ("gradient_flow.json", "gradient_logs/gradient_flow.json", "gradient_flow_final.json")
 
 @dataclass
@@ -104,6 +105,14 @@ class Row:
         if rewards:
             return tail_mean(rewards)
         return number(self.eval.get("reward_last_10pct"))  # same definition, computed by the worker
+
+    @property
+    def clipped_ratio(self) -> float | None:
+        """The share of completions cut at the length limit (TRL's `completions/clipped_ratio`), by
+        the reward's rule: the mean of the last 10% of logged values; None for runs that never
+        logged it (a method can "win" on long reasoning models by learning to stop early)."""
+        values = [v for r in self.metrics if (v := number(r.get(CLIPPED_KEY))) is not None]
+        return tail_mean(values) if values else None
 
     @property
     def done(self) -> bool:
