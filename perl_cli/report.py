@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import plots, report_benchmarks, report_geometry, report_provenance, report_significance, report_studies
+from perl_cli import (
+    plots,
+    report_benchmarks,
+    report_geometry,
+    report_provenance,
+    report_quirks,
+    report_significance,
+    report_studies,
+)
 from perl_cli import state as st
 from perl_cli.experiments_view import SuiteView, disk_usage
 from perl_cli.report_model import (  # noqa: F401 - Row, load_rows, curve: the report's public names too
@@ -71,6 +79,7 @@ CLIPPED_LABEL = "truncated (clipped ratio, mean of last 10%)"  # completions cut
 SECTIONS = (
     report_studies,  # placement and ICA studies
     report_significance,  # which differences between configurations are real
+    report_quirks,  # upstream's quirk switches on vs off: a gap or collapse only with them? (issue 21.3)
     report_geometry,  # where each method's update points (spectral snapshots)
 )
 SE_NOTE = (

@@ -127,6 +127,19 @@ class Row:
         }).items()))
 
 
+PER_PROBLEM_KEYS = ("per_problem_sampled", "per_problem_greedy")  # eval.json, written by train/evaluate.py
+
+
+def per_problem(row: Row, key: str) -> list[float] | None:
+    """The run's per-problem results under `key`, if it is a list of numbers in [0, 1] (the paired
+    comparisons of report_significance.py and report_quirks.py read them through this)."""
+    values = row.eval.get(key)
+    if not isinstance(values, list) or not values:
+        return None
+    out = [number(v) for v in values]
+    return out if all(v is not None and 0 <= v <= 1 for v in out) else None  # type: ignore[misc]
+
+
 def load_rows(view: SuiteView) -> list[Row]:
     rows = []
     for e in view.experiments:
