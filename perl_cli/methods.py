@@ -292,21 +292,7 @@ def milora_init(model: Any, peft: dict[str, Any]) -> None:
         w = weight.detach().to(torch.float64)
         r = module.r[adapter]
         scale = module.scaling[adapter]
-        out_f, in_f = w.shape
-        if in_f <= out_f:
-            evals, evecs = torch.linalg.eigh(w.T @ w)  # ascending: the first r are minor
-            v = evecs[:, :r]  # (in, r)
-            u = w @ v
-        else:
-            evals, evecs = torch.linalg.eigh(w @ w.T)
-            u = evecs[:, :r]  # (out, r)
-            v = w.T @ u
-        sigma = evals[:r].clamp_min(0).sqrt()
-        # Normalise the derived side by its own norm (equal to sigma up to rounding).
-        if in_f <= out_f:
-            u = u / u.norm(dim=0).clamp_min(1e-30)
-        else:
-            v = v / v.norm(dim=0).clamp_min(1e-30)
+        u, sigma, v = minor_triplets(w, r)
         root = (sigma / scale).sqrt()
         lora_b = u * root  # (out, r)
         lora_a = root[:, None] * v.T  # (r, in)
@@ -314,6 +300,47 @@ def milora_init(model: Any, peft: dict[str, Any]) -> None:
         module.lora_A[adapter].weight.data = lora_a.to(module.lora_A[adapter].weight.dtype)
         module.lora_B[adapter].weight.data = lora_b.to(module.lora_B[adapter].weight.dtype)
         weight.data = (w - scale * lora_b @ lora_a).to(weight.dtype)
+
+
+def minor_triplets(w: Any, r: int) -> tuple[Any, Any, Any]:
+    """(U_r (out, r), S_r (r), V_r (in, r)): the r smallest singular triplets of the thin SVD of `w`
+    (float64), from the eigendecomposition of the smaller Gram matrix (WᵀW or WWᵀ): exact, and
+    far cheaper than a full SVD of a large projection. The derived side is normalised by its own
+    norm (equal to sigma up to rounding)."""
+    import torch
+
+    out_f, in_f = w.shape
+    if in_f <= out_f:
+        evals, evecs = torch.linalg.eigh(w.T @ w)  # ascending: the first r are minor
+        v = evecs[:, :r]  # (in, r)
+        u = w @ v
+        u = u / u.norm(dim=0).clamp_min(1e-30)
+    else:
+        evals, evecs = torch.linalg.eigh(w @ w.T)
+        u = evecs[:, :r]  # (out, r)
+        v = w.T @ u
+        v = v / v.norm(dim=0).clamp_min(1e-30)
+    return u, evals[:r].clamp_min(0).sqrt(), v
+
+
+def milora_plus_init(model: Any, peft: dict[str, Any]) -> None:
+    """MiLoRA+ (upstream's "MiLoRA++"): A = the r minor right singular directions of W (unit rows,
+    no singular values), B = 0, and W untouched: the adapter starts as plain LoRA does (BA = 0,
+    the model is the base) but its input side points into W's minor subspace from step 0."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    adapter = "default"
+    for module in model.modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        base = module.get_base_layer()
+        if getattr(module, "fan_in_fan_out", False) or not isinstance(base, torch.nn.Linear):
+            raise ValueError(f"milora_plus supports nn.Linear layers only, got {type(base).__name__}")
+        _, _, v = minor_triplets(base.weight.detach().to(torch.float64), module.r[adapter])
+        a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        a.data = v.T.contiguous().to(a.dtype)  # (r, in), orthonormal rows
+        b.data = torch.zeros_like(b)
 
 
 def ln_tuning_in_float32(model: Any, peft: dict[str, Any]) -> None:
@@ -443,6 +470,8 @@ METHODS: dict[str, Method] = {
             custom_init=milora_init,
             needs_weight_conversion_on_save=True,
         ),
+        Method("milora_plus", "LoRA with A on the minor singular directions, B = 0, base untouched", _lora(),
+               custom_init=milora_plus_init),
         Method("vera", "shared random projections + scaling vectors", _vera_config, uses_alpha=False),
         Method("lora_plus", "LoRA with a larger learning rate for B", _lora(), optimizer=_loraplus_optimizer),
         Method("lora_fa", "LoRA with A frozen (memory-efficient)", _lora(), optimizer=_lorafa_optimizer),

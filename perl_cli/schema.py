@@ -56,6 +56,7 @@ PEFT_METHODS = (
     "ia3",
     "ln_tuning",
     "hra",
+    "milora_plus",  # upstream's MiLoRA++ (issue 21): A on W's minor directions, B = 0
     "full",  # full fine-tuning (issue 16): no adapter, every parameter
 )
 

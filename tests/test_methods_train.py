@@ -215,3 +215,34 @@ def test_run_records_provenance_and_no_checkpointing_deprecation(tmp_path: Path,
     assert recorded["trl"] == metadata.version("trl") and recorded["torch"] == metadata.version("torch")
     assert recorded["cuda"] == torch.version.cuda
     assert not [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_milora_plus_starts_at_the_base_with_a_on_the_minor_directions() -> None:
+    """Upstream's MiLoRA++ (modules/trl/perl/lora/milora_plus.py, read, not copied): A = the r minor
+    right singular vectors of W (orthonormal rows, no singular values), B = 0, W untouched, so the
+    model is the base at step 0; the minor subspace is the thin SVD's, also for wide matrices."""
+    from peft import LoraConfig, get_peft_model
+
+    from perl_cli.models import load_model, load_tokenizer
+
+    model_cfg = make_config()["model"]
+    tokenizer = load_tokenizer(model_cfg)
+    base = load_model(model_cfg, on_gpu=False)
+    before = _logits(base, tokenizer)
+    weights = {n: m.weight.detach().clone() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    methods.milora_plus_init(model, make_config()["peft"])
+    assert (_logits(model, tokenizer) - before).abs().max().item() == 0.0
+    shapes = set()
+    for name, layer in model.base_model.model.named_modules():
+        if not hasattr(layer, "lora_A") or "default" not in layer.lora_A:
+            continue
+        w = layer.get_base_layer().weight
+        assert torch.equal(w, weights[name])  # the base is untouched (unlike MiLoRA's residual)
+        a, b = layer.lora_A["default"].weight.double(), layer.lora_B["default"].weight
+        assert torch.count_nonzero(b) == 0
+        assert torch.allclose(a @ a.T, torch.eye(4, dtype=torch.float64), atol=1e-5)  # orthonormal rows
+        vh = torch.linalg.svd(w.double(), full_matrices=False).Vh[-4:]  # the 4 smallest of the thin SVD
+        assert torch.allclose(a.T @ a, vh.T @ vh, atol=1e-4), name  # the same subspace (projectors)
+        shapes.add(w.shape[0] < w.shape[1])
+    assert shapes == {True, False}  # tall and wide matrices both checked
