@@ -237,6 +237,35 @@ def _hra_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
     return HRAConfig(r=int(peft["r"]), target_modules=_targets(peft), task_type="CAUSAL_LM")
 
 
+def _slicefine_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
+    from peft import ShiraConfig
+
+    # SliceFine trains a contiguous slice of each weight in place; peft's SHiRA trains a fixed
+    # set of a weight's entries as a sparse delta (the same AdamW updates from zero: Adam's step
+    # does not depend on where a parameter starts, and PeRL's weight decay is 0 by default).
+    # slice_mask makes that set SliceFine's slice, with SHiRA's budget of r·(in + out) entries.
+    config = ShiraConfig(r=int(peft["r"]), target_modules=_targets(peft), task_type="CAUSAL_LM")
+    config.mask_fn = slice_mask
+    return config
+
+
+def slice_mask(base_layer: Any, r: int, **kwargs: Any) -> Any:
+    """SliceFine's slice of a Linear weight (out x in) as SHiRA's 0/1 mask: whole columns from
+    column 0 (upstream's slice position), filled top to bottom, r·(in + out) entries (SHiRA's
+    fixed budget, LoRA's at the same r), so about 2r columns of a square weight and the first rows
+    of one more column when out does not divide it."""
+    import torch
+
+    weight = base_layer.weight
+    out_f, in_f = weight.shape
+    count = r * (in_f + out_f)
+    if count > out_f * in_f:
+        raise ValueError(f"slicefine: r={r} asks for {count} entries of a {out_f}x{in_f} weight; lower peft.r")
+    flat = torch.zeros(in_f * out_f, dtype=weight.dtype, device=weight.device)
+    flat[:count] = 1  # column-major: entry k is row k % out, column k // out
+    return flat.view(in_f, out_f).T.contiguous()
+
+
 def _ln_tuning_config(peft: dict[str, Any], training: dict[str, Any]) -> Any:
     from peft import LNTuningConfig
 
@@ -472,6 +501,8 @@ METHODS: dict[str, Method] = {
         ),
         Method("milora_plus", "LoRA with A on the minor singular directions, B = 0, base untouched", _lora(),
                custom_init=milora_plus_init),
+        Method("slicefine", "train a slice of each base weight (whole columns), no new factors", _slicefine_config,
+               uses_alpha=False, uses_dropout=False),
         Method("vera", "shared random projections + scaling vectors", _vera_config, uses_alpha=False),
         Method("lora_plus", "LoRA with a larger learning rate for B", _lora(), optimizer=_loraplus_optimizer),
         Method("lora_fa", "LoRA with A frozen (memory-efficient)", _lora(), optimizer=_lorafa_optimizer),

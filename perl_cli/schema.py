@@ -57,6 +57,7 @@ PEFT_METHODS = (
     "ln_tuning",
     "hra",
     "milora_plus",  # upstream's MiLoRA++ (issue 21): A on W's minor directions, B = 0
+    "slicefine",  # upstream's SliceFine (issue 21): a slice of each base weight, as a SHiRA mask
     "full",  # full fine-tuning (issue 16): no adapter, every parameter
 )
 
