@@ -198,7 +198,10 @@ def markdown(rows: list[Row]) -> list[str]:
                f"**{s.gap_verdict}**") if c is not None else f"no paired comparison ({s.note})"
         also = ("; also differs: " + ", ".join(f"`{p}` {_text(a)} → {_text(b)}" for p, (a, b) in s.also_differs.items())
                 if s.also_differs else "")
-        out.append(f"- **{s.method}**, {s.on.label} vs off: {gap}. Collapse: {s.collapse_verdict}{also}.")
+        gains = ", ".join(f"{name} {Stat.over(arm.runs, lambda r: r.gain).text(sign=True)}"
+                          for name, arm in (("off", s.off), ("on", s.on)))
+        out.append(f"- **{s.method}**, {s.on.label} vs off: {gap}. Held-out gain vs base: {gains}. "
+                   f"Collapse: {s.collapse_verdict}{also}.")
     gaps = [s.method for s in compared if s.comparison.distinguishable]  # type: ignore[union-attr]
     only = [s.method for s in found if s.on.collapsed and not s.off.collapsed]
     out += ["", "**Do upstream's quirks change the result?** " + (
@@ -252,6 +255,7 @@ def data(rows: list[Row]) -> dict[str, Any] | None:
             "runs": {"on": [r.name for r in s.on.runs], "off": [r.name for r in s.off.runs]},
             "key": s.key, "comparison": None if s.comparison is None else s.comparison.as_dict(),
             "mean_accuracy": s.means, "gap_verdict": s.gap_verdict, "note": s.note,
+            "gain_vs_base": {name: Stat.over(arm.runs, lambda r: r.gain).mean for name, arm in (("off", s.off), ("on", s.on))},
             "collapsed": {"on": [r.name for r, _ in s.on.collapsed], "off": [r.name for r, _ in s.off.collapsed]},
             "collapse_verdict": s.collapse_verdict,
         } for s in found],

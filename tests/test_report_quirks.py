@@ -100,6 +100,7 @@ def test_planted_gap_and_collapse_found_planted_null_not(tmp_path: Path) -> None
     pissa, milora = verdicts["pissa"], verdicts["milora"]
     assert "quirks on (adapter_dtype=bfloat16, dropout_on_svd_methods=true) vs off" in pissa
     assert "**quirks on > off**" in pissa and "Collapse: only with the quirks (2/2 runs with the quirks on, 0/2 off)" in pissa
+    assert re.search(r"Held-out gain vs base: off \+0\.\d+ ± 0\.\d+, on \+0\.2\d+ ± 0\.\d+\.", pissa), pissa
     assert "**indistinguishable at this sample size**" in milora and "Collapse: in neither" in milora
     # the resolved dropout of PiSSA/MiLoRA follows the switch, and the report says so
     assert "also differs: `peft.lora_dropout` 0.0 → 0.05" in pissa
