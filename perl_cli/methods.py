@@ -90,8 +90,9 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 # VeRA: its paper (Kopiczko et al., ICLR 2024) tunes it about 10x LoRA's rate on the same
 # tasks, the ratio PeRL's suites used already (core-1.5b 1e-4 vs 1e-5, demo 5e-3 vs 5e-4).
 # IA3: its paper (Liu et al., 2022, T-Few) trains the vectors at 3e-3, an order of
-# magnitude above LoRA's usual rates. LN tuning: no source and no sweep yet (the shared
-# rate; docs/recipes.md says so).
+# magnitude above other papers' LoRA rates, but T-Few's own configs train LoRA at 3e-3 too,
+# so the ratio is not measured within one comparison (docs/recipes.md). LN tuning: see
+# docs/recipes.md (the ln-tuning-lr suite).
 METHOD_LR_SCALE: dict[str, float] = {"vera": 10.0, "ia3": 10.0}
 
 # Methods whose upstream placement is peft's default for the architecture
