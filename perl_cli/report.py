@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import experiments_view as views
-from perl_cli import plots, report_benchmarks, report_geometry, report_provenance, report_significance, report_studies
+from perl_cli import (
+    plots,
+    report_benchmarks,
+    report_geometry,
+    report_provenance,
+    report_quirks,
+    report_significance,
+    report_studies,
+)
 from perl_cli import state as st
 from perl_cli.experiments_view import SuiteView, disk_usage
 from perl_cli.report_model import (  # noqa: F401 - Row, load_rows, curve: the report's public names too
@@ -63,6 +71,7 @@ SUMMARY_CHARS = 160  # a failure's one-line summary in the table
 # shows the last logged value instead, and says so.)
 REWARD_LABEL = "reward (mean of last 10% of logged steps)"
 REWARD_CURVE_LABEL = "reward (mean of each logging window)"
+CLIPPED_LABEL = "truncated (clipped ratio, mean of last 10%)"  # completions cut at the length limit
 # The report's sections beside the core ones of this module, one module per line, each a sibling
 # that imports report_model and stats (never this module or another section) and gives
 # `markdown(rows) -> lines` and `plots(rows) -> [(title, file name, draw(ax, rows))]`, and
@@ -70,6 +79,7 @@ REWARD_CURVE_LABEL = "reward (mean of each logging window)"
 SECTIONS = (
     report_studies,  # placement and ICA studies
     report_significance,  # which differences between configurations are real
+    report_quirks,  # upstream's quirk switches on vs off: a gap or collapse only with them? (issue 21.3)
     report_geometry,  # where each method's update points (spectral snapshots)
 )
 SE_NOTE = (
@@ -99,6 +109,7 @@ def group_results(rows: list[Row]) -> list[dict[str, Any]]:
             "gain": Stat.over(runs, lambda r: r.gain, lambda r: r.gain_se),
             "greedy": Stat.over(runs, lambda r: r.greedy, lambda r: r.greedy_se),
             "reward": Stat.over(runs, lambda r: r.final_reward),
+            "clipped_ratio": Stat.over(runs, lambda r: r.clipped_ratio),
             "trainable_pct": Stat.over(runs, lambda r: number(r.eval.get("trainable_pct"))),
             "adapter": Stat.over(runs, lambda r: number(r.eval.get("adapter_size_bytes"))),
         })
@@ -194,18 +205,21 @@ def _method_table(rows: list[Row]) -> list[str]:
         "Completed runs only, grouped by every setting but the seed (the plots average the same runs); "
         "best held-out accuracy (sampled pass@1) first. " + SE_NOTE,
         "",
-        f"| # | method | runs | accuracy (sampled) | base | gain | accuracy (greedy) | {REWARD_LABEL} | trainable % | adapter |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| # | method | runs | accuracy (sampled) | base | gain | accuracy (greedy) | {REWARD_LABEL} | {CLIPPED_LABEL} "
+        "| trainable % | adapter |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, res in enumerate(results, 1):
         runs = f"{res['n']}/{res['planned']}" + (" †" if res["n"] < most else "")
         out.append(
             f"| {i} | {res['label']} | {runs} | {res['accuracy'].text()} | {res['base'].text()} | "
-            f"{res['gain'].text(sign=True)} | {res['greedy'].text()} | {res['reward'].text()} | "
+            f"{res['gain'].text(sign=True)} | {res['greedy'].text()} | {res['reward'].text()} | {res['clipped_ratio'].text()} | "
             f"{res['trainable_pct'].text('.3f')} | {human_bytes(res['adapter'].mean)} |"
         )
     out.append("")
-    out.append("Runs: completed / planned.")
+    out.append("Runs: completed / planned. Truncated: the share of completions cut at the length limit (TRL's "
+               "`completions/clipped_ratio`), mean of the last 10% of logged steps; a method can gain by learning to "
+               "stop early, and this shows it. \"-\": the runs did not log it.")
     if any(res["n"] < most for res in results):
         out.append(
             f"† fewer completed runs than the best-covered configuration ({most}): its mean rests on fewer "
@@ -502,7 +516,7 @@ def json_data(view: SuiteView, rows: list[Row] | None = None) -> dict[str, Any]:
         "counts": {s: view.counts[s] for s in st.STATES},
         "results": [
             {"label": res["label"], "method": res["method"], "runs": res["n"], "planned": res["planned"],
-             **{k: stat(res[k]) for k in ("accuracy", "base", "gain", "greedy", "reward", "trainable_pct")}}
+             **{k: stat(res[k]) for k in ("accuracy", "base", "gain", "greedy", "reward", "clipped_ratio", "trainable_pct")}}
             for res in group_results(rows)
         ],
     }

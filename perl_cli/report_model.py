@@ -23,6 +23,7 @@ from perl_cli.stats import eval_se, number, tail_mean
 
 # Tracking files the worker writes (perl_cli/tracking/callback.py), JSON twins readable without torch.
 SPECTRAL_FILES = ("spectral_history.json", "spectral_logs/spectral_history.json", "spectral_history_final.json")
+CLIPPED_KEY = "completions/clipped_ratio"  # TRL 1.x logs it per step; metrics.jsonl keeps the name
 GRADIENT_FILES = ("gradient_flow.json", "gradient_logs/gradient_flow.json", "gradient_flow_final.json")
 
 @dataclass
@@ -106,6 +107,14 @@ class Row:
         return number(self.eval.get("reward_last_10pct"))  # same definition, computed by the worker
 
     @property
+    def clipped_ratio(self) -> float | None:
+        """The share of completions cut at the length limit (TRL's `completions/clipped_ratio`), by
+        the reward's rule: the mean of the last 10% of logged values; None for runs that never
+        logged it (a method can "win" on long reasoning models by learning to stop early)."""
+        values = [v for r in self.metrics if (v := number(r.get(CLIPPED_KEY))) is not None]
+        return tail_mean(values) if values else None
+
+    @property
     def done(self) -> bool:
         return self.view.state == st.COMPLETED
 
@@ -116,6 +125,19 @@ class Row:
         return tuple(sorted(flatten({
             k: v for k, v in config.items() if k not in (*IDENTITY_KEYS, st.RUNTIME_KEY)
         }).items()))
+
+
+PER_PROBLEM_KEYS = ("per_problem_sampled", "per_problem_greedy")  # eval.json, written by train/evaluate.py
+
+
+def per_problem(row: Row, key: str) -> list[float] | None:
+    """The run's per-problem results under `key`, if it is a list of numbers in [0, 1] (the paired
+    comparisons of report_significance.py and report_quirks.py read them through this)."""
+    values = row.eval.get(key)
+    if not isinstance(values, list) or not values:
+        return None
+    out = [number(v) for v in values]
+    return out if all(v is not None and 0 <= v <= 1 for v in out) else None  # type: ignore[misc]
 
 
 def load_rows(view: SuiteView) -> list[Row]:

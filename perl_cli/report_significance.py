@@ -16,22 +16,12 @@ import re
 from typing import Any
 
 from perl_cli import significance
-from perl_cli.report_model import Row, groups
-from perl_cli.stats import number
+from perl_cli.report_model import PER_PROBLEM_KEYS, Row, groups, per_problem  # noqa: F401 - per_problem: public here too
 
 NAME = "comparisons"  # its key in `perl report --json`
 PLOT = "pairwise_differences.png"
-KEYS = ("per_problem_sampled", "per_problem_greedy")  # eval.json, written by train/evaluate.py
+KEYS = PER_PROBLEM_KEYS  # eval.json, written by train/evaluate.py
 SYMBOL = {True: ">", False: "<", None: "≈"}
-
-
-def per_problem(row: Row, key: str) -> list[float] | None:
-    """The run's per-problem results under `key`, if it is a list of numbers in [0, 1]."""
-    values = row.eval.get(key)
-    if not isinstance(values, list) or not values:
-        return None
-    out = [number(v) for v in values]
-    return out if all(v is not None and 0 <= v <= 1 for v in out) else None  # type: ignore[misc]
 
 
 def gather(rows: list[Row]) -> tuple[str | None, dict[str, list[list[float]]], list[str]]:

@@ -56,6 +56,8 @@ PEFT_METHODS = (
     "ia3",
     "ln_tuning",
     "hra",
+    "milora_plus",  # upstream's MiLoRA++ (issue 21): A on W's minor directions, B = 0
+    "slicefine",  # upstream's SliceFine (issue 21): a slice of each base weight, as a SHiRA mask
     "full",  # full fine-tuning (issue 16): no adapter, every parameter
 )
 

@@ -69,6 +69,7 @@ class Matrix:
     pairs: list[Comparison] = field(default_factory=list)
     level: float = 1 - ALPHA
     replicates: int = REPLICATES
+    family: int = 0  # comparisons the Bonferroni correction counts; 0 = this matrix's pairs
 
     def pair(self, x: str, y: str) -> Comparison | None:
         """X − Y (the stored pair, flipped when it was stored as Y − X)."""
@@ -91,7 +92,7 @@ class Matrix:
     @property
     def pair_level(self) -> float:
         """The level of each pair's interval: 1 − α/m."""
-        return 1 - ALPHA / max(1, len(self.pairs))
+        return 1 - ALPHA / max(1, self.family or len(self.pairs))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,8 +104,12 @@ class Matrix:
         }
 
 
-def compare(results: dict[str, list[list[float]]], *, replicates: int = REPLICATES, seed: int = SEED) -> Matrix:
+def compare(results: dict[str, list[list[float]]], *, replicates: int = REPLICATES, seed: int = SEED,
+            family: int = 0) -> Matrix:
     """The pair matrix of `results`: method -> one per-problem list per run (all lists of one length).
+
+    `family`: the number of comparisons the correction counts when this matrix is one of several
+    a section reports together (e.g. one on/off pair per method); 0 counts this matrix's pairs.
 
     Raises ValueError when the lists differ in length (the runs were not evaluated on the
     same problems) or a method has no run."""
@@ -123,14 +128,15 @@ def compare(results: dict[str, list[list[float]]], *, replicates: int = REPLICAT
     methods = sorted(data, key=lambda m: (-means[m], m))
     boot = _replicate_means(data, problems, replicates, np.random.default_rng(seed))
     pairs = list(combinations(methods, 2))
-    out = Matrix(methods, means, {m: len(a) for m, a in data.items()}, problems, replicates=replicates)
-    tail = ALPHA / max(1, len(pairs)) / 2
+    out = Matrix(methods, means, {m: len(a) for m, a in data.items()}, problems, replicates=replicates, family=family)
+    tests = max(1, family or len(pairs))
+    tail = ALPHA / tests / 2
     for x, y in pairs:
         d = boot[x] - boot[y]
         observed = means[x] - means[y]
         low, high = (float(v) for v in np.quantile(d, [tail, 1 - tail]))
         # Two-sided bootstrap p-value (share of replicates on the far side of zero, +1 smoothed).
-        p = min(1.0, 2 * (min(int((d <= 0).sum()), int((d >= 0).sum())) + 1) / (len(d) + 1)) * len(pairs)
+        p = min(1.0, 2 * (min(int((d <= 0).sum()), int((d >= 0).sum())) + 1) / (len(d) + 1)) * tests
         verdict = f"{x} > {y}" if low > 0 else f"{x} < {y}" if high < 0 else INDISTINGUISHABLE
         out.pairs.append(Comparison(x, y, observed, low, high, min(1.0, p), verdict))
     return out

@@ -215,3 +215,70 @@ def test_run_records_provenance_and_no_checkpointing_deprecation(tmp_path: Path,
     assert recorded["trl"] == metadata.version("trl") and recorded["torch"] == metadata.version("torch")
     assert recorded["cuda"] == torch.version.cuda
     assert not [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_milora_plus_starts_at_the_base_with_a_on_the_minor_directions() -> None:
+    """Upstream's MiLoRA++ (modules/trl/perl/lora/milora_plus.py, read, not copied): A = the r minor
+    right singular vectors of W (orthonormal rows, no singular values), B = 0, W untouched, so the
+    model is the base at step 0; the minor subspace is the thin SVD's, also for wide matrices."""
+    from peft import LoraConfig, get_peft_model
+
+    from perl_cli.models import load_model, load_tokenizer
+
+    model_cfg = make_config()["model"]
+    tokenizer = load_tokenizer(model_cfg)
+    base = load_model(model_cfg, on_gpu=False)
+    before = _logits(base, tokenizer)
+    weights = {n: m.weight.detach().clone() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    methods.milora_plus_init(model, make_config()["peft"])
+    assert (_logits(model, tokenizer) - before).abs().max().item() == 0.0
+    shapes = set()
+    for name, layer in model.base_model.model.named_modules():
+        if not hasattr(layer, "lora_A") or "default" not in layer.lora_A:
+            continue
+        w = layer.get_base_layer().weight
+        assert torch.equal(w, weights[name])  # the base is untouched (unlike MiLoRA's residual)
+        a, b = layer.lora_A["default"].weight.double(), layer.lora_B["default"].weight
+        assert torch.count_nonzero(b) == 0
+        assert torch.allclose(a @ a.T, torch.eye(4, dtype=torch.float64), atol=1e-5)  # orthonormal rows
+        vh = torch.linalg.svd(w.double(), full_matrices=False).Vh[-4:]  # the 4 smallest of the thin SVD
+        assert torch.allclose(a.T @ a, vh.T @ vh, atol=1e-4), name  # the same subspace (projectors)
+        shapes.add(w.shape[0] < w.shape[1])
+    assert shapes == {True, False}  # tall and wide matrices both checked
+
+
+def test_slicefine_trains_a_column_slice_of_each_weight() -> None:
+    """SliceFine on peft's SHiRA: the trained entries of every weight are one contiguous block of
+    whole columns from column 0 (filled column by column), r·(in + out) of them (LoRA's budget at
+    the same r); the model starts at the base, and a step moves only those entries."""
+    from peft import get_peft_model
+
+    from perl_cli.models import load_model, load_tokenizer
+
+    model_cfg = make_config()["model"]
+    tokenizer = load_tokenizer(model_cfg)
+    base = load_model(model_cfg, on_gpu=False)
+    before = _logits(base, tokenizer)
+    peft_section = {**make_config()["peft"], "type": "slicefine", "r": 2, "target_modules": ["q_proj", "down_proj"]}
+    model = get_peft_model(base, methods.get_method("slicefine").build_config(peft_section, {}))
+    assert (_logits(model, tokenizer) - before).abs().max().item() == 0.0
+    layers = [m for m in model.modules() if hasattr(m, "shira_indices") and "default" in m.shira_indices]
+    assert layers
+    for layer in layers:
+        out_f, in_f = layer.out_features, layer.in_features
+        rows, cols = layer.shira_indices["default"].long()
+        count = 2 * (in_f + out_f)
+        assert rows.numel() == count == layer.shira_weight["default"].numel()
+        # column-major order from (0, 0): entry k sits at row k % out, column k // out
+        order = torch.argsort(cols * out_f + rows)
+        assert torch.equal((cols * out_f + rows)[order], torch.arange(count))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = tokenizer("12 + 7 = 19", return_tensors="pt").input_ids
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    layer = layers[0]
+    delta = layer.get_delta_weight("default").to_dense()
+    changed = delta != 0
+    width = (2 * (layer.in_features + layer.out_features)) // layer.out_features
+    assert changed.any() and not changed[:, width + 1:].any()  # nothing beyond the slice moved

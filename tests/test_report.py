@@ -385,3 +385,35 @@ def test_gain_is_paired_in_the_report_and_the_run_summary(tmp_path: Path) -> Non
     summary = run_summary.build(out, "core", configlib.load(cfg_path), ["lora_r16_s42"], 0, width=160)
     assert "accuracy (change from base)" in summary.text
     assert "0.299 ± 0.017 (+0.071 ± 0.011 from 0.228)" in summary.text
+
+
+def test_share_of_truncated_completions_per_method(tmp_path: Path) -> None:
+    """Issue 21.6: TRL's `completions/clipped_ratio` (metrics.jsonl keeps TRL's name) is a column
+    per method, the mean of the last 10% of logged steps, ± over seeds; runs from before the
+    key (none logged) show "-"; `perl report --json` carries the same numbers."""
+    cfg_path = write_config(tmp_path)
+    out = tmp_path / "output"
+    exps = {e.name: e for e in configlib.expand(configlib.load(cfg_path), "core")}
+    # 20 logged steps: the last 10% is the last 2. lora s42 ends at 0.30/0.40, s123 at 0.50/0.60.
+    tails = {"lora_r16_s42": (0.3, 0.4), "lora_r16_s123": (0.5, 0.6)}
+    for name in ("lora_r16_s42", "lora_r16_s123", "dora_r16_s42", "dora_r16_s123"):
+        d = write_experiment(out / "core", exps[name])
+        rows = [{"step": 5 * i, "reward": 0.1 * i} for i in range(1, 21)]
+        if name in tails:
+            for i, row in enumerate(rows):
+                row["completions/clipped_ratio"] = 0.9 if i < 18 else tails[name][i - 18]
+        _write_metrics(d, rows)
+    code, text = run_cli("report", "core", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    table = section((out / "core" / "SUMMARY.md").read_text(), "Results by method")
+    header = next(line for line in table.splitlines() if line.startswith("| # "))
+    column = header.split(" | ").index(reportlib.CLIPPED_LABEL)
+    cells = {line.split(" | ")[1]: line.split(" | ")[column] for line in table.splitlines()
+             if re.match(r"^\| \d+ \|", line)}
+    # means 0.35 and 0.55 over the two seeds: 0.450 ± sd/√2 = 0.100
+    assert cells == {"lora": "0.450 ± 0.100", "dora": "-"}, cells
+    code, text = run_cli("report", "core", "--json", "--config", str(cfg_path), "--output", str(out))
+    assert code == 0, text
+    results = {r["method"]: r["clipped_ratio"] for r in json.loads(text)["results"]}
+    assert results["lora"]["mean"] == pytest.approx(0.45) and results["lora"]["se"] == pytest.approx(0.1)
+    assert results["dora"] == {"mean": None, "se": None, "n": 0}
