@@ -46,15 +46,48 @@ CUDA_MISSING = "CUDA is not available (torch.cuda.is_available() is False): the 
 
 @pytest.fixture(scope="module")
 def bases() -> dict[Any, Any]:
-    """One base model per dtype, built on first use and copied for every run."""
+    """One base model per dtype, built on first use and copied for every run (and its probe logits)."""
     return {}
+
+
+@pytest.fixture(scope="module")
+def subspace_cache() -> dict[Any, Any]:
+    """geometry.subspaces results by the weight's exact bytes, shared by every run of the module."""
+    return {}
+
+
+def _cache_subspaces(monkeypatch: pytest.MonkeyPatch, cache: dict[Any, Any]) -> None:
+    """Compute each base weight's singular subspaces once per module, not once per method.
+
+    The spectral snapshot's update geometry (tracking/geometry.py) eigendecomposes every
+    tracked base weight's Gram matrix in float64 at the start of each run: 14 weights of up
+    to 8960 x 1536, about 17 s a method, the same weights for every method that keeps the
+    base (PiSSA/MiLoRA's W = residual + B0A0 differs in rounding, so gets its own entry). The
+    key is the weight's exact bytes, so a cached answer is the answer `subspaces` would give.
+    """
+    import hashlib
+
+    from perl_cli.tracking import geometry
+
+    compute = geometry.subspaces
+
+    def cached(weight: Any, k: int) -> Any:
+        data = weight.detach().contiguous().cpu()
+        digest = hashlib.sha1(data.view(torch.uint8).numpy().data).hexdigest()
+        key = (tuple(data.shape), str(data.dtype), int(k), digest)
+        if key not in cache:
+            cache[key] = compute(weight, k)
+        found = cache[key]
+        return geometry.Subspaces(found.left.to(weight.device), found.right.to(weight.device), found.scale)
+
+    monkeypatch.setattr(geometry, "subspaces", cached)
 
 
 def _base(bases: dict[Any, Any], dtype: Any) -> Any:
     from perl_cli.models import load_model
 
     if dtype not in bases:
-        bases.clear()  # at most one base in memory
+        bases.clear()  # at most one base (and its probe logits) in memory
         gc.collect()
         model = load_model({"model_name_or_path": SHAPE, "dtype": "float32"}, on_gpu=False)
         bases[dtype] = model.to(dtype)
@@ -96,7 +129,19 @@ def _config(method: str) -> dict[str, Any]:
     )
 
 
-def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict) -> None:
+def _base_logits(bases: dict[Any, Any], dtype: Any, device: str, tokenizer: Any) -> Any:
+    """The untrained base's probe logits: the same for every method, computed once per base."""
+    key = ("logits", dtype)
+    if key not in bases:
+        base = _base(bases, dtype)
+        bases[key] = probe_logits(base.to(device), tokenizer)
+        base.to("cpu")
+    return bases[key]
+
+
+def _run_real_shape(
+    method: str, device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict, subspace_cache: dict
+) -> None:
     from peft import PeftModel
 
     from perl_cli.models import load_tokenizer
@@ -105,12 +150,15 @@ def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytes
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     base = _base(bases, dtype)
+    config = _config(method)
+    tokenizer = load_tokenizer(config["model"])
+    base_logits = _base_logits(bases, dtype, device, tokenizer)  # before any run shares its tensors
     if device == "cpu":  # on a GPU machine too: this variant checks the CPU path
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(session_mod, "load_model", lambda cfg, on_gpu, progress=None: _copy(base, method, device))
     captured = capture_session(monkeypatch)
+    _cache_subspaces(monkeypatch, subspace_cache)
 
-    config = _config(method)
     exp = write_experiment(tmp_path, config)
     assert run_experiment(exp) == 0, (exp / "status.json").read_text() + (exp / "train.log").read_text()[-3000:]
     status = json.loads((exp / "status.json").read_text())
@@ -128,11 +176,8 @@ def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytes
     up_base = up.get_base_layer() if hasattr(up, "get_base_layer") else up
     assert tuple(up_base.weight.shape) == (WIDTHS["intermediate"], WIDTHS["hidden"])
 
-    tokenizer = load_tokenizer(config["model"])
     trained = probe_logits(model, tokenizer)
     assert trained.shape[-1] == WIDTHS["vocab"] and torch.isfinite(trained).all()
-    base_logits = probe_logits(base.to(model.device), tokenizer)
-    base.to("cpu")
     assert not torch.allclose(trained, base_logits, atol=1e-5), f"{method}: training did not change the model"
 
     spectra = json.loads((exp / "spectral_history.json").read_text())["history"]
@@ -158,13 +203,17 @@ def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytes
 @pytest.mark.slow
 @pytest.mark.realshape
 @pytest.mark.parametrize("method", ADAPTER_METHODS)
-def test_method_at_real_shape_on_cpu(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict) -> None:
-    _run_real_shape(method, "cpu", tmp_path, monkeypatch, bases)
+def test_method_at_real_shape_on_cpu(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict, subspace_cache: dict
+) -> None:
+    _run_real_shape(method, "cpu", tmp_path, monkeypatch, bases, subspace_cache)
 
 
 @pytest.mark.gpu
 @pytest.mark.realshape
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_MISSING)
 @pytest.mark.parametrize("method", ADAPTER_METHODS)
-def test_method_at_real_shape_on_gpu(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict) -> None:
-    _run_real_shape(method, "cuda", tmp_path, monkeypatch, bases)
+def test_method_at_real_shape_on_gpu(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict, subspace_cache: dict
+) -> None:
+    _run_real_shape(method, "cuda", tmp_path, monkeypatch, bases, subspace_cache)
