@@ -4,7 +4,7 @@ The tiny tests (test_methods_train.py) never exercise PiSSA's and MiLoRA's SVDs 
 1536 x 8960 weight, logits over 151,936 tokens, or the spectral snapshot at real widths;
 this does, through the real worker (`run_experiment`), with random weights of the shape of
 DeepSeek-R1-Distill-Qwen-1.5B (architectures.toml, perl_cli/shapes.py): each method
-builds, initialises, trains two GRPO steps with 4-token completions, saves, reloads to the
+builds, initialises, trains two GRPO steps with 2-token completions, saves, reloads to the
 same outputs and records a spectral snapshot.
 
 The base model (560M parameters in float32) is built once per module and copied for
@@ -32,10 +32,22 @@ from perl_cli.methods import METHOD_NAMES  # noqa: E402
 SHAPE = "builtin:shape:DeepSeek-R1-Distill-Qwen-1.5B:layers=2"
 WIDTHS = {"hidden": 1536, "intermediate": 8960, "vocab": 151936, "kv": 256}
 STEPS = 2
+# Two tokens: the prefill and one cached decoding step. Every forward of HRA (a 8960 x 8960
+# product of reflections per down_proj) and DoRA (the norms of every adapted weight) costs
+# the same whatever its tokens, so each generated token is a whole forward of those methods.
+COMPLETION = 2
 # Methods whose update has no low-rank form: the spectral snapshot records no layer for them.
 # HRA: a product of Householder reflections (I - 2uu^T), not a factored B·A; the tracker has no
 # factored form for it yet, so its snapshot is empty too (issue 21 added HRA after the tracker).
 NO_SPECTRUM = {"ia3", "ln_tuning", "miss", "hra"}
+# HRA everywhere but down_proj. peft's HRALinear rebuilds its weight on every forward, starting
+# with an in x in identity times the product of reflections: at down_proj's in = 8960 that is
+# a dense 8960^3 product (1.4 TFLOP) per layer and forward, and again in the backward; two
+# layers had not finished the first of two steps after 6 minutes on one core. The others see
+# both real widths (gate/up: 1536 in, 8960 out); HRA's 8960-wide input is measured by the bench
+# (bench/real_shape_memory.py --methods hra, docs/memory.md) and its memory pinned in
+# tests/test_architectures.py.
+HRA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
 FULL_METHODS = {"full"}  # methods that train the embeddings and the head too
 # Full fine-tuning at these widths trains 560M float32 parameters (about 9 GB with AdamW) on the
 # CPU: too big for CI; its save and reload are tested end to end on a tiny model
@@ -114,13 +126,15 @@ def _config(method: str) -> dict[str, Any]:
     over = {**method_overrides(method), "model__model_name_or_path": SHAPE}
     if method == "adalora":  # two steps: importance scored at step 1, final ranks at step 2
         over["peft__adalora_tfinal"] = 0
+    if method == "hra":
+        over["peft__target_modules"] = HRA_TARGETS
     return make_config(
         f"{method}_shape",
         **over,
         dataset__data_size=16,
         training__per_device_train_batch_size=2,
         training__num_generations=2,
-        training__max_completion_length=4,
+        training__max_completion_length=COMPLETION,
         training__max_steps=STEPS,
         eval__enabled=False,
         tracker__enable_spectral_tracking=True,
