@@ -54,7 +54,7 @@ def experiment_config(method: str, args: argparse.Namespace) -> dict[str, Any]:
     config.update(name=f"bench_{method}", suite="bench", fingerprint="bench0000000")
     config["model"].update(model_name_or_path=model_name(args.layers), dtype="bfloat16")
     config["dataset"].update(data_size=64, eval_size=16)
-    config["peft"].update(type=method, r=16, lora_alpha=32.0, lora_dropout=0.05)
+    config["peft"].update(type=method, r=args.r, lora_alpha=2.0 * args.r, lora_dropout=0.05)
     for key, value in METHOD_DEFAULTS.get(method, {}).items():
         section, field = key.split(".")
         config[section][field] = value
@@ -183,6 +183,9 @@ def run_one(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "saved_vocab_mb": widths["v"] / 2**20,
         "trainable": results.get("trainable_params"), "estimate_trainable": est.trainable,
         "estimate_mb": memory.estimate_mb(config) - memory.CUDA_CONTEXT_MB,
+        # DoRA's and HRA's weight-sized terms in float32, as this CPU run (no autocast) keeps them.
+        "estimate_cpu_mb": round(memory.estimate(config, autocast=False).peak * memory.SAFETY),
+        "r": args.r,
         "estimate_terms_mb": {k: round(v, 1) for k, v in est.as_dict().items() if isinstance(v, float)},
         "log_tail": log_tail,
     }
@@ -213,6 +216,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=40, help="max_prompt_length (compact prompts are ~30 tokens)")
     parser.add_argument("--completion", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--r", type=int, default=16, help="adapter rank (core-1.5b: 16, alpha 2r)")
     parser.add_argument("--out", type=Path, default=None, help="append each method's JSON record here")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # the subprocess's method
     args = parser.parse_args()
@@ -223,7 +227,7 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         cmd = [sys.executable, __file__, "--one", method, "--batch", str(args.batch), "--prompt", str(args.prompt),
-               "--completion", str(args.completion), "--threads", str(args.threads)]
+               "--completion", str(args.completion), "--threads", str(args.threads), "--r", str(args.r)]
         if args.layers:
             cmd += ["--layers", str(args.layers)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",

@@ -200,6 +200,36 @@ def test_the_logits_term_is_trls_chunked_head_not_full_logits() -> None:
     assert abs(rebuilt - terms["peak"]) <= 2  # the terms are rounded to MiB each
 
 
+def test_hra_keeps_its_reflections_for_the_backward() -> None:
+    """HRA rebuilds each weight from r Householder reflections on every forward (peft's HRALinear).
+
+    Autograd keeps every partial product (in x in) for the vectors' gradients, plus the cast
+    base weight and the rebuilt weight (out x in): at down_proj's in = 8960 that is r + 1
+    matrices of 80M elements per layer, measured by bench/real_shape_memory.py (docs/memory.md).
+    """
+    config = json.loads(json.dumps(_experiment("core-1.5b").config))
+    config["peft"]["type"] = "hra"
+    lora = memory.estimate(_experiment("core-1.5b").config)
+    est = memory.estimate(config)
+    # r Householder vectors of length `in` per module: 16 x (6 x 1536 + 8960) x 28 layers.
+    assert est.trainable == 16 * (6 * 1536 + 8960) * 28 == 8_142_848
+    mods = [(1536, 1536), (1536, 256), (1536, 256), (1536, 1536), (1536, 8960), (1536, 8960), (8960, 1536)]
+    per_layer = sum(17 * i * i + 2 * o * i for i, o in mods)
+    assert memory.hra_elements(memory.resolve_shape(R1_15B)[1], config["peft"]) == per_layer
+    extra = est.activations - lora.activations  # the same per-token coefficients as LoRA
+    assert round(extra) == round(28 * per_layer * 2 / 2**20) == 90_738
+    # A CPU run without autocast keeps them in float32; gradient checkpointing keeps one layer's.
+    cpu_extra = memory.estimate(config, autocast=False).activations - lora.activations
+    assert abs(cpu_extra - 2 * extra) < 1e-6
+    config["training"]["gradient_checkpointing"] = True
+    checkpointed = memory.estimate(config).activations
+    lora_cfg = json.loads(json.dumps(_experiment("core-1.5b").config))
+    lora_cfg["training"]["gradient_checkpointing"] = True
+    assert round(checkpointed - memory.estimate(lora_cfg).activations) == round(per_layer * 2 / 2**20)
+    # Far beyond an 80 GB GPU without checkpointing: `plan` shows it, the scheduler never places it there.
+    assert memory.estimate_mb(config | {"training": {**config["training"], "gradient_checkpointing": False}}) > 80_000
+
+
 def test_full_fine_tuning_counts_gradients_and_moments() -> None:
     config = json.loads(json.dumps(_experiment("core-1.5b").config))
     config["peft"]["type"] = "full"

@@ -4,7 +4,7 @@ The tiny tests (test_methods_train.py) never exercise PiSSA's and MiLoRA's SVDs 
 1536 x 8960 weight, logits over 151,936 tokens, or the spectral snapshot at real widths;
 this does, through the real worker (`run_experiment`), with random weights of the shape of
 DeepSeek-R1-Distill-Qwen-1.5B (architectures.toml, perl_cli/shapes.py): each method
-builds, initialises, trains two GRPO steps with 4-token completions, saves, reloads to the
+builds, initialises, trains two GRPO steps with 2-token completions, saves, reloads to the
 same outputs and records a spectral snapshot.
 
 The base model (560M parameters in float32) is built once per module and copied for
@@ -32,10 +32,22 @@ from perl_cli.methods import METHOD_NAMES  # noqa: E402
 SHAPE = "builtin:shape:DeepSeek-R1-Distill-Qwen-1.5B:layers=2"
 WIDTHS = {"hidden": 1536, "intermediate": 8960, "vocab": 151936, "kv": 256}
 STEPS = 2
+# Two tokens: the prefill and one cached decoding step. Every forward of HRA (a 8960 x 8960
+# product of reflections per down_proj) and DoRA (the norms of every adapted weight) costs
+# the same whatever its tokens, so each generated token is a whole forward of those methods.
+COMPLETION = 2
 # Methods whose update has no low-rank form: the spectral snapshot records no layer for them.
 # HRA: a product of Householder reflections (I - 2uu^T), not a factored B·A; the tracker has no
 # factored form for it yet, so its snapshot is empty too (issue 21 added HRA after the tracker).
 NO_SPECTRUM = {"ia3", "ln_tuning", "miss", "hra"}
+# HRA everywhere but down_proj. peft's HRALinear rebuilds its weight on every forward, starting
+# with an in x in identity times the product of reflections: at down_proj's in = 8960 that is
+# a dense 8960^3 product (1.4 TFLOP) per layer and forward, and again in the backward; two
+# layers had not finished the first of two steps after 6 minutes on one core. The others see
+# both real widths (gate/up: 1536 in, 8960 out); HRA's 8960-wide input is measured by the bench
+# (bench/real_shape_memory.py --methods hra, docs/memory.md) and its memory pinned in
+# tests/test_architectures.py.
+HRA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
 FULL_METHODS = {"full"}  # methods that train the embeddings and the head too
 # Full fine-tuning at these widths trains 560M float32 parameters (about 9 GB with AdamW) on the
 # CPU: too big for CI; its save and reload are tested end to end on a tiny model
@@ -46,15 +58,48 @@ CUDA_MISSING = "CUDA is not available (torch.cuda.is_available() is False): the 
 
 @pytest.fixture(scope="module")
 def bases() -> dict[Any, Any]:
-    """One base model per dtype, built on first use and copied for every run."""
+    """One base model per dtype, built on first use and copied for every run (and its probe logits)."""
     return {}
+
+
+@pytest.fixture(scope="module")
+def subspace_cache() -> dict[Any, Any]:
+    """geometry.subspaces results by the weight's exact bytes, shared by every run of the module."""
+    return {}
+
+
+def _cache_subspaces(monkeypatch: pytest.MonkeyPatch, cache: dict[Any, Any]) -> None:
+    """Compute each base weight's singular subspaces once per module, not once per method.
+
+    The spectral snapshot's update geometry (tracking/geometry.py) eigendecomposes every
+    tracked base weight's Gram matrix in float64 at the start of each run: 14 weights of up
+    to 8960 x 1536, about 17 s a method, the same weights for every method that keeps the
+    base (PiSSA/MiLoRA's W = residual + B0A0 differs in rounding, so gets its own entry). The
+    key is the weight's exact bytes, so a cached answer is the answer `subspaces` would give.
+    """
+    import hashlib
+
+    from perl_cli.tracking import geometry
+
+    compute = geometry.subspaces
+
+    def cached(weight: Any, k: int) -> Any:
+        data = weight.detach().contiguous().cpu()
+        digest = hashlib.sha1(data.view(torch.uint8).numpy().data).hexdigest()
+        key = (tuple(data.shape), str(data.dtype), int(k), digest)
+        if key not in cache:
+            cache[key] = compute(weight, k)
+        found = cache[key]
+        return geometry.Subspaces(found.left.to(weight.device), found.right.to(weight.device), found.scale)
+
+    monkeypatch.setattr(geometry, "subspaces", cached)
 
 
 def _base(bases: dict[Any, Any], dtype: Any) -> Any:
     from perl_cli.models import load_model
 
     if dtype not in bases:
-        bases.clear()  # at most one base in memory
+        bases.clear()  # at most one base (and its probe logits) in memory
         gc.collect()
         model = load_model({"model_name_or_path": SHAPE, "dtype": "float32"}, on_gpu=False)
         bases[dtype] = model.to(dtype)
@@ -81,13 +126,15 @@ def _config(method: str) -> dict[str, Any]:
     over = {**method_overrides(method), "model__model_name_or_path": SHAPE}
     if method == "adalora":  # two steps: importance scored at step 1, final ranks at step 2
         over["peft__adalora_tfinal"] = 0
+    if method == "hra":
+        over["peft__target_modules"] = HRA_TARGETS
     return make_config(
         f"{method}_shape",
         **over,
         dataset__data_size=16,
         training__per_device_train_batch_size=2,
         training__num_generations=2,
-        training__max_completion_length=4,
+        training__max_completion_length=COMPLETION,
         training__max_steps=STEPS,
         eval__enabled=False,
         tracker__enable_spectral_tracking=True,
@@ -96,7 +143,19 @@ def _config(method: str) -> dict[str, Any]:
     )
 
 
-def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict) -> None:
+def _base_logits(bases: dict[Any, Any], dtype: Any, device: str, tokenizer: Any) -> Any:
+    """The untrained base's probe logits: the same for every method, computed once per base."""
+    key = ("logits", dtype)
+    if key not in bases:
+        base = _base(bases, dtype)
+        bases[key] = probe_logits(base.to(device), tokenizer)
+        base.to("cpu")
+    return bases[key]
+
+
+def _run_real_shape(
+    method: str, device: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict, subspace_cache: dict
+) -> None:
     from peft import PeftModel
 
     from perl_cli.models import load_tokenizer
@@ -105,12 +164,15 @@ def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytes
 
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     base = _base(bases, dtype)
+    config = _config(method)
+    tokenizer = load_tokenizer(config["model"])
+    base_logits = _base_logits(bases, dtype, device, tokenizer)  # before any run shares its tensors
     if device == "cpu":  # on a GPU machine too: this variant checks the CPU path
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(session_mod, "load_model", lambda cfg, on_gpu, progress=None: _copy(base, method, device))
     captured = capture_session(monkeypatch)
+    _cache_subspaces(monkeypatch, subspace_cache)
 
-    config = _config(method)
     exp = write_experiment(tmp_path, config)
     assert run_experiment(exp) == 0, (exp / "status.json").read_text() + (exp / "train.log").read_text()[-3000:]
     status = json.loads((exp / "status.json").read_text())
@@ -128,11 +190,8 @@ def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytes
     up_base = up.get_base_layer() if hasattr(up, "get_base_layer") else up
     assert tuple(up_base.weight.shape) == (WIDTHS["intermediate"], WIDTHS["hidden"])
 
-    tokenizer = load_tokenizer(config["model"])
     trained = probe_logits(model, tokenizer)
     assert trained.shape[-1] == WIDTHS["vocab"] and torch.isfinite(trained).all()
-    base_logits = probe_logits(base.to(model.device), tokenizer)
-    base.to("cpu")
     assert not torch.allclose(trained, base_logits, atol=1e-5), f"{method}: training did not change the model"
 
     spectra = json.loads((exp / "spectral_history.json").read_text())["history"]
@@ -158,13 +217,17 @@ def _run_real_shape(method: str, device: str, tmp_path: Path, monkeypatch: pytes
 @pytest.mark.slow
 @pytest.mark.realshape
 @pytest.mark.parametrize("method", ADAPTER_METHODS)
-def test_method_at_real_shape_on_cpu(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict) -> None:
-    _run_real_shape(method, "cpu", tmp_path, monkeypatch, bases)
+def test_method_at_real_shape_on_cpu(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict, subspace_cache: dict
+) -> None:
+    _run_real_shape(method, "cpu", tmp_path, monkeypatch, bases, subspace_cache)
 
 
 @pytest.mark.gpu
 @pytest.mark.realshape
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_MISSING)
 @pytest.mark.parametrize("method", ADAPTER_METHODS)
-def test_method_at_real_shape_on_gpu(method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict) -> None:
-    _run_real_shape(method, "cuda", tmp_path, monkeypatch, bases)
+def test_method_at_real_shape_on_gpu(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bases: dict, subspace_cache: dict
+) -> None:
+    _run_real_shape(method, "cuda", tmp_path, monkeypatch, bases, subspace_cache)

@@ -21,7 +21,9 @@ at once), w = bytes per weight (2 for bf16/fp16/auto, 4 for float32):
     activations  = B x T x L x (ACT_H x H + ACT_I x I) bytes        (what autograd keeps per
                    token and layer, per method, measured: ACT below, docs/memory.md); with
                    gradient checkpointing B x T x L x H x w plus one layer's worth;
-                   DoRA adds L x (adapted weight elements) x 4 bytes (its combined weights)
+                   DoRA adds L x (adapted weight elements) x 4 bytes (its combined weights);
+                   HRA adds L x sum over modules of ((r + 1) x in^2 + 2 x out x in) x 2 bytes
+                   (its chain of r in x in reflections and the rebuilt weight, per forward)
     logits       = min(B x C, 4096) x min(V, 32768) x w + B x C x H x 4
                    (TRL >= 1.16 scores completions through a chunked LM head: one
                    4096-token x 32768-vocabulary tile and the fp32 gradient of the last hidden
@@ -64,6 +66,14 @@ ACT = {
 # every adapted module for its norm's backward: about two bf16 copies (4 bytes per weight
 # element; 8 on a CPU without autocast, measured: 9.7 GB at 64 tokens on the 1.5B shape).
 DORA_BYTES_PER_WEIGHT = 4.0
+# HRA (peft's HRALinear) rebuilds each adapted weight on every forward: the product of r
+# Householder reflections I - 2uu^T, one in x in matrix per reflection, each kept by autograd
+# for u's gradient (r + 1 in x in matrices with the identity it starts from), then W times
+# that product (W's cast copy and the product, out x in each, kept for the backward). At
+# down_proj's in = 8960 that is r + 1 matrices of 80M elements per layer: HRA's activations are
+# weight-sized and dominate everything else (bench/real_shape_memory.py, docs/memory.md).
+# Bytes per element: 2 under bf16 autocast (as on a GPU); 4 on a CPU without autocast.
+HRA_BYTES_PER_ELEMENT = 2.0
 # TRL's chunked LM head (trl.kernels.chunked_logprob): tokens x vocabulary per tile.
 LOGIT_TILE_TOKENS = 4096
 LOGIT_TILE_VOCAB = 32_768
@@ -174,6 +184,8 @@ def trainable_parameters(shape: Shape, peft: dict[str, Any], max_steps: int | No
         return layers * (lin["k_proj"][1] + lin["v_proj"][1] + lin["down_proj"][0])
     if method == "vera":  # lambda_d (r) and lambda_b (out) per module
         return layers * sum(r + out for _, out in modules.values())
+    if method == "hra":  # r Householder vectors of length `in` per module
+        return layers * sum(r * i for i, _ in modules.values())
     if method == "miss":  # one shared r x out block per module
         return layers * sum(r * out for _, out in modules.values())
     if method == "adalora":
@@ -187,8 +199,17 @@ def trainable_parameters(shape: Shape, peft: dict[str, Any], max_steps: int | No
     return lora
 
 
-def estimate(config: dict[str, Any]) -> Estimate:
-    """Every term of the memory estimate of a resolved config (module docstring)."""
+def hra_elements(shape: Shape, peft: dict[str, Any]) -> int:
+    """Elements HRA keeps for the backward per layer and forward: (r + 1) x in^2 + 2 x out x in per module."""
+    r = int(peft.get("r") or 16)
+    return sum((r + 1) * i * i + 2 * o * i for i, o in _targeted(shape, peft).values())
+
+
+def estimate(config: dict[str, Any], *, autocast: bool = True) -> Estimate:
+    """Every term of the memory estimate of a resolved config (module docstring).
+
+    `autocast=False` counts DoRA's and HRA's weight-sized terms in float32, as a CPU run
+    without autocast keeps them (the bench compares its CPU measurements with that)."""
     model, peft, train = config["model"], config["peft"], config["training"]
     name = str(model["model_name_or_path"])
     source, shape, params = resolve_shape(name)
@@ -214,9 +235,12 @@ def estimate(config: dict[str, Any]) -> Estimate:
         activations = tokens * (layers * h * w + per_layer)
     else:
         activations = tokens * layers * per_layer
+    wide = 1.0 if autocast else 2.0  # float32 instead of bf16 copies
     if method == "dora":
         weights_adapted = sum(a * b for a, b in _targeted(shape, peft).values())
-        activations += (1 if train.get("gradient_checkpointing") else layers) * weights_adapted * DORA_BYTES_PER_WEIGHT
+        activations += (1 if train.get("gradient_checkpointing") else layers) * weights_adapted * DORA_BYTES_PER_WEIGHT * wide
+    if method == "hra":
+        activations += (1 if train.get("gradient_checkpointing") else layers) * hra_elements(shape, peft) * HRA_BYTES_PER_ELEMENT * wide
     scored = batch * completion
     logits = min(scored, LOGIT_TILE_TOKENS) * min(shape.vocab_size, LOGIT_TILE_VOCAB) * w + scored * h * 4
 
