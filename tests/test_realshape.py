@@ -39,7 +39,7 @@ COMPLETION = 2
 # Methods whose update has no low-rank form: the spectral snapshot records no layer for them.
 # HRA: a product of Householder reflections (I - 2uu^T), not a factored B·A; the tracker has no
 # factored form for it yet, so its snapshot is empty too (issue 21 added HRA after the tracker).
-NO_SPECTRUM = {"ia3", "ln_tuning", "miss", "hra"}
+NO_SPECTRUM = {"ia3", "ln_tuning", "miss", "hra", "slicefine"}
 # HRA everywhere but down_proj. peft's HRALinear rebuilds its weight on every forward, starting
 # with an in x in identity times the product of reflections: at down_proj's in = 8960 that is
 # a dense 8960^3 product (1.4 TFLOP) per layer and forward, and again in the backward; two
