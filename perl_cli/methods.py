@@ -312,15 +312,9 @@ def milora_init(model: Any, peft: dict[str, Any]) -> None:
     output is unchanged at initialisation.
     """
     import torch
-    from peft.tuners.lora import LoraLayer
 
     adapter = "default"
-    for module in model.modules():
-        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
-            continue
-        base = module.get_base_layer()
-        if getattr(module, "fan_in_fan_out", False) or not isinstance(base, torch.nn.Linear):
-            raise ValueError(f"milora supports nn.Linear layers only, got {type(base).__name__}")
+    for module, base in _linear_lora_layers(model, adapter, "milora"):
         weight = base.weight
         w = weight.detach().to(torch.float64)
         r = module.r[adapter]
@@ -333,6 +327,20 @@ def milora_init(model: Any, peft: dict[str, Any]) -> None:
         module.lora_A[adapter].weight.data = lora_a.to(module.lora_A[adapter].weight.dtype)
         module.lora_B[adapter].weight.data = lora_b.to(module.lora_B[adapter].weight.dtype)
         weight.data = (w - scale * lora_b @ lora_a).to(weight.dtype)
+
+
+def _linear_lora_layers(model: Any, adapter: str, method: str) -> Any:
+    """(LoRA layer, its nn.Linear base) for every layer carrying `adapter`; other bases are an error."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        base = module.get_base_layer()
+        if getattr(module, "fan_in_fan_out", False) or not isinstance(base, torch.nn.Linear):
+            raise ValueError(f"{method} supports nn.Linear layers only, got {type(base).__name__}")
+        yield module, base
 
 
 def minor_triplets(w: Any, r: int) -> tuple[Any, Any, Any]:
@@ -361,15 +369,9 @@ def milora_plus_init(model: Any, peft: dict[str, Any]) -> None:
     no singular values), B = 0, and W untouched: the adapter starts as plain LoRA does (BA = 0,
     the model is the base) but its input side points into W's minor subspace from step 0."""
     import torch
-    from peft.tuners.lora import LoraLayer
 
     adapter = "default"
-    for module in model.modules():
-        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
-            continue
-        base = module.get_base_layer()
-        if getattr(module, "fan_in_fan_out", False) or not isinstance(base, torch.nn.Linear):
-            raise ValueError(f"milora_plus supports nn.Linear layers only, got {type(base).__name__}")
+    for module, base in _linear_lora_layers(model, adapter, "milora_plus"):
         _, _, v = minor_triplets(base.weight.detach().to(torch.float64), module.r[adapter])
         a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
         a.data = v.T.contiguous().to(a.dtype)  # (r, in), orthonormal rows
