@@ -42,7 +42,10 @@ def near_miss(args: list[str]) -> str | None:
 def find_system_perl(our_script: str, path: str | None = None) -> str | None:
     """The first `perl` on PATH that is neither this script nor another copy of PeRL."""
     ours = os.path.realpath(our_script) if our_script else ""
-    skip_dirs = {os.path.dirname(ours), os.path.dirname(os.path.realpath(sys.executable))}
+    # Only our own script's directory: the interpreter's real directory is often /usr/bin
+    # (a venv made from the system Python), where the system Perl lives too. Other copies
+    # of PeRL are recognised by their contents below.
+    skip_dirs = {os.path.dirname(ours)}
     for directory in (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep):
         if not directory or os.path.realpath(directory) in skip_dirs:
             continue

@@ -153,3 +153,18 @@ def test_perl_pi_edits_files_in_place_and_runs_scripts(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (7, "args:a b\n")
     assert perl("-ne", "print if /b/", stdin="a\nb\nc\n").stdout == "b\n"
     assert perl("-MList::Util=sum", "-e", "print sum(1,2,3)").stdout == "6"
+
+
+def test_system_perl_beside_the_system_python_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A venv made from /usr/bin/python3: the interpreter's real directory also holds the system Perl."""
+    system_bin, venv_bin = tmp_path / "usr-bin", tmp_path / "venv-bin"
+    system_bin.mkdir()
+    venv_bin.mkdir()
+    (system_bin / "python3").write_text("")
+    system_perl = system_bin / "perl"
+    system_perl.write_text("#!/bin/sh\necho perl\n")
+    system_perl.chmod(0o755)
+    ours = venv_bin / "perl"
+    ours.write_text(PERL_SCRIPT.read_text())
+    monkeypatch.setattr(sys, "executable", str(system_bin / "python3"))
+    assert find_system_perl(str(ours), path=f"{venv_bin}{os.pathsep}{system_bin}") == str(system_perl)
