@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from perl_cli import collapse as collapselib
@@ -67,14 +68,19 @@ class Arm:
     def runs(self) -> list[Row]:
         return included(self.rows)
 
+    @cached_property
+    def collapses(self) -> dict[str, collapselib.Collapse | None]:
+        """Each run with metrics: its collapse or None, judged once (any state: a run the worker
+        stopped for it counts)."""
+        return {r.name: collapselib.detect(r.metrics) for r in self.rows if r.metrics}
+
     @property
     def collapsed(self) -> list[tuple[Row, collapselib.Collapse]]:
-        """Runs with a collapse in their metrics (any state: a run the worker stopped for it counts)."""
-        return [(r, c) for r in self.rows if r.metrics and (c := collapselib.detect(r.metrics)) is not None]
+        return [(r, c) for r in self.rows if (c := self.collapses.get(r.name)) is not None]
 
     @property
     def judged(self) -> int:
-        return sum(1 for r in self.rows if r.metrics)
+        return len(self.collapses)
 
 
 @dataclass
@@ -228,8 +234,8 @@ def _experiments(found: list[Study]) -> list[str]:
                 if r.name in seen:
                     continue
                 seen.add(r.name)
-                c = collapselib.detect(r.metrics) if r.metrics else None
-                collapse = "-" if not r.metrics else "no" if c is None else f"yes: {c.kind} from step {c.step:g}"
+                c = arm.collapses.get(r.name)
+                collapse = "-" if r.name not in arm.collapses else "no" if c is None else f"yes: {c.kind} from step {c.step:g}"
                 gain = r.gain
                 gain_text = "-" if gain is None else f"{gain:+.3f}" + (f" ± {r.gain_se:.3f}" if r.gain_se is not None else "")
                 out.append(f"| {r.name} | {arm.label} | {r.view.state} | {with_se(r.accuracy, r.accuracy_se)} | "

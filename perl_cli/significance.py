@@ -130,7 +130,7 @@ def compare(results: dict[str, list[list[float]]], *, replicates: int = REPLICAT
     pairs = list(combinations(methods, 2))
     out = Matrix(methods, means, {m: len(a) for m, a in data.items()}, problems, replicates=replicates, family=family)
     tests = max(1, family or len(pairs))
-    tail = ALPHA / tests / 2
+    tail = (1 - out.pair_level) / 2
     for x, y in pairs:
         d = boot[x] - boot[y]
         observed = means[x] - means[y]
