@@ -8,6 +8,7 @@ and perl_cli/data/tiny_math.py share them without importing each other.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -64,17 +65,25 @@ def char_tokenizer(charset: str, vocab_size: int | None = None) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS, padding_side="left")
 
 
-def library_versions() -> list[str]:
-    """The libraries a built model depends on, for its cache key."""
+def build_digest(functions: Sequence[Callable[..., Any]], extra: Sequence[str] = ()) -> str:
+    """A hash of the code that builds a built-in model and of the libraries it runs on.
+
+    Part of the cache entry's name, so that a model built by other code (an older PeRL,
+    another torch) is never reused: a changed build gets a new directory, not a stale model.
+    `functions`: the model's own build code (its tokenizer, pairs, data); the shared build
+    steps of this module are always counted.
+    """
+    import inspect
     from importlib import metadata
 
-    parts = []
+    shared = (char_tokenizer, _tiny_config, warm_start, build_model)
+    parts = [inspect.getsource(f) for f in (*shared, *functions)] + list(extra)
     for lib in ("torch", "transformers", "tokenizers"):
         try:
             parts.append(f"{lib}=={metadata.version(lib)}")
         except metadata.PackageNotFoundError:
             parts.append(f"{lib} missing")
-    return parts
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
 def warm_start(

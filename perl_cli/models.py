@@ -41,11 +41,10 @@ from perl_cli.builtin_parts import (  # noqa: E402,F401  (CHARSET, EOS, PAD, cac
     EOS,
     PAD,
     _tiny_config,
+    build_digest,
     build_model,
     cache_dir,
     char_tokenizer,
-    library_versions,
-    warm_start,
 )
 
 
@@ -85,22 +84,11 @@ class TinyRecipe:
 
 
 def build_code_digest() -> str:
-    """A hash of the code that builds a built-in model and of the libraries it runs on.
-
-    Part of the cache entry's name, so that a model built by other code (an older PeRL,
-    another torch) is never reused: a changed build gets a new directory, not a stale model.
-    """
-    import inspect
-
+    """builtin_parts.build_digest of the Countdown models' own build code."""
     from perl_cli.data import countdown
 
-    parts = [
-        inspect.getsource(f)
-        for f in (char_tokenizer, build_char_tokenizer, _tiny_config, warm_start, build_model, _sft_pairs, _build,
-                  countdown.generate_problems, countdown.split_problems, countdown.compact_prompt,
-                  countdown.compact_completion)
-    ]
-    return hashlib.sha256("\n".join(parts + library_versions()).encode()).hexdigest()[:12]
+    return build_digest((build_char_tokenizer, _sft_pairs, _build, countdown.generate_problems,
+                         countdown.split_problems, countdown.compact_prompt, countdown.compact_completion))
 
 
 BUILTIN_MODELS: dict[str, TinyRecipe] = {

@@ -10,7 +10,6 @@ the training pool minus the default held-out split (split_seed 0, eval_size 200)
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,19 +37,13 @@ class TinyMathRecipe:
     version: int = 1
 
     def digest(self) -> str:
-        import inspect
-
-        from perl_cli import builtin_parts
+        from perl_cli.builtin_parts import build_digest
         from perl_cli.data import math as mathdata
         from perl_cli.data import tiny_math
 
-        parts = [inspect.getsource(f) for f in (builtin_parts.char_tokenizer, math_tokenizer, _sft_pairs,
-                                                 builtin_parts.warm_start, builtin_parts.build_model,
-                                                 builtin_parts._tiny_config, TinyMathRecipe.build,
-                                                 mathdata.split_problems, mathdata.compact_prompt,
-                                                 mathdata.compact_completion)]
-        parts += [MATH_CHARSET, tiny_math.digest(), json.dumps(asdict(self), sort_keys=True)]
-        return hashlib.sha256("\n".join(parts + builtin_parts.library_versions()).encode()).hexdigest()[:12]
+        return build_digest((math_tokenizer, _sft_pairs, TinyMathRecipe.build, mathdata.split_problems,
+                             mathdata.compact_prompt, mathdata.compact_completion),
+                            [MATH_CHARSET, tiny_math.digest(), json.dumps(asdict(self), sort_keys=True)])
 
     def build(self, out_dir: Path, progress: Any = None) -> None:
         from perl_cli.builtin_parts import build_model

@@ -120,8 +120,12 @@ def test_model_cache_entry_changes_with_the_build_code(monkeypatch) -> None:
     def other_warm_start(model, tokenizer, pairs, **settings):  # a changed warm start
         return None
 
-    monkeypatch.setattr(models, "warm_start", other_warm_start)
+    from perl_cli import builtin_parts, models_math
+
+    math_before = models_math.TINY_MATH.digest()
+    monkeypatch.setattr(builtin_parts, "warm_start", other_warm_start)  # the step both built-in models share
     assert recipe.digest() != before
+    assert models_math.TINY_MATH.digest() != math_before
 
 
 def test_ci_builds_models_into_a_fresh_cache_in_the_clone(tmp_path: Path) -> None:
