@@ -65,8 +65,14 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
             raise ConfigError(f"suite '{suite}' is being run by `perl run` on host {holder['host']} (pid {pid}); "
                               "run `perl cancel` there.")
         if names is None:
-            os.kill(pid, signal.SIGTERM)  # the scheduler itself: it stops its workers in order
-            out(f"asked perl run (pid {pid}) to stop: its workers save a checkpoint and exit.")
+            if _stopping(suite_dir, pid):
+                # A second SIGTERM means "Ctrl+C again: kill them now": it would SIGKILL workers that
+                # are saving their checkpoint. The run is already doing what cancel asks.
+                out(f"perl run (pid {pid}) is already stopping: its workers save a checkpoint and exit "
+                    "(Ctrl+C in its terminal again, or `kill` it, to kill them now).")
+            else:
+                os.kill(pid, signal.SIGTERM)  # the scheduler itself: it stops its workers in order
+                out(f"asked perl run (pid {pid}) to stop: its workers save a checkpoint and exit.")
             _wait(lambda: state.process_alive(pid, holder.get("pid_start_time")), wait_s)
             out(f"suite {suite}: cancelled. {resume(1)}")
             return EXIT_OK
@@ -148,6 +154,13 @@ def _cancel_orphans(suite_dir: Path, suite: str, names: list[str] | None, dirs: 
     else:
         out(f"suite {suite}: cancelled. {resume(len(left))}")
     return EXIT_OK
+
+
+def _stopping(suite_dir: Path, pid: int) -> bool:
+    """Whether the `perl run` holding the suite (pid) says in run_status.json that it is stopping."""
+    run = state.read_json(suite_dir / state.RUN_STATUS_FILE)
+    scheduler = run.get("scheduler") if isinstance(run, dict) else None
+    return isinstance(scheduler, dict) and scheduler.get("pid") == pid and scheduler.get("state") == "stopping"
 
 
 def _running(exp_dir: Path) -> bool:
