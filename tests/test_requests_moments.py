@@ -9,6 +9,7 @@ The end-to-end counterparts (real `perl run` / `perl cancel` processes) are in t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,37 @@ def test_a_malformed_request_beside_valid_ones_is_answered_and_the_valid_ones_ca
     assert wrong_kind["error"]
     assert outcomes(cancelled) == {"lora_s2": (requests.CANCELLED, "it was queued and had not started")}
     assert [j.name for j in runner.backend.queue] == ["lora_s1", "dora_s1"]
+
+
+def test_cancel_only_of_a_suite_a_slurm_wait_run_holds_does_not_wait_for_an_answer_that_never_comes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`perl run --backend slurm --wait` holds the suite but serves no requests (its tasks are
+    Slurm's). Before: `perl cancel --only` scancelled the task, then sent the run a cancel request
+    and waited for its reply: 120 s (REPLY_WAIT_S), then went on as if the run had ended."""
+    import threading
+
+    from perl_cli.scheduler import cancel as cancellib
+    from perl_cli.scheduler.lock import RunLock
+
+    suite_dir = tmp_path / "out" / SUITE
+    (suite_dir / "lora_s1").mkdir(parents=True)
+    state.write_status(suite_dir / "lora_s1", {"state": "interrupted", "backend": "slurm",
+                                               "slurm": {"job_id": "7_0", "args": ["--backend", "slurm"]}})
+    lock = RunLock(suite_dir)
+    lock.acquire()  # this process plays the Slurm --wait run
+    state.atomic_write_json(suite_dir / state.RUN_STATUS_FILE, {"scheduler": {
+        "backend": "slurm", "pid": os.getpid(), "host": state.hostname(), "job_ids": ["7_0"]}})
+    monkeypatch.setattr(cancellib.slurm, "cancel_suite",
+                        lambda suite_dir, names, **kw: {"lora_s1": ["--backend", "slurm"]})
+    said: list[str] = []
+    got: list[int] = []
+    worker = threading.Thread(target=lambda: got.append(cancellib.cancel_suite(
+        SUITE, output=tmp_path / "out", names=["lora_s1"], out=said.append, err=said.append)), daemon=True)
+    try:
+        worker.start()
+        worker.join(15)
+        assert got == [0], f"perl cancel still waiting after 15 s; said {said}"
+        assert not requests.pending(suite_dir)  # no request left for a run that never serves one
+        assert any("cancelled" in line and "--backend slurm" in line for line in said), said
+    finally:
+        lock.release()
