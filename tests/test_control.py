@@ -505,3 +505,25 @@ def test_a_new_run_sweeps_what_nobody_waits_for_and_keeps_fresh_requests(tmp_pat
         os.utime(spool / name, (old, old))
     assert sorted(requests.sweep(tmp_path)) == ["1-old.request.json", "2-old.reply.json", "3-any.taken.json"]
     assert sorted(p.name for p in spool.iterdir()) == ["4-new.request.json", "5-new.reply.json"]
+
+
+def test_1d_perl_cancel_of_a_run_already_stopping_does_not_kill_its_workers(tmp_path: Path) -> None:
+    """After Ctrl+C the run gives its workers the grace period to save a checkpoint. Before:
+    `perl cancel SUITE` then sent the run a second SIGTERM, which counts as "Ctrl+C again: kill
+    them now": the worker saving its checkpoint was SIGKILLed, while cancel printed "its workers
+    save a checkpoint and exit". Now cancel sees the run is stopping and leaves it to finish."""
+    write_config(tmp_path, steps=6, methods=("lora",), seeds=(1,))
+    env = env_for(tmp_path, gpus="[]", PERL_FAKE_PLAN=hold(tmp_path, lora_s1={"hold_at": 2, "ignore_term": True}))
+    run = start_perl(tmp_path, "--grace-seconds", "120", env=env)
+    wait_until(lambda: at_step(tmp_path, "lora_s1", 2), BUSY, "lora at its barrier")
+    pid = status_of(tmp_path, "lora_s1")["pid"]
+    run.send_signal(signal.SIGINT)  # Ctrl+C: lora ignores SIGTERM, so the run stays `stopping`
+    wait_until(lambda: scheduler_state(tmp_path).get("state") == "stopping", BUSY, "the run stopping")
+    result = cancel(tmp_path, "--wait-seconds", "0.5", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"perl run (pid {run.pid}) is already stopping" in result.stdout, result.stdout
+    assert state.process_alive(pid) and run.poll() is None  # not killed: still within its grace period
+    run.send_signal(signal.SIGINT)  # Ctrl+C again: kill now (the documented way)
+    code, out, err = finish(run)
+    assert code == 130, out + err
+    wait_until(lambda: not state.process_alive(pid), BUSY, "the worker gone")

@@ -65,15 +65,24 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
             raise ConfigError(f"suite '{suite}' is being run by `perl run` on host {holder['host']} (pid {pid}); "
                               "run `perl cancel` there.")
         if names is None:
-            os.kill(pid, signal.SIGTERM)  # the scheduler itself: it stops its workers in order
-            out(f"asked perl run (pid {pid}) to stop: its workers save a checkpoint and exit.")
+            if _stopping(suite_dir, pid):
+                # A second SIGTERM means "Ctrl+C again: kill them now": it would SIGKILL workers that
+                # are saving their checkpoint. The run is already doing what cancel asks.
+                out(f"perl run (pid {pid}) is already stopping: its workers save a checkpoint and exit "
+                    "(Ctrl+C in its terminal again, or `kill` it, to kill them now).")
+            else:
+                os.kill(pid, signal.SIGTERM)  # the scheduler itself: it stops its workers in order
+                out(f"asked perl run (pid {pid}) to stop: its workers save a checkpoint and exit.")
             _wait(lambda: state.process_alive(pid, holder.get("pid_start_time")), wait_s)
             out(f"suite {suite}: cancelled. {resume(1)}")
             return EXIT_OK
-        code = _ask_run(suite_dir, suite, names, holder, wait_s, out, err)
-        if code is not None:
-            return code
-        # The run ended before it took the request: what it left is handled below, as after a killed run.
+        # A Slurm run (--wait) serves no requests: its tasks are Slurm's, scancelled above. Asking it
+        # would only wait REPLY_WAIT_S for a reply that never comes.
+        if _scheduler(suite_dir, pid).get("backend") != "slurm":
+            code = _ask_run(suite_dir, suite, names, holder, wait_s, out, err)
+            if code is not None:
+                return code
+        # The run ended before it took the request (or is a Slurm run): handled below, as after a killed run.
     return _cancel_orphans(suite_dir, suite, names, dirs, wait_s, cancelled, out, resume)
 
 
@@ -148,6 +157,18 @@ def _cancel_orphans(suite_dir: Path, suite: str, names: list[str] | None, dirs: 
     else:
         out(f"suite {suite}: cancelled. {resume(len(left))}")
     return EXIT_OK
+
+
+def _scheduler(suite_dir: Path, pid: int) -> dict:
+    """run_status.json's scheduler section when it is that of the `perl run` holding the suite (pid), else {}."""
+    run = state.read_json(suite_dir / state.RUN_STATUS_FILE)
+    scheduler = run.get("scheduler") if isinstance(run, dict) else None
+    return scheduler if isinstance(scheduler, dict) and scheduler.get("pid") == pid else {}
+
+
+def _stopping(suite_dir: Path, pid: int) -> bool:
+    """Whether the `perl run` holding the suite (pid) says that it is stopping."""
+    return _scheduler(suite_dir, pid).get("state") == "stopping"
 
 
 def _running(exp_dir: Path) -> bool:

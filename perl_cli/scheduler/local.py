@@ -54,7 +54,7 @@ def _log_tail_since_launch(exp_dir: Path) -> str:
     return text[mark:] if mark >= 0 else text
 
 
-class LocalBackend(local_requests.RequestHandlers):
+class LocalBackend:
     def __init__(self, session: Session, machine: Machine) -> None:
         self.session = session
         self.opts = session.opts
@@ -66,6 +66,10 @@ class LocalBackend(local_requests.RequestHandlers):
         self._last_inventory = 0.0
         self._said_waiting = False
         self._last_stall_check = 0.0
+
+    def serve_requests(self) -> None:
+        """Answer waiting hand-off and cancel requests (local_requests.py)."""
+        local_requests.serve(self)
 
     # -- the Backend interface (jobs.Backend) ----------------------------------------------
 

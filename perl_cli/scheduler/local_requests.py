@@ -13,41 +13,28 @@ scancels them), and a second `perl run` on a suite a Slurm run holds is refused.
 from __future__ import annotations
 
 import time
-from collections import deque
+from typing import TYPE_CHECKING
 
 from perl_cli import state
 from perl_cli.config import Experiment, matching
 from perl_cli.scheduler import requests
-from perl_cli.scheduler.jobs import Job, Session
 from perl_cli.scheduler.processes import find_live_workers
 
-
-class RequestHandlers:
-    """Mixed into local.LocalBackend: the handlers work on its queue and running jobs."""
-
-    session: Session
-    queue: deque[Job]
-    running: dict[str, Job]
-    stopping: bool
-
-    def adopt(self, job: Job) -> None:
-        raise NotImplementedError
-
-    def serve_requests(self) -> None:
-        """Answer the hand-off and cancel requests waiting in the suite's spool."""
-        handlers = requests.Handlers(add=self.take_handed, cancel=self.cancel_named,
-                                     overrides=tuple(self.session.opts.overrides))
-        if requests.serve(self.session.suite_dir, self.session.opts.suite, handlers):
-            self.session.aggregate_dirty = True
-
-    def take_handed(self, handed: list[Experiment]) -> list[requests.Result]:
-        return take_handed(self, handed)
-
-    def cancel_named(self, patterns: list[str]) -> list[requests.Result]:
-        return cancel_named(self, patterns)
+if TYPE_CHECKING:  # local.py imports this module
+    from perl_cli.scheduler.local import LocalBackend
 
 
-def take_handed(backend: RequestHandlers, handed: list[Experiment]) -> list[requests.Result]:
+def serve(backend: LocalBackend) -> None:
+    """Answer the hand-off and cancel requests waiting in the suite's spool (a few per tick)."""
+    s = backend.session
+    handlers = requests.Handlers(add=lambda handed: take_handed(backend, handed),
+                                 cancel=lambda patterns: cancel_named(backend, patterns),
+                                 overrides=tuple(s.opts.overrides))
+    if requests.serve(s.suite_dir, s.opts.suite, handlers):
+        s.aggregate_dirty = True
+
+
+def take_handed(backend: LocalBackend, handed: list[Experiment]) -> list[requests.Result]:
     """Experiments handed over by a second `perl run`: planned as our own, queued, each answered."""
     s = backend.session
     assert s.reporter is not None
@@ -96,7 +83,7 @@ def take_handed(backend: RequestHandlers, handed: list[Experiment]) -> list[requ
     return results
 
 
-def cancel_named(backend: RequestHandlers, patterns: list[str]) -> list[requests.Result]:
+def cancel_named(backend: LocalBackend, patterns: list[str]) -> list[requests.Result]:
     """`perl cancel --only A,B` while we run: queued ones leave the queue, running ones save a checkpoint
     and exit (`interrupted`, no retry); anything else is answered with what it is."""
     s = backend.session

@@ -75,8 +75,8 @@ class RunSession:
         self.opts = opts
         self.suite_dir = Path(opts.output).resolve() / opts.suite
         self.all_experiments = opts.suite_experiments or opts.experiments
-        self.environ = dict(os.environ if opts.environ is None else opts.environ)
-        self.machine = Machine(opts, self.environ)
+        # The workers' base environment is the machine's (machine.environ), kept once.
+        self.machine = Machine(opts, dict(os.environ if opts.environ is None else opts.environ))
         self.planner = Planner(opts, self.suite_dir)
         self.results: dict[str, str] = {}
         self.run_names: list[str] = []
