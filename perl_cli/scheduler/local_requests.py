@@ -13,15 +13,26 @@ scancels them), and a second `perl run` on a suite a Slurm run holds is refused.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import Protocol
 
 from perl_cli import state
 from perl_cli.config import Experiment, matching
 from perl_cli.scheduler import requests
+from perl_cli.scheduler.jobs import Job, Session
 from perl_cli.scheduler.processes import find_live_workers
 
-if TYPE_CHECKING:  # local.py imports this module
-    from perl_cli.scheduler.local import LocalBackend
+
+class LocalBackend(Protocol):
+    """What serving a request needs of local.LocalBackend (named here, not imported: local.py
+    imports this module, and the package keeps no import circles)."""
+
+    session: Session
+    queue: deque[Job]
+    running: dict[str, Job]
+    stopping: bool
+
+    def adopt(self, job: Job) -> None: ...
 
 
 def serve(backend: LocalBackend) -> None:
