@@ -166,3 +166,18 @@ def test_cancel_only_of_a_suite_a_slurm_wait_run_holds_does_not_wait_for_an_answ
         assert any("cancelled" in line and "--backend slurm" in line for line in said), said
     finally:
         lock.release()
+
+
+def test_the_first_stop_request_is_on_disk_before_the_loop_sleeps(cfg, tmp_path: Path) -> None:
+    """`perl cancel` reads run_status.json to tell a run that is already stopping (leave it alone)
+    from one that is not (SIGTERM it): a second SIGTERM means "kill the workers now". So the
+    first Ctrl+C must be recorded at once, not with the next throttled aggregate (up to
+    AGGREGATE_EVENT_S later), or a cancel landing in that window kills workers it promised to spare."""
+    from perl_cli.scheduler import cancel as cancel_cmd
+
+    runner = session(cfg, tmp_path)
+    runner.write_aggregate(force=True)  # a fresh aggregate: the throttle would hold the next one back
+    assert not cancel_cmd._stopping(runner.suite_dir, os.getpid())
+    runner.stop_requests = 1
+    runner.backend._stop_all()
+    assert cancel_cmd._stopping(runner.suite_dir, os.getpid())

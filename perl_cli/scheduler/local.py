@@ -452,7 +452,9 @@ class LocalBackend:
             self.stopping = True
             self.kill_deadline = time.monotonic() + self.opts.grace_seconds
             self.queue.clear()
-            s.aggregate_dirty = True  # readers (and hand-offs) must not see a queue that is gone
+            # At once, not throttled: readers and hand-offs must not see a queue that is gone, and
+            # `perl cancel` must see `stopping` (its SIGTERM to a run that is not would kill workers).
+            s.write_aggregate(force=True)
             if self.running:
                 s.reporter.info(
                     f"stopping: asked {len(self.running)} worker(s) to save a checkpoint and exit "
