@@ -15,8 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_scheduler import DRIVER, SUITE, env_for, launches, perl, wait_until, write_config
-from test_slurm import cluster, perl_cmd, slurm, slurm_cluster, squeue_state, task_of  # noqa: F401 (fixtures)
+from test_slurm import cluster, perl_cmd, slurm_cluster, squeue_state, task_of  # noqa: F401 (fixtures)
 
 from perl_cli import benchmarks, state
 
@@ -28,6 +29,8 @@ k = [1, 2]
 limit = {limit}
 """
 RERUN = "perl eval t --benchmarks fakeb --backend slurm"
+# Every test here uses the cluster (test_slurm's fixtures: started if need be; the queue emptied after each test).
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("cluster")]
 
 
 def trained(tmp: Path, methods: tuple[str, ...], *, limit: int) -> None:
@@ -63,8 +66,7 @@ def saved_rows(exp: Path) -> int:
 SAME = ("state", "exit_code", "step", "total_steps", "fingerprint", "attempt", "cause", "error")
 
 
-@slurm
-def test_perl_eval_on_slurm_writes_what_a_local_perl_eval_writes(tmp_path: Path, cluster) -> None:
+def test_perl_eval_on_slurm_writes_what_a_local_perl_eval_writes(tmp_path: Path) -> None:
     on_slurm, here = tmp_path / "slurm", tmp_path / "local"
     for tmp in (on_slurm, here):
         tmp.mkdir()
@@ -100,8 +102,7 @@ def test_perl_eval_on_slurm_writes_what_a_local_perl_eval_writes(tmp_path: Path,
     assert "0 to submit, 2 already evaluated (skipped)" in again.stdout and "submitted" not in again.stdout, again.stdout
 
 
-@slurm
-def test_a_slurm_evaluation_requeued_by_slurm_is_watched_and_continues_where_it_stopped(tmp_path: Path, cluster) -> None:
+def test_a_slurm_evaluation_requeued_by_slurm_is_watched_and_continues_where_it_stopped(tmp_path: Path) -> None:
     trained(tmp_path, ("lora",), limit=40)
     env = eval_env(tmp_path, seconds=0.1)
     exp = tmp_path / "out" / SUITE / "lora_s1"
@@ -137,8 +138,7 @@ def test_a_slurm_evaluation_requeued_by_slurm_is_watched_and_continues_where_it_
     assert launches(tmp_path) == ["lora_s1"]
 
 
-@slurm
-def test_perl_cancel_of_a_slurm_evaluation_names_perl_eval_which_continues_it(tmp_path: Path, cluster) -> None:
+def test_perl_cancel_of_a_slurm_evaluation_names_perl_eval_which_continues_it(tmp_path: Path) -> None:
     trained(tmp_path, ("lora",), limit=40)
     env = eval_env(tmp_path, seconds=0.1)
     exp = tmp_path / "out" / SUITE / "lora_s1"
@@ -167,3 +167,48 @@ def test_perl_cancel_of_a_slurm_evaluation_names_perl_eval_which_continues_it(tm
     assert f"benchmark fakeb: continuing after {stopped_at} of 40 problems" in (exp / state.LOG_FILE).read_text()
     assert state.read_json(exp / state.EVAL_FILE)["benchmarks"]["fakeb"]["problems"] == 40
     assert launches(tmp_path) == ["lora_s1"]
+
+
+@pytest.mark.slow
+def test_the_real_eval_worker_on_slurm_gives_a_local_perl_evals_results(tmp_path: Path) -> None:
+    """The real evaluator (python -m perl_cli.train.eval_worker) as a Slurm task, after real training
+    on the CPU: the same saved problems and summary as a local `perl eval` of the same experiment."""
+    from test_math_e2e import CONFIG, _perl
+
+    config = CONFIG.replace('method = ["lora", "full"]', 'method = ["lora"]') + """
+[benchmarks.evalb]
+source = "builtin:tiny-math"
+n = 2
+k = [1, 2]
+temperature = 1.0
+top_p = 1.0
+max_new_tokens = 8
+limit = 4
+"""
+    (tmp_path / "experiments.toml").write_text(config)
+    trained_run = _perl(tmp_path, "run", "m", "--jobs", "1")
+    assert trained_run.returncode == 0, trained_run.stdout + trained_run.stderr
+    exp = tmp_path / "out" / "m" / "lora_s1"
+    before = state.read_json(exp / state.EVAL_FILE)
+    attempt = state.read_status(exp)["attempt"]
+
+    local = _perl(tmp_path, "eval", "m", "--benchmarks", "evalb")
+    assert local.returncode == 0, local.stdout + local.stderr
+    here = {"saved": json.loads((exp / "benchmarks" / "evalb.json").read_text()),
+            "summary": state.read_json(exp / state.EVAL_FILE)["benchmarks"]["evalb"], "status": state.read_status(exp)}
+    assert here["status"]["state"] == "completed" and here["status"]["attempt"] == attempt + 1, here["status"]
+    # Undo the local evaluation, then evaluate again as a Slurm task.
+    (exp / "benchmarks" / "evalb.json").unlink()
+    state.atomic_write_json(exp / state.EVAL_FILE, before)
+
+    on_slurm = _perl(tmp_path, "eval", "m", "--benchmarks", "evalb", "--backend", "slurm", "--wait",
+                     "--cpus-per-job", "1", "--gpus-per-job", "0")
+    assert on_slurm.returncode == 0, on_slurm.stdout + on_slurm.stderr
+    assert "submitted 1 experiment(s) as Slurm job" in on_slurm.stdout, on_slurm.stdout
+    status = state.read_status(exp)
+    assert {k: status.get(k) for k in SAME if k != "attempt"} == {k: here["status"].get(k) for k in SAME if k != "attempt"}
+    assert status["attempt"] == attempt + 2 and status["slurm"]["kind"] == "eval", status
+    saved = json.loads((exp / "benchmarks" / "evalb.json").read_text())
+    assert saved == here["saved"]
+    assert state.read_json(exp / state.EVAL_FILE)["benchmarks"]["evalb"] == here["summary"]
+    assert "perl_cli.train.eval_worker" in (exp / state.LOG_FILE).read_text()
