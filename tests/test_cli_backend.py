@@ -121,3 +121,20 @@ def test_an_evaluation_task_slurm_lost_before_it_ran_is_planned_again(tmp_path: 
     assert [p.exp.name for p in plans] == ([exp.name] if planned else [])
     assert skipped == ([] if planned else [(exp.name, "not completed (queued): `perl run` it first")])
     assert done == []
+
+
+@pytest.mark.parametrize(("kind", "runs"), [("train", "perl_cli.train <dir>"), ("eval", "perl_cli.train.eval_worker <dir>")])
+def test_the_slurm_dry_run_says_which_worker_each_task_runs(tmp_path: Path, kind: str, runs: str) -> None:
+    """What `describe` prints (perl run --backend slurm --dry-run): the worker the jobs' kind names."""
+    from types import SimpleNamespace
+
+    from perl_cli.scheduler import RunOptions, SlurmOptions
+    from perl_cli.scheduler.jobs import Job
+    from perl_cli.scheduler.slurm_backend import SlurmBackend
+
+    exp, exp_dir = _experiment(tmp_path)
+    opts = RunOptions(suite=SUITE, experiments=[exp], kind=kind, worker_cmd=("python", "-m", "perl_cli.train"),
+                      eval_worker_cmd=("python", "-m", "perl_cli.train.eval_worker"), slurm=SlurmOptions(time="10"))
+    session = SimpleNamespace(opts=opts, suite_dir=exp_dir.parent, watched=[], skipped=[])
+    lines = SlurmBackend(session, opts.slurm).describe([Job(exp, exp_dir, 1000, kind=kind)])
+    assert f"each task runs: python -m {runs} (requeued up to 1x" in "\n".join(lines), lines

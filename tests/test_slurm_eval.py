@@ -78,6 +78,7 @@ def test_perl_eval_on_slurm_writes_what_a_local_perl_eval_writes(tmp_path: Path)
     result = perl_eval(on_slurm, "--backend", "slurm", "--wait", "--cpus-per-job", "1", "--gpus-per-job", "0", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 to submit" in result.stdout and "submitted 2 experiment(s) as Slurm job array" in result.stdout, result.stdout
+    assert "each task runs: " in result.stdout and "fake_eval_worker.py <dir>" in result.stdout, result.stdout
     assert sorted(evals(on_slurm)) == ["dora_s1", "lora_s1"]  # the evaluator, once each
     assert launches(on_slurm) == launches(here) and len(launches(on_slurm)) == 2  # the trainer never ran again
     for name in ("lora_s1", "dora_s1"):

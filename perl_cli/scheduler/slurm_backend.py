@@ -126,7 +126,7 @@ class SlurmBackend:
         lines = [f"{job.name}  [{job.action}]  dir: {job.dir}" for job in jobs]
         lines += [f"{job.name}  [already in Slurm: task {task}]" for job, task in self.session.watched]
         lines.append("sbatch: " + ", ".join(f"{k}={v}" for k, v in options.items() if v is not None))
-        lines.append(f"each task runs: {' '.join(self._worker(self.opts.kind))} <dir> (requeued up to "
+        lines.append(f"each task runs: {shlex.join(self._worker(self.opts.kind))} <dir> (requeued up to "
                      f"{self.opts.retries}x on time limit or preemption, resuming where it stopped)")
         lines.append(f"dry run: {len(jobs)} to submit as one job array, {len(self.session.watched)} already in Slurm, "
                      f"{len(self.session.skipped)} completed (skip); nothing was submitted.")
@@ -261,6 +261,7 @@ class SlurmBackend:
             where = f" on partition {self.sopts.partition}" if self.sopts.partition else ""
             r.info(f"submitted {len(ids)} experiment(s) as {_array_text(ids)}{where}, "
                    f"time limit {slurm_cli.format_time(time_limit_s)}, {self.sopts.gpus_per_job} GPU(s) each.")
+            r.info(f"each task runs: {shlex.join(self._worker(self.opts.kind))} <dir>")
             if note := early_warning_note(time_limit_s):
                 r.info(note)
         if watched:
