@@ -107,19 +107,28 @@ def _experiment(tmp_path: Path) -> tuple[configlib.Experiment, Path]:
     return exp, exp_dir
 
 
-@pytest.mark.parametrize(("kind", "planned"), [("eval", True), ("train", False)])
-def test_an_evaluation_task_slurm_lost_before_it_ran_is_planned_again(tmp_path: Path, kind: str, planned: bool) -> None:
-    """`queued` with a task Slurm no longer has (the planner has taken out the ones it has): an
-    evaluation task is evaluated again, as `perl run` resubmits a lost training task."""
+@pytest.mark.parametrize(("recorded", "kind", "planned"), [
+    ({"state": "queued"}, "eval", True),  # Slurm let the evaluation task go before it ran
+    ({"state": "queued"}, "train", False),  # a training task: `perl run` resubmits it
+    ({"state": "failed", "cause": "time_limit"}, "eval", True),  # stopped by the time limit, no requeue left
+    ({"state": "failed", "cause": "preempted"}, "eval", True),
+    ({"state": "failed", "cause": None, "error": "evaluation: ValueError: x"}, "eval", False),  # a real failure
+    ({"state": "failed", "cause": "time_limit"}, "train", False),  # training ran out of time: not evaluable
+])
+def test_a_slurm_evaluation_stopped_before_its_end_is_planned_again(tmp_path: Path, recorded: dict, kind: str,
+                                                                    planned: bool) -> None:
+    """What `perl eval` continues beyond `interrupted`: an evaluation task Slurm let go of while
+    queued (the planner has taken out the tasks Slurm still has), as `perl run` resubmits a lost
+    training task, or one stopped by a time limit or preemption with no requeue left."""
     exp, exp_dir = _experiment(tmp_path)
     spec = {"source": "builtin:tiny-math", "n": 1}
-    state.write_status(exp_dir, {"state": "queued", "fingerprint": exp.fingerprint, "backend": "slurm",
+    state.write_status(exp_dir, {**recorded, "fingerprint": exp.fingerprint, "backend": "slurm",
                                  "slurm": {"job_id": "7_0", "kind": kind}})
     jobkinds.prepare_eval(exp_dir, {"b": spec})
     (exp_dir / state.EVAL_FILE).write_text(json.dumps({}))
     plans, skipped, done = jobkinds.plan_eval([exp], exp_dir.parent, {"b": spec}, live={})
     assert [p.exp.name for p in plans] == ([exp.name] if planned else [])
-    assert skipped == ([] if planned else [(exp.name, "not completed (queued): `perl run` it first")])
+    assert skipped == ([] if planned else [(exp.name, f"not completed ({recorded['state']}): `perl run` it first")])
     assert done == []
 
 

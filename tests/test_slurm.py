@@ -503,9 +503,11 @@ def test_unreachable_and_refused_are_told_apart() -> None:
     refused = "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"
     assert slurm_cli.unreachable(down) == "not sent" and slurm_cli.unreachable(slow) == "unanswered"
     assert slurm_cli.unreachable(refused) is None
-    assert _refusal(refused, "demo").startswith("Slurm refused the submission: ")
+    rerun = "perl run demo --backend slurm"
+    assert _refusal(refused, rerun).startswith("Slurm refused the submission: ")
     for message in (down, slow):
-        text = _refusal(message, "demo")
+        text = _refusal(message, rerun)
+        assert f"run the same `{rerun}` again" in text, text
         assert "unreachable" in text and "scontrol ping" in text and "refused" not in text, text
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perl_cli import benchmarks, state
+from perl_cli import benchmarks, outcomes, state
 from perl_cli.config import Experiment
 from perl_cli.experiments_view import read_records
 
@@ -62,6 +62,22 @@ def prepare_eval(exp_dir: Path, specs: dict[str, dict[str, Any]]) -> None:
     state.atomic_write_json(exp_dir / EVAL_REQUEST_FILE, {"benchmarks": specs})
 
 
+def stopped_evaluation(current: str, status: dict[str, Any]) -> bool:
+    """Whether a state that is not `completed` may be an evaluation stopped midway (which continues).
+
+    `interrupted`: Ctrl+C or `perl cancel` stopped it. A Slurm evaluation task (status.json's
+    `slurm.kind`) also leaves `queued` when Slurm let it go before it ran (the planner has taken
+    out the tasks Slurm still has), and `failed` with cause time_limit or preempted when it was
+    stopped with no requeue left: its worker saved what it had done, as on Ctrl+C.
+    """
+    if current == state.INTERRUPTED:
+        return True
+    if (status.get("slurm") or {}).get("kind") != EVAL:
+        return False
+    return current == state.QUEUED or (current == state.FAILED and status.get("cause") in (
+        outcomes.CAUSE_TIME_LIMIT, outcomes.CAUSE_PREEMPTED))
+
+
 @dataclass
 class EvalPlan:
     exp: Experiment
@@ -75,9 +91,8 @@ def plan_eval(
     """(evaluations to run, (name, reason) not evaluated, names already evaluated).
 
     An experiment is evaluated when its training is complete with the fingerprint the
-    config gives now (an evaluation stopped midway leaves it `interrupted` with its
-    request, a lost Slurm evaluation task leaves it `queued`: those count too), and some
-    asked benchmark has no result for it yet.
+    config gives now (an evaluation stopped midway counts too: `stopped_evaluation`), and
+    some asked benchmark has no result for it yet.
     `asked` (--benchmarks) replaces each experiment's own task.benchmarks.
     """
     plans: list[EvalPlan] = []
@@ -95,10 +110,7 @@ def plan_eval(
             skipped.append((exp.name, "has a live worker (training or evaluating)"))
             continue
         current = state.effective_state(status, exp.fingerprint)
-        # `queued` here is an evaluation task Slurm let go of before it ran (the planner has taken out
-        # those Slurm still has): it is re-planned, as `perl run` resubmits a lost training task.
-        lost_task = current == state.QUEUED and (status.get("slurm") or {}).get("kind") == EVAL
-        stopped_eval = (current == state.INTERRUPTED or lost_task) and (exp_dir / EVAL_REQUEST_FILE).exists() \
+        stopped_eval = stopped_evaluation(current, status) and (exp_dir / EVAL_REQUEST_FILE).exists() \
             and (exp_dir / state.EVAL_FILE).exists() and records.fingerprint == exp.fingerprint
         if current != state.COMPLETED and not stopped_eval:
             skipped.append((exp.name, f"not completed ({current}): `perl run` it first"))
