@@ -16,6 +16,7 @@ evaluation: this worker writes an empty one first when the synthetic trainer lef
 Knobs, from the environment:
 
 - PERL_FAKE_EVAL_SECONDS: seconds per problem (default 0.02)
+- PERL_FAKE_EVAL_FAST_AFTER: a path; once it exists, 0.01 s per problem (to outlive a time limit once)
 - PERL_FAKE_EVAL_LOG: append one line "<name> <pid>" per launch
 """
 
@@ -52,10 +53,11 @@ def evaluate(exp_dir: Path, name: str, spec: dict, fingerprint: str, step_s: flo
     total = int(spec.get("limit") or 8)
     if rows:
         print(f"benchmark {name}: continuing after {len(rows)} of {total} problems", flush=True)
+    fast_after = os.environ.get("PERL_FAKE_EVAL_FAST_AFTER")
     while len(rows) < total:
         if received:
             return None
-        time.sleep(step_s)
+        time.sleep(0.01 if fast_after and os.path.exists(fast_after) else step_s)
         row = {"index": len(rows), "correct": samples(fingerprint, name, len(rows), int(spec.get("n") or 1)),
                "fingerprint": fingerprint}
         state.append_jsonl(partial, row)

@@ -170,6 +170,32 @@ def test_perl_cancel_of_a_slurm_evaluation_names_perl_eval_which_continues_it(tm
     assert launches(tmp_path) == ["lora_s1"]
 
 
+def test_an_evaluation_that_reaches_its_time_limit_is_requeued_and_continues(tmp_path: Path) -> None:
+    """--time 2 (not 1: Slurm may warn up to 60 s early): the first attempt is slow and outlives it;
+    the task is requeued once (the suite's retries, default 1) and continues after what it saved."""
+    trained(tmp_path, ("lora",), limit=400)
+    fast = tmp_path / "fast"
+    env = {**eval_env(tmp_path, seconds=0.5), "PERL_FAKE_EVAL_FAST_AFTER": str(fast)}
+    exp = tmp_path / "out" / SUITE / "lora_s1"
+    run = subprocess.Popen([sys.executable, DRIVER, "eval", SUITE, "--benchmarks", "fakeb", "--config",
+                            str(tmp_path / "experiments.toml"), "--output", str(tmp_path / "out"), "--backend", "slurm",
+                            "--time", "2", "--wait"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: (state.read_status(exp) or {}).get("requeues"), timeout=240, what="the time-limit requeue")
+        fast.touch()
+        out, _ = run.communicate(timeout=240)
+    finally:
+        run.kill()
+    assert run.returncode == 0, out
+    final = state.read_status(exp)
+    assert final["state"] == "completed" and [r["cause"] for r in final["requeues"]] == ["time_limit"], final
+    stopped_at = int((exp / state.LOG_FILE).read_text().split("benchmark fakeb: continuing after ")[1].split()[0])
+    assert 0 < stopped_at < 400
+    saved = json.loads((exp / "benchmarks" / "fakeb.json").read_text())
+    assert [p["index"] for p in saved["problems"]] == list(range(400))
+    assert evals(tmp_path) == ["lora_s1", "lora_s1"] and launches(tmp_path) == ["lora_s1"]
+
+
 @pytest.mark.slow
 def test_the_real_eval_worker_on_slurm_gives_a_local_perl_evals_results(tmp_path: Path) -> None:
     """The real evaluator (python -m perl_cli.train.eval_worker) as a Slurm task, after real training
