@@ -14,6 +14,19 @@ from typing import Annotated
 import typer
 
 from perl_cli import config as configlib
+from perl_cli.cli_backend import (
+    AccountOpt,
+    ArrayParallelismOpt,
+    BackendOpt,
+    CpusPerJobOpt,
+    GpusPerJobOpt,
+    MemOpt,
+    PartitionOpt,
+    SlurmArgOpt,
+    TimeOpt,
+    WaitOpt,
+)
+from perl_cli.cli_backend import check as check_backend
 from perl_cli.config import ConfigError
 from perl_cli.names import RULE, name_problem
 
@@ -177,16 +190,16 @@ def run(
     stall_timeout: Annotated[float | None, typer.Option("--stall-timeout", min=15, help="Kill and retry a worker with no heartbeat for this many seconds (it beats every 5 s; default: the suite's run table, else 600).", show_default=False)] = None,
     notify_cmd: Annotated[str | None, typer.Option("--notify", help="Run this shell command when the run ends: the summary on stdin, PERL_EXIT_CODE, PERL_SUITE and PERL_OUTPUT_DIR in its environment (e.g. --notify 'mail -s done me@lab').", show_default=False)] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU, ignoring GPUs; needed without a GPU for models over 0.2B parameters.")] = False,
-    backend: Annotated[str, typer.Option("--backend", help="Where to run: local (this machine) or slurm (one Slurm array task per experiment).")] = "local",
-    partition: Annotated[str | None, typer.Option("--partition", help="Slurm: the partition (default: the cluster's default).", rich_help_panel="Slurm", show_default=False)] = None,
-    account: Annotated[str | None, typer.Option("--account", help="Slurm: the account to charge.", rich_help_panel="Slurm", show_default=False)] = None,
-    time_limit: Annotated[str | None, typer.Option("--time", help="Slurm: time limit per task, e.g. 4:00:00 (default: the partition's). Tasks that hit it are requeued from their checkpoint, up to --retries times.", rich_help_panel="Slurm", show_default=False)] = None,
-    gpus_per_job: Annotated[int | None, typer.Option("--gpus-per-job", help="Slurm: GPUs per task, as GRES gpu:N (default 1; 0 = CPU only).", rich_help_panel="Slurm", show_default=False)] = None,
-    cpus_per_job: Annotated[int | None, typer.Option("--cpus-per-job", help="Slurm: CPUs per task.", rich_help_panel="Slurm", show_default=False)] = None,
-    mem: Annotated[str | None, typer.Option("--mem", help="Slurm: memory per task, e.g. 64G.", rich_help_panel="Slurm", show_default=False)] = None,
-    array_parallelism: Annotated[int | None, typer.Option("--array-parallelism", help="Slurm: at most this many tasks of the array at once.", rich_help_panel="Slurm", show_default=False)] = None,
-    slurm_args: Annotated[list[str] | None, typer.Option("--slurm-arg", help="Slurm: another sbatch option as KEY=VALUE, e.g. qos=high. Repeatable.", rich_help_panel="Slurm", show_default=False)] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Slurm: stay and show progress until every task has ended (default: submit and return).", rich_help_panel="Slurm")] = False,
+    backend: BackendOpt = "local",
+    partition: PartitionOpt = None,
+    account: AccountOpt = None,
+    time_limit: TimeOpt = None,
+    gpus_per_job: GpusPerJobOpt = None,
+    cpus_per_job: CpusPerJobOpt = None,
+    mem: MemOpt = None,
+    array_parallelism: ArrayParallelismOpt = None,
+    slurm_args: SlurmArgOpt = None,
+    wait: WaitOpt = False,
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
 ) -> None:
@@ -195,15 +208,9 @@ def run(
 
     if suite is None:
         fail("which suite? Give its name, e.g. `perl run demo`; list them with `perl plan`.")
-    if backend not in scheduler.BACKENDS:
-        fail(f"--backend {backend}: unknown backend. Use one of: {', '.join(scheduler.BACKENDS)}.")
-    slurm_cli = {"partition": partition, "account": account, "time": time_limit, "gpus_per_job": gpus_per_job,
-                 "cpus_per_job": cpus_per_job, "mem": mem, "array_parallelism": array_parallelism,
-                 "slurm_args": slurm_args, "wait": wait or None}
-    if backend == "local":
-        given = [f"--{k.replace('_', '-').replace('slurm-args', 'slurm-arg')}" for k, v in slurm_cli.items() if v]
-        if given:
-            fail(f"{', '.join(given)}: Slurm options need --backend slurm.")
+    slurm_cli = check_backend(backend, partition=partition, account=account, time=time_limit, gpus_per_job=gpus_per_job,
+                              cpus_per_job=cpus_per_job, mem=mem, array_parallelism=array_parallelism,
+                              slurm_args=slurm_args, wait=wait)
     try:
         gpu_list = [int(g) for g in configlib.split_names(gpus, "--gpus")] if gpus is not None else None
     except ValueError:
@@ -221,7 +228,7 @@ def run(
         retries=retries if retries is not None else defaults.get("retries", 1), fresh=fresh, dry_run=dry_run,
         settle_seconds=settle_seconds, grace_seconds=grace_seconds, overrides=tuple(sets or ()), config_file=cfg,
         stall_timeout=stall_timeout or defaults.get("stall_timeout", scheduler.DEFAULT_STALL_TIMEOUT_S), cpu=cpu,
-        slurm=scheduler.slurm_options(slurm_cli, cfg.slurm_defaults(suite)) if backend == "slurm" else None,
+        slurm=scheduler.slurm_options(slurm_cli, cfg.slurm_defaults(suite)) if slurm_cli is not None else None,
         notify=notify_cmd, explicit=frozenset(flag for flag, given in (
             ("--gpus", gpus is not None), ("--jobs", jobs is not None), ("--jobs-per-gpu", jobs_per_gpu is not None),
             ("--retries", retries is not None), ("--cpu", cpu), ("--stall-timeout", stall_timeout is not None),
@@ -241,16 +248,29 @@ def eval_(
     gpus: Annotated[str | None, typer.Option("--gpus", help="Comma-separated GPU indices to use (default: all).", show_default=False)] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="Evaluations at a time (CPU; with GPUs a cap on the total).", show_default=False)] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Run on the CPU, ignoring GPUs.")] = False,
+    backend: BackendOpt = "local",
+    partition: PartitionOpt = None,
+    account: AccountOpt = None,
+    time_limit: TimeOpt = None,
+    gpus_per_job: GpusPerJobOpt = None,
+    cpus_per_job: CpusPerJobOpt = None,
+    mem: MemOpt = None,
+    array_parallelism: ArrayParallelismOpt = None,
+    slurm_args: SlurmArgOpt = None,
+    wait: WaitOpt = False,
     config: ConfigOpt = None,
     output: OutputOpt = Path("output"),
 ) -> None:
-    """Evaluate a suite's completed experiments on benchmarks (resumes a stopped evaluation)."""
+    """Evaluate a suite's completed experiments on benchmarks (resumes a stopped evaluation); here, or as Slurm array tasks."""
     from perl_cli import eval_command
 
     if suite is None:
         fail("which suite? Give its name, e.g. `perl eval math-demo`.")
+    slurm_cli = check_backend(backend, partition=partition, account=account, time=time_limit, gpus_per_job=gpus_per_job,
+                              cpus_per_job=cpus_per_job, mem=mem, array_parallelism=array_parallelism,
+                              slurm_args=slurm_args, wait=wait)
     raise typer.Exit(eval_command.run(suite, benchmarks=benchmarks, only=only, exclude=exclude, gpus=gpus, jobs=jobs,
-                                      cpu=cpu, config=config, output=output))
+                                      cpu=cpu, slurm=slurm_cli, config=config, output=output))
 
 
 @app.command(rich_help_panel="Run")

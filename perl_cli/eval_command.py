@@ -1,19 +1,23 @@
 """`perl eval SUITE`: benchmark evaluation of completed experiments, through the scheduler.
 
-The same local run loop as `perl run` (slots, the suite lock, Ctrl+C, status.json,
-`perl status`), with jobs of kind `eval` (scheduler/jobkinds.py).
+The same run session as `perl run` (the suite lock, Ctrl+C, status.json, `perl status`)
+on either backend: worker processes here (slots, as `perl run`), or with `--backend slurm`
+one Slurm array task per evaluation (requeued on a time limit, continuing where it stopped);
+the jobs are of kind `eval` (scheduler/jobkinds.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from perl_cli import benchmarks as benchlib
 from perl_cli import config as configlib
 
 
 def run(suite: str, *, benchmarks: str | None, only: str | None, exclude: str | None, gpus: str | None,
-        jobs: int | None, cpu: bool, config: Path | None, output: Path) -> int:
+        jobs: int | None, cpu: bool, config: Path | None, output: Path, slurm: dict[str, Any] | None = None) -> int:
+    """`slurm`: the Slurm options given (cli_backend.check), None for the local backend."""
     from perl_cli import scheduler
     from perl_cli.scheduler import jobkinds
 
@@ -34,7 +38,10 @@ def run(suite: str, *, benchmarks: str | None, only: str | None, exclude: str | 
     defaults = cfg.run_defaults(suite)
     options = scheduler.RunOptions(
         suite=suite, experiments=chosen, suite_experiments=configlib.expand(cfg, suite), output=output, gpus=gpu_list,
-        jobs=jobs or defaults.get("jobs"), retries=0, config_file=cfg, cpu=cpu,
-        kind=jobkinds.EVAL, eval_benchmarks=asked,
+        jobs=jobs or defaults.get("jobs"), config_file=cfg, cpu=cpu, kind=jobkinds.EVAL, eval_benchmarks=asked,
+        # Slurm: how often a task is requeued after a time limit or preemption (it continues where it
+        # stopped); the local backend does not retry an evaluation (planner.classify_eval).
+        retries=defaults.get("retries", 1),
+        slurm=scheduler.slurm_options(slurm, cfg.slurm_defaults(suite)) if slurm is not None else None,
     )
     return scheduler.run_suite(options)

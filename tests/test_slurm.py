@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SLURM_DIR
 from test_scheduler import SUITE, env_for, launches, perl, perl_args, statuses, timings, wait_until, write_config
 from tiny_suite import TINY_SUITE
 
@@ -467,7 +468,8 @@ def test_a_submission_that_times_out_is_confirmed_with_slurm_not_reported_refuse
 
     write_config(tmp_path, steps=5, save_steps=5, methods=("lora", "dora"), seeds=(1,))
     env = env_for(tmp_path, gpus="[]", step_s=0.02)
-    ctld = int(Path("/tmp/perl-slurm/run/slurmctld.pid").read_text())
+    # The controller of the cluster these tests use (PERL_SLURM_DIR): never another one on this machine.
+    ctld = int((SLURM_DIR / "run" / "slurmctld.pid").read_text())
     out_path = tmp_path / "run.out"
     os.kill(ctld, sig.SIGSTOP)
     try:
@@ -501,9 +503,11 @@ def test_unreachable_and_refused_are_told_apart() -> None:
     refused = "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified"
     assert slurm_cli.unreachable(down) == "not sent" and slurm_cli.unreachable(slow) == "unanswered"
     assert slurm_cli.unreachable(refused) is None
-    assert _refusal(refused, "demo").startswith("Slurm refused the submission: ")
+    rerun = "perl run demo --backend slurm"
+    assert _refusal(refused, rerun).startswith("Slurm refused the submission: ")
     for message in (down, slow):
-        text = _refusal(message, "demo")
+        text = _refusal(message, rerun)
+        assert f"run the same `{rerun}` again" in text, text
         assert "unreachable" in text and "scontrol ping" in text and "refused" not in text, text
 
 

@@ -181,13 +181,13 @@ def _resume_hint(suite: str, in_slurm: dict[str, list[str]], *, local: int, outp
 
     where = [] if output == Path("output") else ["--output", str(output)]
     commands = []
-    for args in dict.fromkeys(tuple(a) for a in in_slurm.values()):
-        names = sorted(n for n, a in in_slurm.items() if tuple(a) == args)
+    for words in dict.fromkeys(tuple(a) for a in in_slurm.values()):  # `perl run` or `perl eval`, and options
+        names = sorted(n for n, a in in_slurm.items() if tuple(a) == words)
         only = ["--only", ",".join(names)] if len(set(map(tuple, in_slurm.values()))) > 1 else []
-        commands.append(f"`{shlex.join(['perl', 'run', suite, *only, *args, *where])}`")
+        commands.append(f"`{shlex.join(['perl', words[0], suite, *only, *words[1:], *where])}`")
     if local:
         commands.append(f"`{shlex.join(['perl', 'run', suite, *where])}`")
-    return " or ".join(commands) + " resumes from the checkpoints."
+    return " or ".join(commands) + " resumes where they stopped (the last checkpoint; an evaluation, its saved batches)."
 
 
 def _wait(busy, timeout: float) -> None:

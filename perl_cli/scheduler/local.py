@@ -176,7 +176,7 @@ class LocalBackend:
         if adopt:
             parts.append(f"{adopt} still running from an earlier `perl run` (adopted)")
         if s.skipped:
-            parts.append(f"{len(s.skipped)} already {'evaluated' if evaluating else 'completed'} (skipped)")
+            parts.append(f"{len(s.skipped)} already {jobkinds.done_word(self.opts.kind)} (skipped)")
         r.info(f"suite {self.opts.suite} → {s.suite_dir}: " + ", ".join(parts) + ".")
         for line in s.kept_lines():
             r.info(line)
@@ -301,9 +301,8 @@ class LocalBackend:
         state.write_status(job.dir, status)
         cmd = self._command(job)
         env = {**self.machine.environ, **self.machine.env_overrides(gpu)}
-        how = {"resume": "resuming from its last checkpoint", "adopt": ""}.get(job.action, "from the start")
-        if job.kind == jobkinds.EVAL:
-            how = f"evaluating {', '.join(job.benchmarks)}"
+        how = jobkinds.activity(job.kind, job.benchmarks) or {
+            "resume": "resuming from its last checkpoint", "adopt": ""}.get(job.action, "from the start")
         state.append_log_mark(job.dir, f"attempt {job.attempt} on {job.gpu_label} ({how}): {shlex.join(cmd)}")
         with open(job.dir / state.LOG_FILE, "ab") as log:
             proc = subprocess.Popen(

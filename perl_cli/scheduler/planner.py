@@ -62,13 +62,35 @@ class Planner:
         return jobs, refusals
 
     def classify_eval(self, live: Live) -> list[Job]:
-        """`perl eval`: an eval job per completed experiment with benchmarks left to do (jobkinds.plan_eval)."""
-        plans, skipped, done = jobkinds.plan_eval(self.opts.experiments, self.suite_dir, self.opts.eval_benchmarks, live)
-        for name, reason in skipped:
+        """`perl eval`: an eval job per completed experiment with benchmarks left to do (jobkinds.plan_eval).
+
+        An experiment Slurm still has a task for is never started twice: the Slurm backend watches
+        an evaluation task (as `perl run` watches a training one); anything else waits for its task.
+        """
+        in_slurm = slurm_tasks_in_flight(self.suite_dir, [e.name for e in self.opts.experiments])
+        skipped: list[tuple[str, str]] = []
+        for exp in self.opts.experiments:
+            task = in_slurm.get(exp.name)
+            if task is None:
+                continue
+            recorded = ((state.read_status(self.suite_dir / exp.name) or {}).get("slurm") or {}).get("kind")
+            if self.opts.slurm is not None and recorded == jobkinds.EVAL:
+                self.watched.append((self._eval_job(exp, {}), task))
+            else:
+                skipped.append((exp.name, f"{planning.IN_SLURM} (task {task}, {recorded or jobkinds.TRAIN}): let it "
+                                          f"end, or `perl cancel {self.opts.suite} --only {exp.name}` it first"))
+        rest = [e for e in self.opts.experiments if e.name not in in_slurm]
+        plans, not_evaluated, done = jobkinds.plan_eval(rest, self.suite_dir, self.opts.eval_benchmarks, live)
+        for name, reason in skipped + not_evaluated:
             print(f"not evaluated: {name}: {reason}")
         self.skipped += done
-        return [Job(p.exp, self.suite_dir / p.exp.name, estimate_mb(p.exp.config), action="resume", tries_left=0,
-                    kind=jobkinds.EVAL, benchmarks=p.specs) for p in plans]
+        return [self._eval_job(p.exp, p.specs) for p in plans]
+
+    def _eval_job(self, exp: Experiment, specs: dict) -> Job:
+        # tries_left: the local backend's retries are for training (a smaller batch after an OOM);
+        # the Slurm backend requeues an evaluation after a time limit up to opts.retries times.
+        return Job(exp, self.suite_dir / exp.name, estimate_mb(exp.config), action="resume", tries_left=0,
+                   kind=jobkinds.EVAL, benchmarks=specs)
 
     def plan(self, live: Live) -> tuple[list[Job], list[tuple[str, str]]]:
         """The run's jobs by its kind: training (classify) or evaluation (classify_eval, which refuses nothing)."""

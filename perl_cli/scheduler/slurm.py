@@ -7,7 +7,8 @@
   has a task for, whatever the files say; `resolve_submissions`: a submission whose sbatch
   answer was lost, settled before anything is planned or cancelled;
 - `cancel_suite`: `perl cancel` for Slurm tasks; `rerun_args`: the options a task was
-  submitted with, repeated by every command PeRL suggests for it.
+  submitted with, repeated by every command PeRL suggests for it; `rerun_words`: the whole
+  command that resumes it (`perl run`, or `perl eval` for an evaluation task).
 
 See docs/architecture.md, "The Slurm backend".
 """
@@ -146,8 +147,8 @@ def cancel_suite(suite_dir: Path, names: list[str] | None, *, wait_s: float = 30
     requeued or holds may be recorded `interrupted` by an older PeRL, or not recorded yet) or
     when it belongs to a submission whose answer was lost. A running worker gets SIGTERM from
     Slurm, saves a checkpoint and records `interrupted` itself; one that has not after `wait_s`,
-    and tasks that never started, are marked here. Returns {name: the `perl run` arguments it
-    was submitted with} for the experiments cancelled.
+    and tasks that never started, are marked here. Returns {name: `rerun_words`, the command
+    that resumes it after the suite's name} for the experiments cancelled.
     """
     resolve_submissions(suite_dir, names)
     targets: dict[str, tuple[Path, str]] = {}
@@ -188,7 +189,7 @@ def cancel_suite(suite_dir: Path, names: list[str] | None, *, wait_s: float = 30
         handles = left
         if handles:
             time.sleep(0.5)
-    return {name: rerun_args(state.read_status(d) or {}) for name, (d, _) in cancelled.items()}
+    return {name: rerun_words(state.read_status(d) or {}) for name, (d, _) in cancelled.items()}
 
 
 def rerun_args(status: dict) -> list[str]:
@@ -198,6 +199,19 @@ def rerun_args(status: dict) -> list[str]:
     if isinstance(args, list) and args and all(isinstance(a, str) for a in args):
         return list(args)
     return ["--backend", "slurm"] if slurm or status.get("backend") == "slurm" else []
+
+
+def rerun_words(status: dict) -> list[str]:
+    """The `perl` command that resumes an experiment's Slurm task, as [subcommand, its options..., backend
+    options...] (the suite's name goes after the subcommand): ["run", "--backend", "slurm", ...], or
+    ["eval", "--benchmarks", "aime24", "--backend", "slurm", ...] for an evaluation task. The submission
+    recorded the words (status.json's `slurm.rerun`, from jobkinds.perl_words); a task submitted by an
+    older PeRL was a training task."""
+    slurm = status.get("slurm") if isinstance(status.get("slurm"), dict) else {}
+    words = slurm.get("rerun")
+    if not (isinstance(words, list) and words and all(isinstance(w, str) for w in words)):
+        words = ["run"]
+    return [*words, *rerun_args(status)]
 
 
 @dataclass

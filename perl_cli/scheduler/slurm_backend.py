@@ -1,6 +1,10 @@
 """The Slurm backend: each planned experiment becomes one task of a Slurm job array.
 
     perl run SUITE --backend slurm [--partition P] [--time 4:00:00] [--gpus-per-job 1] [--wait]
+    perl eval SUITE --backend slurm [the same options]
+
+Each task runs the worker its job's kind names (jobkinds.py: training, or the evaluation of a
+completed experiment); nothing here depends on which.
 
 Submission goes through submitit (job arrays; requeue on time limit and preemption).
 Each task runs the same worker in the same experiment directory on the shared file
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from perl_cli import outcomes, state
-from perl_cli.scheduler import slurm_cli
+from perl_cli.scheduler import jobkinds, slurm_cli
 from perl_cli.scheduler.handles import SlurmTaskHandle
 from perl_cli.scheduler.jobs import Activity, Job, RunError, Session
 from perl_cli.scheduler.progress import make_reporter
@@ -69,8 +73,11 @@ class SlurmBackend:
     def run(self, jobs: list[Job]) -> int:
         """Submit the planned jobs as one array (and, with --wait, follow them and every watched task)."""
         s = self.session
-        # The run answers for every experiment asked for (submitted now, in flight or done).
-        s.run_experiments = {e.name: e for e in self.opts.experiments}
+        # The run answers for every experiment it plans for: submitted now, in flight or done (not one
+        # `perl eval` leaves alone because its training is not complete: a local eval does not either).
+        done = set(s.skipped)
+        s.run_experiments = {**{e.name: e for e in self.opts.experiments if e.name in done},
+                             **{j.name: j.exp for j in [*jobs, *(job for job, _ in s.watched)]}}
         time_limit_s = self.preflight()  # exit-2 errors (no sbatch, unknown partition) before anything is touched
         local = [j for j in jobs if j.action == "adopt"]
         if local:
@@ -82,7 +89,7 @@ class SlurmBackend:
         try:
             parts = [f"{len(jobs)} to submit"]
             if s.skipped:
-                parts.append(f"{len(s.skipped)} already completed (skipped)")
+                parts.append(f"{len(s.skipped)} already {jobkinds.done_word(self.opts.kind)} (skipped)")
             s.reporter.info(f"suite {self.opts.suite} → {self.suite_dir}: " + ", ".join(parts) + ".")
             for job in jobs:
                 if job.action == "fresh":
@@ -119,8 +126,8 @@ class SlurmBackend:
         lines = [f"{job.name}  [{job.action}]  dir: {job.dir}" for job in jobs]
         lines += [f"{job.name}  [already in Slurm: task {task}]" for job, task in self.session.watched]
         lines.append("sbatch: " + ", ".join(f"{k}={v}" for k, v in options.items() if v is not None))
-        lines.append(f"each task runs: {' '.join(self.opts.worker_cmd)} <dir> (requeued up to {self.opts.retries}x "
-                     "on time limit or preemption)")
+        lines.append(f"each task runs: {shlex.join(self._worker(self.opts.kind))} <dir> (requeued up to "
+                     f"{self.opts.retries}x on time limit or preemption, resuming where it stopped)")
         lines.append(f"dry run: {len(jobs)} to submit as one job array, {len(self.session.watched)} already in Slurm, "
                      f"{len(self.session.skipped)} completed (skip); nothing was submitted.")
         return lines
@@ -175,15 +182,17 @@ class SlurmBackend:
                 cause=None, ended=None, started=None, heartbeat=None, total_steps=job.exp.max_steps,
                 submitted=state.now(), requeues=[], resumed_from=None,
                 run_s_before=state.earlier_attempts_s(previous[job.name] or {}),
-                slurm={"job_id": None, "submission": token, "index": index, "args": self.sopts.rerun_args()},
+                slurm={"job_id": None, "submission": token, "index": index, "args": self.sopts.rerun_args(),
+                       "kind": job.kind, "rerun": self._perl_words(job.kind)},
             )
         executor = self.executor(time_limit_s, len(jobs))
         comment = self.sopts.extra.get("comment")
         executor.update_parameters(additional_parameters={**self.sopts.extra,
                                                           "comment": f"{comment} {token}" if comment else token})
         delay = signal_delay_s(time_limit_s)
-        tasks = [SlurmTask(str(job.dir), self.opts.worker_cmd, requeues_left=self.opts.retries,
-                           time_limit_s=time_limit_s, signal_delay_s=delay) for job in jobs]
+        tasks = [SlurmTask(str(job.dir), self._worker(job.kind), requeues_left=self.opts.retries,
+                           time_limit_s=time_limit_s, signal_delay_s=delay,
+                           activity=jobkinds.activity(job.kind, job.benchmarks)) for job in jobs]
         folder = self.suite_dir / SUBMITIT_DIR
         before = set(folder.glob("*")) if folder.is_dir() else set()
         captured = io.StringIO()
@@ -199,7 +208,7 @@ class SlurmBackend:
                 for job in jobs:
                     _restore(job.dir, previous[job.name], created=job.dir in created)
                 _remove_new(folder, before)  # the pickles and script of a submission that does not exist
-                raise SlurmError(_refusal(message, self.opts.suite)) from None
+                raise SlurmError(_refusal(message, self._rerun_command())) from None
         for job, job_id in zip(jobs, ids, strict=True):
             status = state.read_status(job.dir) or {}
             slurm = {**(status.get("slurm") or {}), "job_id": job_id, "array_job_id": job_id.split("_")[0]}
@@ -238,7 +247,7 @@ class SlurmBackend:
             f"Slurm's controller is unreachable: sbatch got no answer ({_last_line(message)}), and for "
             f"{CONFIRM_S:g} s it could not be asked whether it accepted the array. The experiments stay marked "
             f"`queued` (submission {token}). Check the controller with `scontrol ping`; once it answers, "
-            f"`perl run {self.opts.suite} {shlex.join(self.sopts.rerun_args())}` asks Slurm about that submission "
+            f"`{self._rerun_command()}` asks Slurm about that submission "
             "first and never submits twice."
         )
 
@@ -252,6 +261,7 @@ class SlurmBackend:
             where = f" on partition {self.sopts.partition}" if self.sopts.partition else ""
             r.info(f"submitted {len(ids)} experiment(s) as {_array_text(ids)}{where}, "
                    f"time limit {slurm_cli.format_time(time_limit_s)}, {self.sopts.gpus_per_job} GPU(s) each.")
+            r.info(f"each task runs: {shlex.join(self._worker(self.opts.kind))} <dir>")
             if note := early_warning_note(time_limit_s):
                 r.info(note)
         if watched:
@@ -260,12 +270,25 @@ class SlurmBackend:
         self.session.write_aggregate(force=True, backend=self._scheduler_fields(ids))
         if not self.sopts.wait:
             r.info(f"watch: `perl status {self.opts.suite}` (queued/running/completed) or `squeue --me`; "
-                   f"stop: `perl cancel {self.opts.suite}`; `perl run {self.opts.suite} {shlex.join(self.sopts.rerun_args())}` "
+                   f"stop: `perl cancel {self.opts.suite}`; `{self._rerun_command()}` "
                    "later resumes what was cancelled, timed out or preempted.")
             return outcomes.EXIT_OK
         handles = [SlurmTaskHandle(job.name, job.dir, tid) for job, tid in
                    [*zip(jobs, ids, strict=True), *watched]]
         return self._wait(handles)
+
+    # -- what a job of each kind runs, and the command that runs it again (jobkinds decides both) --
+
+    def _worker(self, kind: str) -> list[str]:
+        return jobkinds.worker(kind, self.opts.worker_cmd, self.opts.eval_worker_cmd)
+
+    def _perl_words(self, kind: str) -> list[str]:
+        return jobkinds.perl_words(kind, self.opts.eval_benchmarks)
+
+    def _rerun_command(self) -> str:
+        """`perl run|eval SUITE [its options] --backend slurm [...]`: this submission again (it resumes)."""
+        words = self._perl_words(self.opts.kind)
+        return shlex.join(["perl", words[0], self.opts.suite, *words[1:], *self.sopts.rerun_args()])
 
     def _scheduler_fields(self, ids: list[str]) -> dict[str, Any]:
         return {"backend": "slurm", "job_ids": ids, "partition": self.sopts.partition, "submitted": state.now()}
@@ -322,14 +345,14 @@ def _last_line(message: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def _refusal(message: str, suite: str) -> str:
+def _refusal(message: str, rerun: str) -> str:
     """What to say when a submission did not happen: refused by Slurm, or its controller unreachable."""
     kind = slurm_cli.unreachable(message)
     if kind is None:
         return f"Slurm refused the submission: {message}"
     what = "sbatch could not reach it" if kind == "not sent" else "sbatch timed out, and Slurm then said it has no such array"
     return (f"Slurm's controller is unreachable ({what}): {_last_line(message)}. Nothing was submitted. Check it with "
-            f"`scontrol ping` (or ask the cluster's admins), then run the same `perl run {suite} ...` again.")
+            f"`scontrol ping` (or ask the cluster's admins), then run the same `{rerun}` again.")
 
 
 def _array_text(ids: list[str]) -> str:

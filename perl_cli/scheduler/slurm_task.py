@@ -1,10 +1,13 @@
 """One experiment as one Slurm array task: what runs on the compute node.
 
 submitit pickles a `SlurmTask` per experiment and calls it on the node. The task runs
-the same worker as the local backend (`python -m perl_cli.train <exp_dir>`, output
-appended to train.log) in the same experiment directory on the shared file system,
-and records the worker's end with the same rules (perl_cli/outcomes.py), so status,
-watch, diagnose and report read a Slurm run exactly like a local one.
+the same worker as the local backend, the one the job's kind names (jobkinds.worker:
+`python -m perl_cli.train <exp_dir>` for `perl run`, `python -m perl_cli.train.eval_worker
+<exp_dir>` for `perl eval`; output appended to train.log) in the same experiment directory
+on the shared file system, and records the worker's end with the same rules
+(perl_cli/outcomes.py), so status, watch, diagnose and report read a Slurm run exactly like
+a local one. Both workers save as they go and continue where they stopped (a checkpoint, or
+the benchmark batches already saved), so every requeue below resumes either kind.
 
 Time limits and preemption: Slurm sends SIGUSR2 `signal_delay_s` before the limit (or
 on preemption); submitit then calls `checkpoint()`, which stops the worker with SIGTERM
@@ -71,13 +74,16 @@ def gpu_field(visible: str | None) -> int | str:
 class SlurmTask:
     """The callable submitit runs on the node for one experiment (picklable, no state beyond its fields)."""
 
+    activity: str | None = None  # a class default: a task pickled by an older PeRL has no such field
+
     def __init__(self, exp_dir: str, worker_cmd: Sequence[str], *, requeues_left: int, time_limit_s: int,
-                 signal_delay_s: int) -> None:
+                 signal_delay_s: int, activity: str | None = None) -> None:
         self.exp_dir = exp_dir
-        self.worker_cmd = list(worker_cmd)
+        self.worker_cmd = list(worker_cmd)  # the job's worker, as its kind decides (jobkinds.worker)
         self.requeues_left = requeues_left
         self.time_limit_s = time_limit_s
         self.signal_delay_s = signal_delay_s
+        self.activity = activity  # what an attempt does, for train.log (jobkinds.activity); None: training
         self._proc: subprocess.Popen | None = None
         self._started = 0.0
         self._decided = False  # checkpoint() recorded the outcome (requeued or out of requeues)
@@ -121,7 +127,7 @@ class SlurmTask:
             "OMP_NUM_THREADS": os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("OMP_NUM_THREADS") or "1",
             worker_lock.INHERITED_ENV: str(lock_fd),
         }
-        how = "resuming from its last checkpoint" if state.last_checkpoint(exp_dir) else "from the start"
+        how = self.activity or ("resuming from its last checkpoint" if state.last_checkpoint(exp_dir) else "from the start")
         state.append_log_mark(exp_dir, f"attempt {attempt} on Slurm job {slurm_ids()['job_id']}, node {state.hostname()}, "
                              f"gpu {visible or 'none'} ({how}): {shlex.join([*self.worker_cmd, str(exp_dir)])}")
         with open(exp_dir / state.LOG_FILE, "ab") as log:
@@ -179,7 +185,7 @@ class SlurmTask:
 
     def _next(self) -> SlurmTask:
         return SlurmTask(self.exp_dir, self.worker_cmd, requeues_left=self.requeues_left - 1,
-                         time_limit_s=self.time_limit_s, signal_delay_s=self.signal_delay_s)
+                         time_limit_s=self.time_limit_s, signal_delay_s=self.signal_delay_s, activity=self.activity)
 
     def _reap(self) -> int | None:
         """The worker's exit code once it has ended (Popen's convention), else None."""
