@@ -112,7 +112,9 @@ def _experiment(tmp_path: Path) -> tuple[configlib.Experiment, Path]:
     ({"state": "queued"}, "train", False),  # a training task: `perl run` resubmits it
     ({"state": "failed", "cause": "time_limit"}, "eval", True),  # stopped by the time limit, no requeue left
     ({"state": "failed", "cause": "preempted"}, "eval", True),
-    ({"state": "failed", "cause": None, "error": "evaluation: ValueError: x"}, "eval", False),  # a real failure
+    # A real failure of the evaluation (its worker recorded `job`): tried again, as perl run retries training.
+    ({"state": "failed", "cause": None, "error": "evaluation: ValueError: x", "job": "eval"}, "eval", True),
+    ({"state": "failed", "cause": None, "error": "ValueError: x", "job": "train"}, "eval", False),
     ({"state": "failed", "cause": "time_limit"}, "train", False),  # training ran out of time: not evaluable
 ])
 def test_a_slurm_evaluation_stopped_before_its_end_is_planned_again(tmp_path: Path, recorded: dict, kind: str,
@@ -147,3 +149,29 @@ def test_the_slurm_dry_run_says_which_worker_each_task_runs(tmp_path: Path, kind
     session = SimpleNamespace(opts=opts, suite_dir=exp_dir.parent, watched=[], skipped=[])
     lines = SlurmBackend(session, opts.slurm).describe([Job(exp, exp_dir, 1000, kind=kind)])
     assert f"each task runs: python -m {runs} (requeued up to 1x" in "\n".join(lines), lines
+
+
+@pytest.mark.parametrize(("job", "planned"), [("eval", True), ("train", False), (None, False)])
+def test_a_local_evaluation_that_failed_is_tried_again_and_a_failed_training_is_not(tmp_path: Path, job, planned) -> None:
+    """A completed experiment whose local evaluation failed (a code error, an OOM) is evaluated again
+    by the next `perl eval`; before, it was refused with "not completed (failed): `perl run` it first",
+    though its training had completed. A failed training (or a status without `job`, from an older
+    PeRL) is still refused."""
+    exp, exp_dir = _experiment(tmp_path)
+    spec = {"source": "builtin:tiny-math", "n": 1}
+    status = {"state": "failed", "exit_code": 1, "error": "evaluation: RuntimeError: x", "fingerprint": exp.fingerprint}
+    state.write_status(exp_dir, {**status, **({"job": job} if job else {})})
+    jobkinds.prepare_eval(exp_dir, {"b": spec})
+    (exp_dir / state.EVAL_FILE).write_text(json.dumps({}))
+    plans, skipped, _ = jobkinds.plan_eval([exp], exp_dir.parent, {"b": spec}, live={})
+    assert [p.exp.name for p in plans] == ([exp.name] if planned else [])
+    assert bool(skipped) == (not planned)
+
+
+def test_the_workers_record_which_kind_of_job_they_are(tmp_path: Path) -> None:
+    from perl_cli.train.status import StatusWriter
+
+    for kind in ("train", "eval"):
+        writer = StatusWriter(tmp_path, fingerprint="f", total_steps=1, job=kind)
+        writer.finish(state.FAILED, 1, error="x")
+        assert state.read_status(tmp_path)["job"] == kind

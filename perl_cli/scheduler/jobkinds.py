@@ -65,12 +65,15 @@ def prepare_eval(exp_dir: Path, specs: dict[str, dict[str, Any]]) -> None:
 def stopped_evaluation(current: str, status: dict[str, Any]) -> bool:
     """Whether a state that is not `completed` may be an evaluation stopped midway (which continues).
 
-    `interrupted`: Ctrl+C or `perl cancel` stopped it. A Slurm evaluation task (status.json's
-    `slurm.kind`) also leaves `queued` when Slurm let it go before it ran (the planner has taken
-    out the tasks Slurm still has), and `failed` with cause time_limit or preempted when it was
-    stopped with no requeue left: its worker saved what it had done, as on Ctrl+C.
+    `interrupted`: Ctrl+C or `perl cancel` stopped it. `failed` when the evaluation failed
+    (status.json's `job`, written by the eval worker): training is complete and its adapter kept,
+    so `perl eval` tries again (as `perl run` retries a failed training), continuing after the
+    batches it saved. A Slurm evaluation task (status.json's `slurm.kind`) also leaves `queued`
+    when Slurm let it go before it ran (the planner has taken out the tasks Slurm still has), and
+    `failed` with cause time_limit or preempted when it was stopped with no requeue left (the
+    task, not the worker, recorded that).
     """
-    if current == state.INTERRUPTED:
+    if current == state.INTERRUPTED or (current == state.FAILED and status.get("job") == EVAL):
         return True
     if (status.get("slurm") or {}).get("kind") != EVAL:
         return False

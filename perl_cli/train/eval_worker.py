@@ -55,7 +55,8 @@ def run(exp_dir: Path) -> int:
         print(f"[perl] error: {exp_dir}: config.json or {REQUEST_FILE} is missing or unreadable", file=sys.stderr)
         return outcomes.EXIT_CONFIG_ERROR
     previous = state.read_status(exp_dir) or {}
-    status = StatusWriter(exp_dir, fingerprint=config.get("fingerprint"), total_steps=previous.get("total_steps"))
+    status = StatusWriter(exp_dir, fingerprint=config.get("fingerprint"), total_steps=previous.get("total_steps"),
+                          job="eval")  # scheduler/jobkinds.EVAL (not imported: no scheduler in the worker)
     from perl_cli.train.callbacks import Interrupted, StopOnSignal
 
     stopper = StopOnSignal()  # not training: a signal raises Interrupted at once (batches are saved)

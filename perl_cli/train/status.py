@@ -26,7 +26,9 @@ PHASE_WRITE_SECONDS = 1.0
 
 
 class StatusWriter:
-    def __init__(self, exp_dir: Path, *, fingerprint: str | None, total_steps: int | None) -> None:
+    def __init__(self, exp_dir: Path, *, fingerprint: str | None, total_steps: int | None, job: str = "train") -> None:
+        """`job`: the kind of work this worker does (scheduler/jobkinds.py), so that readers and `perl eval`
+        tell a failed evaluation of a completed experiment from a failed training."""
         self._dir = exp_dir
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -51,6 +53,7 @@ class StatusWriter:
             fingerprint=fingerprint,
             phase=None,
             resumed_from=None,  # this attempt's: set by the worker once it knows its checkpoint
+            job=job,
         )
 
     def start(self) -> None:
