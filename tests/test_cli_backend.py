@@ -175,3 +175,27 @@ def test_the_workers_record_which_kind_of_job_they_are(tmp_path: Path) -> None:
         writer = StatusWriter(tmp_path, fingerprint="f", total_steps=1, job=kind)
         writer.finish(state.FAILED, 1, error="x")
         assert state.read_status(tmp_path)["job"] == kind
+
+
+@pytest.mark.parametrize(("kind", "asked", "hint"), [
+    (jobkinds.EVAL, {"b": {"n": 1}}, "`perl eval test --benchmarks b --output OUT`"),
+    (jobkinds.TRAIN, None, "`perl run test --output OUT`"),
+])
+def test_perl_cancel_of_a_local_run_names_the_command_that_resumes_it(tmp_path: Path, kind, asked, hint) -> None:
+    """Before: cancelling a local `perl eval` said "`perl run SUITE` resumes" (which trains, not
+    evaluates). The run records the command that resumes it in run_status.json; cancel reads it."""
+    import os
+
+    from perl_cli.scheduler import cancel
+    from perl_cli.scheduler.jobs import RunOptions
+    from perl_cli.scheduler.session import RunSession
+
+    cfg = configlib.load(write_config(tmp_path, methods=("lora",), seeds=(1,)))
+    whole = configlib.expand(cfg, SUITE)
+    out = tmp_path / "out"
+    runner = RunSession(RunOptions(suite=SUITE, experiments=whole, suite_experiments=whole, output=out,
+                                   config_file=cfg, tty=False, environ={}, kind=kind, eval_benchmarks=asked))
+    runner.write_aggregate(force=True)
+    words = cancel._local_words(out / SUITE, os.getpid(), {})
+    assert cancel._resume_hint(SUITE, {}, local=1, output=out, words=words).startswith(
+        hint.replace("test", SUITE).replace("OUT", str(out)))

@@ -153,7 +153,7 @@ def test_cancel_only_of_a_suite_a_slurm_wait_run_holds_does_not_wait_for_an_answ
     state.atomic_write_json(suite_dir / state.RUN_STATUS_FILE, {"scheduler": {
         "backend": "slurm", "pid": os.getpid(), "host": state.hostname(), "job_ids": ["7_0"]}})
     monkeypatch.setattr(cancellib.slurm, "cancel_suite",
-                        lambda suite_dir, names, **kw: {"lora_s1": ["--backend", "slurm"]})
+                        lambda suite_dir, names, **kw: {"lora_s1": ["run", "--backend", "slurm"]})  # slurm.rerun_words
     said: list[str] = []
     got: list[int] = []
     worker = threading.Thread(target=lambda: got.append(cancellib.cancel_suite(

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from perl_cli import outcomes, state
 from perl_cli.config import ConfigError, matching
-from perl_cli.scheduler import endings, lock, requests, slurm
+from perl_cli.scheduler import endings, jobkinds, lock, requests, slurm
 from perl_cli.scheduler.processes import signal_group
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -57,10 +57,11 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
     expanded = None if names is None else list(dict.fromkeys(n for p in names for n in matching(dirs, p)))
     in_slurm = slurm.cancel_suite(suite_dir, expanded, wait_s=wait_s, out=out) if expanded != [] else {}
     cancelled = len(in_slurm)
-    resume = lambda local: _resume_hint(suite, in_slurm, local=local, output=Path(output))  # noqa: E731
     holder = lock.holder(suite_dir)
-    if holder is not None and holder.get("pid"):
-        pid = int(holder["pid"])
+    pid = int(holder["pid"]) if holder is not None and holder.get("pid") else None
+    words = _local_words(suite_dir, pid, dirs)  # `perl run` or `perl eval [--benchmarks ...]`
+    resume = lambda local: _resume_hint(suite, in_slurm, local=local, output=Path(output), words=words)  # noqa: E731
+    if holder is not None and pid is not None:
         if holder.get("host") not in (None, state.hostname()):
             raise ConfigError(f"suite '{suite}' is being run by `perl run` on host {holder['host']} (pid {pid}); "
                               "run `perl cancel` there.")
@@ -68,25 +69,26 @@ def cancel_suite(suite: str, *, output: Path, names: list[str] | None, wait_s: f
             if _stopping(suite_dir, pid):
                 # A second SIGTERM means "Ctrl+C again: kill them now": it would SIGKILL workers that
                 # are saving their checkpoint. The run is already doing what cancel asks.
-                out(f"perl run (pid {pid}) is already stopping: its workers save a checkpoint and exit "
+                out(f"perl {words[0]} (pid {pid}) is already stopping: its workers save a checkpoint and exit "
                     "(Ctrl+C in its terminal again, or `kill` it, to kill them now).")
             else:
                 os.kill(pid, signal.SIGTERM)  # the scheduler itself: it stops its workers in order
-                out(f"asked perl run (pid {pid}) to stop: its workers save a checkpoint and exit.")
+                out(f"asked perl {words[0]} (pid {pid}) to stop: its workers save a checkpoint and exit.")
             _wait(lambda: state.process_alive(pid, holder.get("pid_start_time")), wait_s)
             out(f"suite {suite}: cancelled. {resume(1)}")
             return EXIT_OK
         # A Slurm run (--wait) serves no requests: its tasks are Slurm's, scancelled above. Asking it
         # would only wait REPLY_WAIT_S for a reply that never comes.
         if _scheduler(suite_dir, pid).get("backend") != "slurm":
-            code = _ask_run(suite_dir, suite, names, holder, wait_s, out, err)
+            code = _ask_run(suite_dir, suite, names, holder, wait_s, out, err, words)
             if code is not None:
                 return code
         # The run ended before it took the request (or is a Slurm run): handled below, as after a killed run.
     return _cancel_orphans(suite_dir, suite, names, dirs, wait_s, cancelled, out, resume)
 
 
-def _ask_run(suite_dir: Path, suite: str, names: list[str], holder: dict, wait_s: float, out, err) -> int | None:
+def _ask_run(suite_dir: Path, suite: str, names: list[str], holder: dict, wait_s: float, out, err,
+             words: list[str]) -> int | None:
     """Send the names to the running `perl run`, print its answer; None when it ended without taking them."""
     pid = int(holder["pid"])
 
@@ -116,7 +118,7 @@ def _ask_run(suite_dir: Path, suite: str, names: list[str], holder: dict, wait_s
         out(f"asked perl run (pid {pid}) to stop {', '.join(stopping)}.")
         _wait(lambda: alive() and any(_running(suite_dir / n) for n in stopping), wait_s)
     if any(r.outcome == requests.CANCELLED for r in reply.results):
-        out(f"suite {suite}: cancelled. `perl run {suite}` resumes from the checkpoints.")
+        out(f"suite {suite}: cancelled. {_resume_hint(suite, {}, local=1, output=Path(suite_dir).parent, words=words)}")
     else:
         out(f"suite {suite}: nothing queued or running to cancel.")
     return EXIT_OK
@@ -175,8 +177,23 @@ def _running(exp_dir: Path) -> bool:
     return (state.read_status(exp_dir) or {}).get("state") == state.RUNNING
 
 
-def _resume_hint(suite: str, in_slurm: dict[str, list[str]], *, local: int, output: Path) -> str:
-    """The command(s) that resume what was cancelled: Slurm tasks with the backend and options they had."""
+def _local_words(suite_dir: Path, pid: int | None, dirs: dict[str, Path]) -> list[str]:
+    """The `perl` subcommand (and its options) that resumes the local run cancelled: what the run
+    holding the suite recorded (run_status.json's `rerun`), else `perl eval` when the workers a
+    killed run left are evaluations (their status.json's `job`), else `perl run`."""
+    recorded = _scheduler(suite_dir, pid).get("rerun") if pid is not None else None
+    if isinstance(recorded, list) and recorded and all(isinstance(w, str) for w in recorded):
+        return recorded
+    left = orphans(suite_dir, None) if pid is None else {}
+    if left and all((state.read_status(dirs[n]) or {}).get("job") == jobkinds.EVAL for n in left if n in dirs):
+        return jobkinds.perl_words(jobkinds.EVAL)
+    return jobkinds.perl_words(jobkinds.TRAIN)
+
+
+def _resume_hint(suite: str, in_slurm: dict[str, list[str]], *, local: int, output: Path,
+                 words: list[str] | None = None) -> str:
+    """The command(s) that resume what was cancelled: Slurm tasks with the backend and options they had,
+    the local run with `words` (`perl run`, or `perl eval` and its options)."""
     import shlex
 
     where = [] if output == Path("output") else ["--output", str(output)]
@@ -186,7 +203,8 @@ def _resume_hint(suite: str, in_slurm: dict[str, list[str]], *, local: int, outp
         only = ["--only", ",".join(names)] if len(set(map(tuple, in_slurm.values()))) > 1 else []
         commands.append(f"`{shlex.join(['perl', words[0], suite, *only, *words[1:], *where])}`")
     if local:
-        commands.append(f"`{shlex.join(['perl', 'run', suite, *where])}`")
+        local_words = words or ["run"]
+        commands.append(f"`{shlex.join(['perl', local_words[0], suite, *local_words[1:], *where])}`")
     return " or ".join(commands) + " resumes where they stopped (the last checkpoint; an evaluation, its saved batches)."
 
 

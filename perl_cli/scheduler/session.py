@@ -324,6 +324,8 @@ class RunSession:
             "queued": now.queued,
             # What this run covers, for readers' progress and ETA (perl_cli.experiments_view.read_run).
             "run": self.run_names,
+            # The command that resumes this run (`perl cancel` prints it): run, or eval [--benchmarks ...].
+            "rerun": jobkinds.perl_words(self.opts.kind, self.opts.eval_benchmarks),
             OVERRIDES_KEY: list(self.opts.overrides),
             **(backend or {}),
         }
