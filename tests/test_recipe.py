@@ -176,6 +176,7 @@ def test_few_parameter_methods_scale_the_shared_learning_rate(tmp_path: Path) ->
     for method, scale in METHOD_LR_SCALE.items():
         assert got[method] == pytest.approx(2e-5 * scale), method
     assert METHOD_LR_SCALE["ln_tuning"] == 10.0  # measured: suite ln-tuning-lr, docs/recipes.md
+    assert METHOD_LR_SCALE["ia3"] == 10.0  # measured: suite ia3-lr, docs/recipes.md
 
 
 def test_a_learning_rate_set_for_the_method_is_kept(tmp_path: Path) -> None:
