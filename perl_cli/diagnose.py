@@ -125,6 +125,24 @@ class Context:
         return " ".join(shlex.quote(p) for p in parts)
 
     @property
+    def evaluating(self) -> bool:
+        """Whether the job that ended was `perl eval`'s (status.json's `job`; a Slurm task's `slurm.kind`)."""
+        slurm = self.status.get("slurm") if isinstance(self.status.get("slurm"), dict) else {}
+        return "eval" in (self.status.get("job"), slurm.get("kind"))  # scheduler/jobkinds.EVAL
+
+    def eval(self) -> str:
+        """The `perl eval` command that evaluates this experiment again, continuing from its saved batches."""
+        slurm = self.status.get("slurm") if isinstance(self.status.get("slurm"), dict) else {}
+        words = slurm.get("rerun") if isinstance(slurm.get("rerun"), list) else ["eval"]
+        parts = ["perl", "eval", self.suite, "--only", self.name, *[str(w) for w in words[1:]]]
+        if self.config_path is not None:
+            parts += ["--config", str(self.config_path)]
+        if Path(self.output) != DEFAULT_OUTPUT:
+            parts += ["--output", str(self.output)]
+        parts += self.backend_args()
+        return " ".join(shlex.quote(p) for p in parts)
+
+    @property
     def on_slurm(self) -> bool:
         return self.status.get("backend") == "slurm" or isinstance(self.status.get("slurm"), dict)
 
@@ -202,6 +220,17 @@ class Rule:
 
 
 # --- fixes --------------------------------------------------------------------------
+
+
+def _for_evaluation(ctx: Context, rule: Rule) -> Fix:
+    """The job that ended was an evaluation of a completed experiment: training's remedies (a smaller
+    batch, --fresh) do not apply; its adapter is kept and `perl eval` continues from the saved batches."""
+    return Fix(
+        f"This was its evaluation (`perl eval`), not its training: training completed and its adapter is "
+        f"kept. Cause: {rule.title}. Fix that (the log lines above), then evaluate it again; it continues "
+        "from the batches it saved.",
+        [ctx.eval()],
+    )
 
 
 def fix_unreadable(ctx: Context, ev: Evidence) -> Fix:
@@ -749,7 +778,9 @@ def diagnose_experiment(
     ev = gather(view, tail)
     rule = classify(ev)
     ctx = _context(view, suite, config_path, output)
-    fix = rule.fix(ctx, ev)
+    # An evaluation that ended badly gets perl eval's remedy; a collapse is training's, whoever ran last.
+    evaluation = ctx.evaluating and rule.cause != "collapse" and view.state != st.COMPLETED
+    fix = _for_evaluation(ctx, rule) if evaluation else rule.fix(ctx, ev)
     if any(c.endswith(" --fresh") for c in fix.commands) and "--fresh" not in fix.text:
         fix.text += (
             f" --fresh starts it over: with other settings its checkpoints cannot be resumed "

@@ -399,3 +399,25 @@ def test_diagnose_wraps_its_prose_and_keeps_commands_whole(every_failure) -> Non
     start = next(i for i, line in enumerate(lines) if line.startswith("    fix: "))
     end = next(i for i in range(start, len(lines)) if lines[i].lstrip().startswith("$ "))
     assert end - start > 1 and all(line.startswith("    ") and not line.endswith(" ") for line in lines[start:end])
+
+
+def test_a_failed_evaluation_is_sent_to_perl_eval_not_to_retraining(tmp_path: Path) -> None:
+    """Before: an OOM in `perl eval`'s worker (status.json `job: eval`) got training's remedy,
+    `perl run ... --set training.per_device_train_batch_size=... --fresh`: it would train the
+    completed experiment over again and still not evaluate it. Now: `perl eval --only NAME`, said to
+    continue from the saved batches; a failed *training* keeps its own remedy."""
+    cfg_path = write_config(tmp_path)
+    out = tmp_path / "output"
+    core = configlib.expand(configlib.load(cfg_path), "core")
+    exp_dir = failure(out / "core", core[0], "cuda_oom")
+    st.write_status(exp_dir, {**st.read_status(exp_dir), "job": "eval", "error": "evaluation: OutOfMemoryError: x"})
+    failure(out / "core", core[1], "cuda_oom")
+    _, diagnoses = diagnose_dir(out, cfg_path, "core")
+    fixes = {d.name: d.fix for d in diagnoses}
+    evaluated = fixes[core[0].name]
+    assert evaluated.commands == [f"perl eval core --only {core[0].name} --config {cfg_path} --output {out}"]
+    assert "not its training" in evaluated.text and "--fresh" not in evaluated.text
+    assert parse_run(fixes[core[1].name].commands[0])[1]["--set"]  # training's OOM remedy is unchanged
+    code, text = run_cli("eval", "core", "--config", str(cfg_path), "--output", str(out), "--only", core[0].name,
+                         "--benchmarks", "nonesuch")
+    assert code == 2 and "nonesuch" in text  # the suggested command's options are perl eval's own
