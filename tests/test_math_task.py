@@ -287,3 +287,33 @@ def test_report_table_means_over_seeds_with_se_and_percent_of_full(tmp_path: Pat
     assert f"| full | 2/2 | 60.0 ± {se(0.5, 0.7):.1f} | 60.0 ± {se(0.5, 0.7):.1f} | 100.0 |" in table
     assert f"| lora | 2/2 | 35.0 ± {se(0.3, 0.4):.1f} | 35.0 ± {se(0.3, 0.4):.1f} | {100 * 0.35 / 0.6:.1f} |" in table
     assert "tiny-math pass@4" in table and "tiny-math greedy" in table
+
+
+def test_a_benchmark_names_its_phase_before_its_first_batch_is_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """perl status reads the phase; it must be on disk before the first rows (CI saw rows and no phase)."""
+    from perl_cli.train import benchmark_eval, evaluate
+
+    bench = benchmarks.Benchmark(name="b", source=benchmarks.BUILTIN_TINY, n=2, max_new_tokens=4, greedy=False, limit=20)
+    partial = tmp_path / benchmarks.RESULTS_DIR / ".b.partial.jsonl"
+    rows_at_calls: list[tuple[int, int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        rows_at_calls.append((done, total, len(partial.read_text().splitlines()) - 1))
+
+    monkeypatch.setattr(evaluate, "_generate", lambda model, tok, texts, *, num_samples, **kw: ["0"] * len(texts) * num_samples)
+
+    class Model:
+        training = True
+
+        def eval(self) -> None:
+            self.training = False
+
+        def train(self, mode: bool = True) -> None:
+            self.training = mode
+
+    summary = benchmark_eval.evaluate_benchmark(
+        Model(), None, bench.spec(), tmp_path, prompt_format="compact", task_section={}, seed=1, fingerprint="f",
+        progress=progress)
+    assert summary["problems"] == 20
+    assert rows_at_calls[0] == (0, 20, 0)  # named before any row is saved
+    assert rows_at_calls[1:] == [(16, 20, 16), (20, 20, 20)]

@@ -85,6 +85,8 @@ def evaluate_benchmark(
     special = prompt_format != CHAT
     was_training = model.training
     model.eval()
+    if progress is not None:
+        progress(len(done), len(problems))  # perl status names the benchmark before its first batch ends
     try:
         for start in range(0, len(problems), BATCH_PROMPTS):
             indices = [i for i in range(start, min(start + BATCH_PROMPTS, len(problems))) if i not in done]
