@@ -297,8 +297,11 @@ def test_a_benchmark_names_its_phase_before_its_first_batch_is_saved(tmp_path: P
     partial = tmp_path / benchmarks.RESULTS_DIR / ".b.partial.jsonl"
     rows_at_calls: list[tuple[int, int, int]] = []
 
+    def saved() -> int:
+        return len(partial.read_text().splitlines()) - 1
+
     def progress(done: int, total: int) -> None:
-        rows_at_calls.append((done, total, len(partial.read_text().splitlines()) - 1))
+        rows_at_calls.append((done, total, saved()))
 
     monkeypatch.setattr(evaluate, "_generate", lambda model, tok, texts, *, num_samples, **kw: ["0"] * len(texts) * num_samples)
 
@@ -311,9 +314,16 @@ def test_a_benchmark_names_its_phase_before_its_first_batch_is_saved(tmp_path: P
         def train(self, mode: bool = True) -> None:
             self.training = mode
 
-    summary = benchmark_eval.evaluate_benchmark(
-        Model(), None, bench.spec(), tmp_path, prompt_format="compact", task_section={}, seed=1, fingerprint="f",
-        progress=progress)
+    def evaluate(stop=lambda: False) -> dict:
+        return benchmark_eval.evaluate_benchmark(
+            Model(), None, bench.spec(), tmp_path, prompt_format=mathdata.COMPACT, task_section={}, seed=1,
+            fingerprint="f", stop=stop, progress=progress)
+
+    # Stopped after its first batch (as by Ctrl+C), then continued: both times the phase comes first.
+    with pytest.raises(benchmark_eval.BenchmarkStopped):
+        evaluate(stop=lambda: saved() >= 16)
+    assert rows_at_calls == [(0, 20, 0), (16, 20, 16)]  # named before any row is saved
+    rows_at_calls.clear()
+    summary = evaluate()
     assert summary["problems"] == 20
-    assert rows_at_calls[0] == (0, 20, 0)  # named before any row is saved
-    assert rows_at_calls[1:] == [(16, 20, 16), (20, 20, 20)]
+    assert rows_at_calls == [(16, 20, 16), (20, 20, 20)]  # the saved count, before the new rows
